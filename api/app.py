@@ -1,0 +1,54 @@
+"""The Flask application factory (the API never imports TensorFlow; it sends tasks by name)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Response, jsonify
+from flask_openapi3 import Info, OpenAPI
+
+from api import health, jobs, models
+from api.deps import register_services
+from api.openapi import document_classify_body
+from api.problems import register_error_handlers, validation_problem
+from shared.celery_app import make_celery
+from shared.settings import Settings
+
+DESCRIPTION = """Asynchronous image classification on micro-batching Celery workers.
+Submit images with `POST /v1/jobs`, then poll `GET /v1/jobs/{id}`. Errors are `application/problem+json`."""
+
+
+class InferqAPI(OpenAPI):
+    """flask-openapi3's app, serving the spec with the additions of api.openapi (also to the docs page)."""
+
+    @property
+    def api_doc(self) -> dict[str, Any]:
+        return document_classify_body(super().api_doc)
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    """Build the API for `settings` (read from INFERQ_* variables when not given)."""
+    settings = settings or Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = InferqAPI(
+        __name__,
+        info=Info(title="inferq", version="0.1.0", description=DESCRIPTION),
+        doc_prefix="/docs",
+        doc_url="/openapi.json",  # served at /docs/openapi.json for the UI, and at /openapi.json below
+        validation_error_status=422,
+        validation_error_callback=validation_problem,
+    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes,
+                      MAX_FORM_PARTS=settings.max_images_per_job + 16)
+    register_services(app, settings, make_celery(settings))
+    register_error_handlers(app)
+    for bp in (health.bp, jobs.bp, models.bp):
+        app.register_api(bp)
+
+    @app.get("/openapi.json", doc_ui=False)
+    def openapi_json() -> Response:
+        """The OpenAPI 3 document of this API."""
+        return jsonify(app.api_doc)
+
+    return app

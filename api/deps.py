@@ -1,0 +1,54 @@
+"""Per-app services (settings, sessions, blob store, Celery client) and the per-request session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_engine, make_sessionmaker
+from shared.settings import Settings
+from shared.storage import LocalBlobStore
+
+
+@dataclass
+class Services:
+    """What a request handler may use; built once per app."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: LocalBlobStore
+    celery: Celery
+
+
+def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
+    """Build the engine, session factory and blob store; close the request session at teardown."""
+    engine = make_engine(settings)
+    app.extensions["inferq"] = Services(
+        settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+        store=LocalBlobStore(settings.blob_dir), celery=celery,
+    )
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+
+def services() -> Services:
+    """The services of the current app."""
+    svc: Services = current_app.extensions["inferq"]
+    return svc
+
+
+def db() -> Session:
+    """The session of this request (one per request, closed at teardown)."""
+    if "db_session" not in g:
+        g.db_session = services().sessions()
+    session: Session = g.db_session
+    return session

@@ -1,0 +1,128 @@
+"""/v1/jobs: submit classify jobs, poll them, page through results, list and cancel."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Response, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
+from api.deps import db, services
+from api.uploads import read_classify_request
+from shared import jobs as jobstore
+from shared.celery_app import CLASSIFY_TASK
+from shared.errors import JobNotFound, ValidationFailed
+from shared.registry import parse_ref, resolve
+from shared.schemas import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
+from shared.status import JobStatus
+
+log = logging.getLogger(__name__)
+bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")],
+                  abp_responses={"404": Problem, "422": Problem})
+
+
+class JobPath(BaseModel):
+    job_id: str = Field(description="The job's id (a UUID).")
+
+
+class JobsQuery(BaseModel):
+    status: JobStatus | None = Field(None, description="Only jobs in this status.")
+    cursor: str | None = Field(None, description="next_cursor of the previous page.")
+    limit: int = Field(50, ge=1, le=500)
+
+
+class ResultsQuery(BaseModel):
+    after: int = Field(-1, ge=-1, description="Return items whose index is greater than this.")
+    limit: int = Field(100, ge=1, le=500)
+
+
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise JobNotFound(f"job {text!r} does not exist (job ids are UUIDs)") from None
+
+
+@bp.post("", summary="Submit a classify job",
+         responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem})
+def create_job() -> tuple[Response, int, dict[str, str]]:
+    """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
+    `{"images": [{"data": "<base64>", "filename": "a.png"}], "model": "mnist-cnn@production", "top_k": 3}`.
+    Inputs are stored durably before the 202; poll the `Location` or the job's links."""
+    svc = services()
+    settings = svc.settings
+    parsed = read_classify_request(request, settings)
+    top_k = parsed.top_k or settings.default_top_k
+    if top_k > settings.max_top_k:
+        raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
+    session = db()
+    ref = parse_ref(parsed.model or settings.default_model)
+    resolve(session, ref, default_alias=settings.default_alias)  # 404 now rather than a failed job later
+    job = jobstore.create_classify_job(
+        session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k
+    )
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        jobstore.delete_inputs(svc.store, job.id, len(parsed.uploads))
+        raise
+    dispatch(job.id)
+    session.refresh(job)
+    return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+def dispatch(job_id: uuid.UUID) -> None:
+    """Publish the job's message after commit; if Redis is unreachable the reconciler re-dispatches it."""
+    svc = services()
+    try:
+        svc.celery.send_task(CLASSIFY_TASK, args=[str(job_id)])
+    except Exception:  # the job is durable; the reconciler publishes it once the lease passes
+        log.warning("publishing job %s failed; the reconciler will dispatch it", job_id, exc_info=True)
+        return
+    with svc.sessions.begin() as session:
+        jobstore.mark_dispatched(session, [job_id])
+
+
+@bp.get("", summary="List jobs, newest first", responses={"200": JobsPublic})
+def list_jobs(query: JobsQuery) -> Response:
+    """Cursor-paginated; filter by status."""
+    rows, cursor = jobstore.jobs_page(db(), tenant_id="default", status=query.status, cursor=query.cursor,
+                                      limit=query.limit)
+    return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
+
+
+@bp.get("/<job_id>", summary="Get a job (with its predictions once finished)", responses={"200": JobPublic})
+def get_job(path: JobPath) -> Response:
+    """Status, counts, timestamps, the model version that ran, and the predictions when terminal."""
+    session = db()
+    job = jobstore.get_job(session, _job_id(path.job_id))
+    items = None
+    if JobStatus(job.status).is_terminal():
+        items = jobstore.items_page(session, job.id, after=-1, limit=services().settings.max_images_per_job)
+    return jsonify(JobPublic.of(job, items).model_dump(mode="json"))
+
+
+@bp.get("/<job_id>/results", summary="Page through a job's predictions", responses={"200": ResultsPublic})
+def get_results(path: JobPath, query: ResultsQuery) -> Response:
+    """Items in index order; pass `after` = the last index you saw (`next_cursor`)."""
+    session = db()
+    job = jobstore.get_job(session, _job_id(path.job_id))
+    items = jobstore.items_page(session, job.id, after=query.after, limit=query.limit)
+    versions = {job.model_version.id: job.model_version.ref} if job.model_version else {}
+    cursor = str(items[-1].idx) if len(items) == query.limit else None
+    body = ResultsPublic(job_id=job.id, status=JobStatus(job.status),
+                         data=[PredictionPublic.of(i, versions) for i in items], next_cursor=cursor)
+    return jsonify(body.model_dump(mode="json"))
+
+
+@bp.post("/<job_id>/cancel", summary="Cancel a job that has not finished",
+         responses={"200": JobPublic, "409": Problem})
+def cancel_job(path: JobPath) -> Response:
+    """Queued or running jobs become `canceled`; finished jobs answer 409."""
+    session = db()
+    job = jobstore.cancel_job(session, _job_id(path.job_id))
+    session.commit()
+    return jsonify(JobPublic.of(job).model_dump(mode="json"))

@@ -1,0 +1,66 @@
+"""One place that turns every error into RFC 9457 application/problem+json with a stable type."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.errors import PROBLEM_BASE, InferqError, PayloadTooLarge, ValidationFailed
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A response carrying a problem body."""
+    resp = Response(json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def validation_problem(exc: ValidationError) -> Response:
+    """A 422 problem listing each invalid field (used for pydantic errors from flask-openapi3 and our own)."""
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(ValidationFailed(detail, errors=errors).to_problem(request.path))
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map domain errors, HTTP errors and anything unexpected to problem+json."""
+
+    @app.errorhandler(InferqError)
+    def _domain(exc: InferqError) -> Response:
+        return problem_response(exc.to_problem(request.path))
+
+    @app.errorhandler(ValidationError)
+    def _pydantic(exc: ValidationError) -> Response:
+        return validation_problem(exc)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        detail = "the request body is larger than INFERQ_MAX_REQUEST_BYTES or has too many parts; send fewer or smaller images"
+        return problem_response(PayloadTooLarge(detail).to_problem(request.path))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        slug = (exc.name or "error").lower().replace(" ", "-")
+        body = {"type": PROBLEM_BASE + slug, "title": exc.name, "status": status,
+                "detail": exc.description or exc.name, "instance": request.path}
+        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
+        return problem_response(body, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        body = {"type": PROBLEM_BASE + "internal-error", "title": "Internal error", "status": 500,
+                "detail": "an unexpected error happened; it has been logged", "instance": request.path}
+        return problem_response(body)

@@ -1,0 +1,103 @@
+"""Read a classify request (multipart files or JSON with base64 images) into validated uploads."""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from dataclasses import dataclass
+
+from flask import Request
+from pydantic import ValidationError
+
+from shared.errors import BadRequest, InferqError, NoImages, PayloadTooLarge, TooManyImages, ValidationFailed
+from shared.imaging import check_image
+from shared.jobs import Upload
+from shared.schemas import JobCreate
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    uploads: list[Upload]
+    model: str | None
+    top_k: int | None
+
+
+def read_classify_request(request: Request, settings: Settings) -> ClassifyRequest:
+    """Parse and validate the whole request before anything is written."""
+    if request.mimetype == "multipart/form-data":
+        parsed = _from_multipart(request, settings)
+    elif request.is_json:
+        parsed = _from_json(request, settings)
+    else:
+        raise BadRequest(
+            f"unsupported content type {request.mimetype or 'none'!r}; send multipart/form-data with image files "
+            "or application/json with base64 images"
+        )
+    for idx, up in enumerate(parsed.uploads):
+        _check_one(idx, up, settings)
+    return parsed
+
+
+def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
+    files = [f for key in request.files for f in request.files.getlist(key)]
+    _check_count(len(files), settings)
+    uploads = []
+    for f in files:
+        data = f.stream.read(settings.max_image_bytes + 1)
+        uploads.append(Upload(filename=(f.filename or None), data=data))
+    top_k = request.form.get("top_k")
+    try:
+        return ClassifyRequest(uploads, request.form.get("model") or None, int(top_k) if top_k else None)
+    except ValueError as exc:
+        raise ValidationFailed(f"top_k must be a whole number, got {top_k!r}") from exc
+
+
+def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
+    raw = request.get_json(silent=True)
+    if not isinstance(raw, dict):
+        raise BadRequest("the body is not a JSON object; send {\"images\": [{\"data\": \"<base64>\"}]}")
+    images = raw.get("images")
+    if isinstance(images, list):
+        _check_count(len(images), settings)
+    try:
+        body = JobCreate.model_validate(raw)
+    except ValidationError:
+        if not images:
+            raise NoImages("no images in the request; send at least one under 'images'") from None
+        raise
+    uploads = []
+    for idx, img in enumerate(body.images):
+        if len(img.data) > (settings.max_image_bytes * 4) // 3 + 4:
+            raise PayloadTooLarge(_too_big(idx, settings), index=idx)
+        try:
+            data = b64decode(img.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValidationFailed(f"images[{idx}].data is not valid base64", index=idx) from exc
+        uploads.append(Upload(filename=img.filename, data=data))
+    return ClassifyRequest(uploads, body.model, body.top_k)
+
+
+def _check_count(n: int, settings: Settings) -> None:
+    if n == 0:
+        raise NoImages("no images in the request; attach at least one image file")
+    if n > settings.max_images_per_job:
+        raise TooManyImages(
+            f"{n} images sent; one job takes at most {settings.max_images_per_job} (INFERQ_MAX_IMAGES_PER_JOB); "
+            "split them over several jobs or use a scoring job for datasets"
+        )
+
+
+def _too_big(idx: int, settings: Settings) -> str:
+    return f"image {idx} is larger than {settings.max_image_bytes} bytes (INFERQ_MAX_IMAGE_BYTES)"
+
+
+def _check_one(idx: int, up: Upload, settings: Settings) -> None:
+    if len(up.data) > settings.max_image_bytes:
+        raise PayloadTooLarge(_too_big(idx, settings), index=idx)
+    try:
+        check_image(up.data, max_pixels=settings.max_image_pixels)
+    except InferqError as exc:
+        exc.detail = f"image {idx}" + (f" ({up.filename})" if up.filename else "") + f": {exc.detail}"
+        exc.extra.setdefault("index", idx)
+        raise

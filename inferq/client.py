@@ -1,0 +1,109 @@
+"""A small HTTP client for the CLI: submit, poll with a deadline, print tables."""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ApiError(RuntimeError):
+    """The API answered with a problem, or could not be reached."""
+
+
+def _call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    """One HTTP call; connection trouble and problem answers become ApiError."""
+    try:
+        return _check(requests.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs))
+    except requests.RequestException as exc:
+        raise ApiError(f"cannot reach the API at {url.split('/v1/')[0]} ({type(exc).__name__}); is `inferq up` running?") from exc
+
+
+def _check(resp: requests.Response) -> dict[str, Any]:
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+            raise ApiError(f"{resp.status_code} {body.get('title')}: {body.get('detail')}")
+        except ValueError:
+            raise ApiError(f"{resp.status_code}: {resp.text[:200]}") from None
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def submit(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None) -> dict[str, Any]:
+    """POST the files as one multipart classify job."""
+    files = [("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
+             for p in paths]
+    data = {k: str(v) for k, v in {"model": model, "top_k": top_k}.items() if v is not None}
+    return _call("POST", f"{api_url}/v1/jobs", files=files, data=data)
+
+
+def wait(api_url: str, job_id: str, *, timeout: float) -> dict[str, Any]:
+    """Poll the job until it is terminal or `timeout` seconds pass."""
+    deadline, delay = time.monotonic() + timeout, 0.05
+    while True:
+        job = _call("GET", f"{api_url}/v1/jobs/{job_id}", timeout=10)
+        if job["status"] in TERMINAL:
+            return job
+        if time.monotonic() > deadline:
+            raise ApiError(f"job {job_id} is still {job['status']} after {timeout:.0f}s; poll it later")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def classify_files(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None,
+                   timeout: float) -> bool:
+    """Submit, wait and print one row per image; False if the job did not succeed."""
+    try:
+        with out.status("submitting..."):
+            job = submit(api_url, paths, model=model, top_k=top_k)
+        with out.status(f"job {job['id']} queued, waiting..."):
+            job = wait(api_url, job["id"], timeout=timeout)
+    except ApiError as exc:
+        out.print(f"[red]error:[/] {exc}")
+        return False
+    table = Table(title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}")
+    for col in ("image", "label", "confidence", "top-k"):
+        table.add_column(col)
+    for p in job.get("predictions") or []:
+        if p["status"] == "succeeded":
+            topk = "  ".join(f"{t['label']}:{t['confidence']:.3f}" for t in p["top_k"] or [])
+            table.add_row(p["filename"] or str(p["index"]), p["label"], f"{p['confidence']:.4f}", topk)
+        else:
+            table.add_row(p["filename"] or str(p["index"]), "[red]error[/]", "", (p.get("error") or {}).get("detail", ""))
+    out.print(table)
+    return bool(job["status"] == "succeeded")
+
+
+def show_jobs(api_url: str, *, status: str | None, limit: int) -> None:
+    """Print the newest jobs."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    body = _call("GET", f"{api_url}/v1/jobs", params=params, timeout=10)
+    table = Table("id", "kind", "status", "model", "done/total", "created")
+    for j in body["data"]:
+        c = j["counts"]
+        table.add_row(j["id"], j["kind"], j["status"], j.get("model_version") or j["model"],
+                      f"{c['completed'] + c['failed']}/{c['total']}", j["created_at"])
+    out.print(table)
+
+
+def show_models(api_url: str) -> None:
+    """Print every model version with its aliases and accuracy."""
+    body = _call("GET", f"{api_url}/v1/models", timeout=10)
+    table = Table("model", "version", "format", "aliases", "size", "test accuracy")
+    for m in body["data"]:
+        for v in m["versions"]:
+            acc = v["metrics"].get("test_accuracy")
+            table.add_row(m["name"], str(v["version"]), f"{v['format']}/{v['variant']}", ",".join(v["aliases"]),
+                          f"{v['size_bytes'] / 1e6:.2f} MB", f"{acc:.4f}" if acc is not None else "")
+    out.print(table)

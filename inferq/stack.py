@@ -1,0 +1,149 @@
+"""`inferq up`: the whole stack on one machine, on embedded defaults, as child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from rich.console import Console
+from rich.panel import Panel
+
+from shared.db import upgrade_database
+from shared.embedded import EmbeddedRedis, port_open
+from shared.settings import Settings
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Stack:
+    """Starts Redis (if embedded), trains the default model if needed, then the API, workers and Flower."""
+
+    settings: Settings
+    gpus: list[str] = field(default_factory=list)
+    train_epochs: int | None = None
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    redis: EmbeddedRedis | None = None
+
+    def run(self) -> None:
+        """Start everything, print where to look, and stop it all cleanly on Ctrl-C or a child's death."""
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            env = self._prepare()
+            self._start_children(env)
+            self._wait_ready()
+            self._banner()
+            self._watch()
+        except KeyboardInterrupt:
+            console.print("\nstopping...")
+        finally:
+            self.stop()
+
+    def _prepare(self) -> dict[str, str]:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        (s.data_dir / "logs").mkdir(exist_ok=True)
+        env = dict(os.environ, INFERQ_DATA_DIR=str(s.data_dir.resolve()), PYTHONUNBUFFERED="1")
+        upgrade_database(s)
+        console.print(f"[green]database ready[/] ({s.resolved_database_url.split('@')[-1]})")
+        if s.uses_embedded_redis:
+            if port_open("127.0.0.1", s.embedded_redis_port):
+                raise SystemExit(f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one")
+            self.redis = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port).start()
+            console.print(f"[green]embedded Redis ready[/] ({self.redis.url}, append-only file in {s.data_dir / 'redis'})")
+        env["INFERQ_REDIS_URL"] = s.broker_url()
+        cmd = [*self._inferq(), "train-default"] + (["--epochs", str(self.train_epochs)] if self.train_epochs else [])
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise SystemExit("training the default model failed; see the output above")
+        return env
+
+    @staticmethod
+    def _inferq() -> list[str]:
+        return [sys.executable, "-m", "inferq"]
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(self.settings.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([*self._inferq(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+
+    def _start_children(self, env: dict[str, str]) -> None:
+        self._spawn("api", ["api"], env)
+        for i, gpu in enumerate(self.gpus or [""]):
+            name = f"worker-gpu{gpu}" if gpu else "worker-cpu"
+            self._spawn(name, ["worker", "--gpu", gpu, *(["--beat"] if i == 0 else [])], env)
+        self._spawn("flower", ["flower"], env)
+
+    def _wait_ready(self, timeout: float = 90) -> None:
+        s = self.settings
+        deadline = time.monotonic() + timeout
+        with console.status("waiting for the API, the worker and Flower..."):
+            while time.monotonic() < deadline:
+                self._check_children()
+                try:
+                    if requests.get(f"{s.resolved_api_url}/readyz", timeout=2).ok and port_open(s.api_host, s.flower_port):
+                        return
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+        raise SystemExit(f"the stack did not become ready in {timeout:.0f}s; see {s.data_dir / 'logs'}")
+
+    def _check_children(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with code {proc.returncode}; see {self.settings.data_dir / 'logs' / name}.log")
+
+    def _banner(self) -> None:
+        s = self.settings
+        sample = self._sample_image()
+        text = (
+            f"API docs   {s.resolved_api_url}/docs\n"
+            f"OpenAPI    {s.resolved_api_url}/openapi.json\n"
+            f"Flower     http://{s.api_host}:{s.flower_port}\n"
+            f"Logs       {s.data_dir / 'logs'}\n\n"
+            f"Try it:\n"
+            f"  curl -s -F images=@{sample} {s.resolved_api_url}/v1/jobs\n"
+            f"  {Path(sys.executable).parent / 'inferq'} classify {sample}\n\n"
+            "Ctrl-C stops everything."
+        )
+        console.print(Panel(text, title="inferq is up", border_style="green"))
+
+    def _sample_image(self) -> Path:
+        """A handwritten-style digit (dark on white, like a user's photo) to try the API with."""
+        path = self.settings.data_dir / "samples" / "digit-7.png"
+        if not path.exists():
+            from inferq.samples import write_sample_digit
+
+            write_sample_digit(path)
+        return path.resolve()
+
+    def _watch(self) -> None:
+        while True:
+            self._check_children()
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop children (SIGTERM: warm shutdown), then Redis."""
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                console.print(f"{name} did not stop in time; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.procs or self.redis:
+            console.print("[green]stopped[/]")
+        self.procs.clear()
+        self.redis = None

@@ -1,0 +1,97 @@
+"""Domain errors: one base class, specific subclasses, each with a stable problem type and HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://inferq.dev/problems/"
+
+
+class InferqError(Exception):
+    """Base of every error inferq reports to a client (rendered as RFC 9457 problem+json)."""
+
+    type_slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.type_slug
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The problem+json body of this error."""
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class ValidationFailed(InferqError):
+    type_slug, title, status = "validation-error", "The request is not valid", 422
+
+
+class BadRequest(InferqError):
+    type_slug, title, status = "bad-request", "The request could not be read", 400
+
+
+class NoImages(InferqError):
+    type_slug, title, status = "no-images", "No images in the request", 400
+
+
+class TooManyImages(InferqError):
+    type_slug, title, status = "too-many-images", "Too many images in one job", 413
+
+
+class PayloadTooLarge(InferqError):
+    type_slug, title, status = "payload-too-large", "The request or an image is too large", 413
+
+
+class InvalidImage(InferqError):
+    type_slug, title, status = "invalid-image", "An image could not be decoded", 422
+
+
+class UnsupportedImageFormat(InferqError):
+    type_slug, title, status = "unsupported-image-format", "The image format is not supported", 415
+
+
+class ImageTooLarge(InferqError):
+    type_slug, title, status = "image-too-large", "The image has too many pixels", 413
+
+
+class JobNotFound(InferqError):
+    type_slug, title, status = "job-not-found", "No such job", 404
+
+
+class ModelNotFound(InferqError):
+    type_slug, title, status = "model-not-found", "No such model, version or alias", 404
+
+
+class ModelNotReady(InferqError):
+    type_slug, title, status = "model-not-ready", "The model cannot be loaded", 503
+
+
+class JobNotCancelable(InferqError):
+    type_slug, title, status = "job-not-cancelable", "The job has already finished", 409
+
+
+class NotFound(InferqError):
+    type_slug, title, status = "not-found", "No such resource", 404
+
+
+class MethodNotAllowed(InferqError):
+    type_slug, title, status = "method-not-allowed", "Method not allowed", 405
+
+
+class ServiceUnavailable(InferqError):
+    type_slug, title, status = "service-unavailable", "A backing service is unavailable", 503

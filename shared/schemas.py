@@ -1,0 +1,177 @@
+"""Request and response bodies (named by role) and the task payloads that travel through Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.models import Job, JobItem, ModelVersion
+from shared.status import JobKind, JobStatus
+
+
+class ImageIn(BaseModel):
+    """One image sent as JSON."""
+
+    data: str = Field(description="The encoded image file (PNG, JPEG, WebP, BMP or GIF), base64.")
+    filename: str | None = Field(None, max_length=255, description="A name to show with the prediction.")
+
+
+class JobCreate(BaseModel):
+    """A classify job sent as JSON (the same fields are accepted as multipart form fields with files)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
+    model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
+    top_k: int | None = Field(None, ge=1, description="How many ranked labels to return per image.")
+
+
+class LabelScore(BaseModel):
+    label: str
+    confidence: float
+
+
+class PredictionPublic(BaseModel):
+    """The outcome for one image: its prediction, or why it failed."""
+
+    index: int
+    filename: str | None = None
+    status: str
+    label: str | None = None
+    confidence: float | None = None
+    top_k: list[LabelScore] | None = None
+    error: dict[str, str] | None = None
+    model_version: str | None = None
+
+    @classmethod
+    def of(cls, item: JobItem, versions: dict[int, str]) -> PredictionPublic:
+        """Render a job item."""
+        error = {"type": item.error_type or "", "detail": item.error or ""} if item.error_type else None
+        return cls(
+            index=item.idx, filename=item.filename, status=item.status, label=item.label,
+            confidence=item.confidence, top_k=[LabelScore(**t) for t in item.top_k] if item.top_k else None,
+            error=error, model_version=versions.get(item.model_version_id or -1),
+        )
+
+
+class Counts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: uuid.UUID
+    kind: JobKind
+    status: JobStatus
+    model: str = Field(description="The model reference the client asked for.")
+    model_version: str | None = Field(None, description="The version that actually ran ('name:version').")
+    top_k: int | None = None
+    counts: Counts
+    attempts: int
+    error: dict[str, str] | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    predictions: list[PredictionPublic] | None = Field(
+        None, description="Every prediction once the job is finished (up to the job's image limit)."
+    )
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job, items: list[JobItem] | None = None) -> JobPublic:
+        """Render a job (with its predictions when `items` is given)."""
+        mv = job.model_version
+        versions = {mv.id: mv.ref} if mv is not None else {}
+        error = {"type": job.error_type or "", "detail": job.error or ""} if job.error_type else None
+        return cls(
+            id=job.id, kind=JobKind(job.kind), status=JobStatus(job.status), model=job.model_ref,
+            model_version=mv.ref if mv else None, top_k=job.params.get("top_k"),
+            counts=Counts(total=job.total_items, completed=job.completed_items, failed=job.failed_items),
+            attempts=job.attempts, error=error, created_at=job.created_at, started_at=job.started_at,
+            finished_at=job.finished_at,
+            predictions=[PredictionPublic.of(i, versions) for i in items] if items is not None else None,
+            links={
+                "self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
+                "cancel": f"/v1/jobs/{job.id}/cancel",
+            },
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; null at the end.")
+
+
+class ResultsPublic(BaseModel):
+    job_id: uuid.UUID
+    status: JobStatus
+    data: list[PredictionPublic]
+    next_cursor: str | None = None
+
+
+class ModelVersionPublic(BaseModel):
+    """One version of a model, with its aliases and metrics."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: int
+    ref: str
+    format: str
+    variant: str
+    aliases: list[str]
+    size_bytes: int
+    labels: list[str]
+    input_spec: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> ModelVersionPublic:
+        """Render a model version."""
+        return cls(
+            name=mv.name, version=mv.version, ref=mv.ref, format=mv.format, variant=mv.variant,
+            aliases=sorted(a.alias for a in mv.aliases), size_bytes=mv.size_bytes, labels=mv.labels,
+            input_spec=mv.input_spec, metrics=mv.metrics, created_at=mv.created_at,
+        )
+
+
+class ModelPublic(BaseModel):
+    name: str
+    aliases: dict[str, int] = Field(description="alias -> version number")
+    versions: list[ModelVersionPublic]
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class ClassifyTask(BaseModel):
+    """The whole message of a classify task: a reference to a job row, never image bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: uuid.UUID

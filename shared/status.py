@@ -1,0 +1,49 @@
+"""The small vocabulary of job and item states, and which status changes are allowed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobKind(StrEnum):
+    CLASSIFY = "classify"
+    SCORE = "score"
+    TRAIN = "train"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        """Succeeded, failed and canceled are final: nothing moves a job out of them."""
+        return self in TERMINAL
+
+    def can_become(self, new: JobStatus) -> bool:
+        """Whether the transition self -> new is allowed."""
+        return new in _ALLOWED[self]
+
+    @classmethod
+    def sources_of(cls, new: JobStatus) -> tuple[JobStatus, ...]:
+        """Every status a job may be in for the move to `new` to be allowed (used by compare-and-set)."""
+        return tuple(s for s in cls if new in _ALLOWED[s])
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+class ItemStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"

@@ -1,0 +1,30 @@
+"""The worker's Celery app: the shared configuration plus the task modules (for `celery -A worker.celery_app`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.celery_app import make_celery
+from shared.settings import Settings
+from worker import context
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`."""
+    context.configure(settings)
+    app = make_celery(settings, name="inferq")
+    import worker.tasks  # noqa: F401  (registers the shared tasks)
+
+    app.finalize()
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`celery -A worker.celery_app` finds `app`, built from INFERQ_* variables on first access."""
+    if name == "app":
+        global app
+        app = create_worker_app(Settings())
+        return app
+    raise AttributeError(name)

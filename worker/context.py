@@ -1,0 +1,111 @@
+"""What one worker process holds: settings, DB sessions, blob store, loaded models and their batchers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from shared.db import make_engine, make_sessionmaker, session_scope
+from shared.jobs import ItemResult, finish_if_done, write_results
+from shared.models import ModelVersion
+from shared.settings import Settings
+from shared.storage import LocalBlobStore
+from worker.batcher import MicroBatcher, Request
+from worker.runtime import LoadedModel, ModelCache, load_model
+
+log = logging.getLogger(__name__)
+
+
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, float | str]]:
+    """The k most likely labels of one output row, best first."""
+    order = np.argsort(-probs)[:k]
+    return [{"label": labels[i] if i < len(labels) else str(i), "confidence": float(probs[i])} for i in order]
+
+
+class WorkerContext:
+    """Built lazily once per worker process (after any fork), shared by its task threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Engine = make_engine(settings)
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
+        self.store = LocalBlobStore(settings.blob_dir)
+        self.models = ModelCache(settings.model_cache_size)
+        self._batchers: dict[int, MicroBatcher] = {}
+        self._lock = threading.Lock()
+
+    def artifact_path(self, mv: ModelVersion) -> Path:
+        """The local file of a version's artifact (relative URIs live under data_dir)."""
+        path = Path(mv.artifact_uri)
+        return path if path.is_absolute() else self.settings.data_dir / path
+
+    def model(self, mv: ModelVersion) -> LoadedModel:
+        """The loaded model of a version, from the per-process cache."""
+        return self.models.get((mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format))
+
+    def batcher(self, mv: ModelVersion) -> MicroBatcher:
+        """The micro-batcher feeding this version's model (one thread per loaded version)."""
+        with self._lock:
+            if mv.id not in self._batchers:
+                model = self.model(mv)
+                self._batchers[mv.id] = MicroBatcher(
+                    model.predict, max_batch=self.settings.max_batch,
+                    max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+                    sink=self._sink(mv.id, list(mv.labels)), name=f"batcher-{mv.ref}",
+                )
+            return self._batchers[mv.id]
+
+    def _sink(self, version_id: int, labels: list[str]):  # type: ignore[no-untyped-def]
+        def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
+            results = [
+                ItemResult(item_id=item_id, label=t[0]["label"], confidence=t[0]["confidence"],  # type: ignore[arg-type]
+                           top_k=t, batch_size=batch_size)
+                for req, out in zip(requests, outputs, strict=True)
+                for item_id, row in zip(req.tag.item_ids, out, strict=True)
+                for t in [top_k(row, labels, req.tag.top_k)]
+            ]
+            self.commit_results(results, version_id, {req.tag.job_id for req in requests})
+
+        return sink
+
+    @retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_attempt(5),
+           wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
+    def commit_results(self, results: Sequence[ItemResult], version_id: int | None, job_ids: set) -> None:  # type: ignore[type-arg]
+        """Write a batch's results and finish the jobs it completed, in one transaction (retried if the DB blips)."""
+        with session_scope(self.sessions) as session:
+            write_results(session, results, version_id)
+            for job_id in sorted(job_ids):
+                finish_if_done(session, job_id)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()
+        self.engine.dispose()
+
+
+_context: WorkerContext | None = None
+_context_lock = threading.Lock()
+_settings: Settings | None = None
+
+
+def configure(settings: Settings) -> None:
+    """Record the settings this process's context will be built from."""
+    global _settings
+    _settings = settings
+
+
+def get_context() -> WorkerContext:
+    """This process's context, built on first use (so it is made after the fork, in the child)."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            _context = WorkerContext(_settings or Settings())
+        return _context

@@ -1,0 +1,59 @@
+"""The default model: train the seed article's CNN on MNIST and register it as mnist-cnn@production."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from shared.db import make_engine, make_sessionmaker, session_scope
+from shared.models import ModelVersion
+from shared.registry import register_version
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def has_model(settings: Settings, name: str) -> bool:
+    """Whether any version of `name` is registered."""
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return bool(session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)))
+    finally:
+        engine.dispose()
+
+
+def train_default_model(
+    settings: Settings, *, epochs: int | None = None, seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> ModelVersion:
+    """Train the default CNN, save its artifact and register it with the default alias."""
+    from worker.datasets import load_mnist
+    from worker.training import save_keras, train_cnn
+
+    digits = load_mnist(seed=seed, cache=settings.mnist_cache)
+    started = time.monotonic()
+    result = train_cnn(digits, epochs=epochs or settings.train_epochs, seed=seed, on_epoch=on_epoch)
+    seconds = time.monotonic() - started
+    engine = make_engine(settings)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            mv = register_version(
+                session, name=settings.default_model, format="keras", artifact_uri="pending", size_bytes=0,
+                aliases=(settings.default_alias,),
+                metrics={"test_accuracy": result.test_accuracy, "per_class_accuracy": result.per_class_accuracy,
+                         "history": result.history, "train_seconds": round(seconds, 1)},
+                params={**result.params, "dataset": result.dataset},
+            )
+            relative = Path("models") / mv.name / str(mv.version) / "model.keras"
+            mv.size_bytes = save_keras(result.model, settings.data_dir / relative)
+            mv.artifact_uri = str(relative)
+            session.flush()
+            session.refresh(mv)
+            return mv
+    finally:
+        engine.dispose()
