@@ -29,8 +29,11 @@ def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
     """Build the engine, session factory and blob store; close the request session at teardown."""
     engine = make_engine(settings)
     app.extensions["inferq"] = Services(
-        settings=settings, engine=engine, sessions=make_sessionmaker(engine),
-        store=LocalBlobStore(settings.blob_dir), celery=celery,
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        store=LocalBlobStore(settings.blob_dir),
+        celery=celery,
     )
 
     @app.teardown_appcontext

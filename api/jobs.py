@@ -19,8 +19,13 @@ from shared.schemas import JobPublic, JobsPublic, PredictionPublic, Problem, Res
 from shared.status import JobStatus
 
 log = logging.getLogger(__name__)
-bp = APIBlueprint("jobs", __name__, url_prefix="/v1/jobs", abp_tags=[Tag(name="jobs")],
-                  abp_responses={"404": Problem, "422": Problem})
+bp = APIBlueprint(
+    "jobs",
+    __name__,
+    url_prefix="/v1/jobs",
+    abp_tags=[Tag(name="jobs")],
+    abp_responses={"404": Problem, "422": Problem},
+)
 
 
 class JobPath(BaseModel):
@@ -45,8 +50,11 @@ def _job_id(text: str) -> uuid.UUID:
         raise JobNotFound(f"job {text!r} does not exist (job ids are UUIDs)") from None
 
 
-@bp.post("", summary="Submit a classify job",
-         responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem})
+@bp.post(
+    "",
+    summary="Submit a classify job",
+    responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem},
+)
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
     `{"images": [{"data": "<base64>", "filename": "a.png"}], "model": "mnist-cnn@production", "top_k": 3}`.
@@ -54,7 +62,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     svc = services()
     settings = svc.settings
     parsed = read_classify_request(request, settings)
-    top_k = parsed.top_k or settings.default_top_k
+    top_k = settings.default_top_k if parsed.top_k is None else parsed.top_k
     if top_k > settings.max_top_k:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
     session = db()
@@ -89,9 +97,12 @@ def dispatch(job_id: uuid.UUID) -> None:
 @bp.get("", summary="List jobs, newest first", responses={"200": JobsPublic})
 def list_jobs(query: JobsQuery) -> Response:
     """Cursor-paginated; filter by status."""
-    rows, cursor = jobstore.jobs_page(db(), tenant_id="default", status=query.status, cursor=query.cursor,
-                                      limit=query.limit)
-    return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
+    rows, cursor = jobstore.jobs_page(
+        db(), tenant_id="default", status=query.status, cursor=query.cursor, limit=query.limit
+    )
+    return jsonify(
+        JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json")
+    )
 
 
 @bp.get("/<job_id>", summary="Get a job (with its predictions once finished)", responses={"200": JobPublic})
@@ -113,13 +124,20 @@ def get_results(path: JobPath, query: ResultsQuery) -> Response:
     items = jobstore.items_page(session, job.id, after=query.after, limit=query.limit)
     versions = {job.model_version.id: job.model_version.ref} if job.model_version else {}
     cursor = str(items[-1].idx) if len(items) == query.limit else None
-    body = ResultsPublic(job_id=job.id, status=JobStatus(job.status),
-                         data=[PredictionPublic.of(i, versions) for i in items], next_cursor=cursor)
+    body = ResultsPublic(
+        job_id=job.id,
+        status=JobStatus(job.status),
+        data=[PredictionPublic.of(i, versions) for i in items],
+        next_cursor=cursor,
+    )
     return jsonify(body.model_dump(mode="json"))
 
 
-@bp.post("/<job_id>/cancel", summary="Cancel a job that has not finished",
-         responses={"200": JobPublic, "409": Problem})
+@bp.post(
+    "/<job_id>/cancel",
+    summary="Cancel a job that has not finished",
+    responses={"200": JobPublic, "409": Problem},
+)
 def cancel_job(path: JobPath) -> Response:
     """Queued or running jobs become `canceled`; finished jobs answer 409."""
     session = db()

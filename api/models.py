@@ -14,8 +14,9 @@ from shared.models import ModelVersion
 from shared.registry import list_versions
 from shared.schemas import ModelPublic, ModelsPublic, ModelVersionPublic, Problem
 
-bp = APIBlueprint("models", __name__, url_prefix="/v1/models", abp_tags=[Tag(name="models")],
-                  abp_responses={"404": Problem})
+bp = APIBlueprint(
+    "models", __name__, url_prefix="/v1/models", abp_tags=[Tag(name="models")], abp_responses={"404": Problem}
+)
 
 
 class ModelPath(BaseModel):

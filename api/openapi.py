@@ -11,8 +11,11 @@ MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["images"],
     "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                   "description": "One or more image files (PNG, JPEG, WebP, BMP, GIF). Any field name works."},
+        "images": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One or more image files (PNG, JPEG, WebP, BMP, GIF). Any field name works.",
+        },
         "model": {"type": "string", "description": "'name', 'name:version' or 'name@alias'."},
         "top_k": {"type": "integer", "minimum": 1},
     },
@@ -36,8 +39,23 @@ def document_classify_body(spec: dict[str, Any]) -> dict[str, Any]:
     }
     for path in spec["paths"].values():
         for operation in path.values():
-            for code, resp in operation.get("responses", {}).items():
-                content = resp.get("content", {})
-                if code[0] in "45" and "application/json" in content:
-                    content["application/problem+json"] = content.pop("application/json")
+            _problem_error_bodies(operation.get("responses", {}))
+    spec["components"]["schemas"].pop("ValidationErrorModel", None)
     return spec
+
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problem_error_bodies(responses: dict[str, Any]) -> None:
+    """Error bodies are Problem objects served as application/problem+json (flask-openapi3's default 422 too)."""
+    for code, resp in responses.items():
+        content = resp.get("content", {})
+        schema = content.get("application/json", {}).get("schema")
+        if code[0] not in "45" or schema is None:
+            continue
+        if code == "422" and schema.get("type") == "array":  # flask-openapi3's ValidationErrorModel list
+            schema = PROBLEM_REF
+        if schema == PROBLEM_REF:
+            content.pop("application/json")
+            content["application/problem+json"] = {"schema": PROBLEM_REF}

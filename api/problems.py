@@ -46,21 +46,34 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
-        detail = "the request body is larger than INFERQ_MAX_REQUEST_BYTES or has too many parts; send fewer or smaller images"
+        detail = (
+            "the request body is larger than INFERQ_MAX_REQUEST_BYTES or has too many parts; "
+            "send fewer or smaller images"
+        )
         return problem_response(PayloadTooLarge(detail).to_problem(request.path))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         slug = (exc.name or "error").lower().replace(" ", "-")
-        body = {"type": PROBLEM_BASE + slug, "title": exc.name, "status": status,
-                "detail": exc.description or exc.name, "instance": request.path}
+        body = {
+            "type": PROBLEM_BASE + slug,
+            "title": exc.name,
+            "status": status,
+            "detail": exc.description or exc.name,
+            "instance": request.path,
+        }
         headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
         return problem_response(body, headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        body = {"type": PROBLEM_BASE + "internal-error", "title": "Internal error", "status": 500,
-                "detail": "an unexpected error happened; it has been logged", "instance": request.path}
+        body = {
+            "type": PROBLEM_BASE + "internal-error",
+            "title": "Internal error",
+            "status": 500,
+            "detail": "an unexpected error happened; it has been logged",
+            "instance": request.path,
+        }
         return problem_response(body)

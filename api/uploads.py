@@ -46,17 +46,20 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
     for f in files:
         data = f.stream.read(settings.max_image_bytes + 1)
         uploads.append(Upload(filename=(f.filename or None), data=data))
-    top_k = request.form.get("top_k")
+    raw = request.form.get("top_k")
     try:
-        return ClassifyRequest(uploads, request.form.get("model") or None, int(top_k) if top_k else None)
-    except ValueError as exc:
-        raise ValidationFailed(f"top_k must be a whole number, got {top_k!r}") from exc
+        top_k = int(raw) if raw not in (None, "") else None
+    except ValueError:
+        top_k = 0
+    if top_k is not None and top_k < 1:
+        raise ValidationFailed(f"top_k must be a whole number of at least 1, got {raw!r}")
+    return ClassifyRequest(uploads, request.form.get("model") or None, top_k)
 
 
 def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
     raw = request.get_json(silent=True)
     if not isinstance(raw, dict):
-        raise BadRequest("the body is not a JSON object; send {\"images\": [{\"data\": \"<base64>\"}]}")
+        raise BadRequest('the body is not a JSON object; send {"images": [{"data": "<base64>"}]}')
     images = raw.get("images")
     if isinstance(images, list):
         _check_count(len(images), settings)

@@ -56,19 +56,39 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-            "--appendonly", "yes" if self.appendonly else "no", "--save", "", "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.workdir / "redis.log"), "--daemonize", "no",
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+            "--daemonize",
+            "no",
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
         return self
 
-    @retry(stop=stop_after_delay(15), wait=wait_fixed(0.05), retry=retry_if_exception_type(ConnectionError),
-           reraise=True)
+    @retry(
+        stop=stop_after_delay(15),
+        wait=wait_fixed(0.05),
+        retry=retry_if_exception_type(ConnectionError),
+        reraise=True,
+    )
     def _wait_ready(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.workdir}/redis.log")
+            raise RuntimeError(
+                f"redis-server exited with {self.proc.returncode}; see {self.workdir}/redis.log"
+            )
         if not port_open("127.0.0.1", self.port):
             raise ConnectionError(f"redis-server not yet listening on {self.port}")
 

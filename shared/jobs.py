@@ -45,13 +45,24 @@ def input_key(job_id: uuid.UUID, idx: int) -> str:
 
 
 def create_classify_job(
-    *, session: Session, store: BlobStore, uploads: Sequence[Upload], model_ref: str, top_k: int,
+    *,
+    session: Session,
+    store: BlobStore,
+    uploads: Sequence[Upload],
+    model_ref: str,
+    top_k: int,
     tenant_id: str = "default",
 ) -> Job:
     """Store the inputs durably, then add the job and its items to the session (the caller commits)."""
     job = Job(
-        id=uuid.uuid4(), tenant_id=tenant_id, kind=JobKind.CLASSIFY.value, status=JobStatus.QUEUED.value,
-        model_ref=model_ref, params={"top_k": top_k}, total_items=len(uploads), created_at=utcnow(),
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        kind=JobKind.CLASSIFY.value,
+        status=JobStatus.QUEUED.value,
+        model_ref=model_ref,
+        params={"top_k": top_k},
+        total_items=len(uploads),
+        created_at=utcnow(),
     )
     for idx, up in enumerate(uploads):
         store.put(input_key(job.id, idx), up.data)
@@ -78,7 +89,9 @@ def set_status(session: Session, job_id: uuid.UUID, new: JobStatus, **fields: An
     if new.is_terminal():
         values.setdefault("finished_at", utcnow())
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(sources)).values(**values)
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(sources))
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]
@@ -88,9 +101,15 @@ def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | N
     """Count a delivery: queued -> running (first time), or running again on redelivery; False if terminal."""
     now = utcnow()
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
-        .values(status=JobStatus.RUNNING.value, attempts=Job.attempts + 1, model_version_id=model_version_id,
-                started_at=func.coalesce(Job.started_at, now), updated_at=now)
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            model_version_id=model_version_id,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]
@@ -107,10 +126,19 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
     for r in results:
         status = ItemStatus.FAILED if r.error_type else ItemStatus.SUCCEEDED
         res = session.execute(
-            update(JobItem).where(JobItem.id == r.item_id, JobItem.status == ItemStatus.PENDING.value)
-            .values(status=status.value, label=r.label, confidence=r.confidence, top_k=r.top_k,
-                    error_type=r.error_type, error=r.error, batch_size=r.batch_size,
-                    model_version_id=model_version_id, completed_at=now)
+            update(JobItem)
+            .where(JobItem.id == r.item_id, JobItem.status == ItemStatus.PENDING.value)
+            .values(
+                status=status.value,
+                label=r.label,
+                confidence=r.confidence,
+                top_k=r.top_k,
+                error_type=r.error_type,
+                error=r.error,
+                batch_size=r.batch_size,
+                model_version_id=model_version_id,
+                completed_at=now,
+            )
             .execution_options(synchronize_session=False)
         )
         written += res.rowcount  # type: ignore[attr-defined]
@@ -119,10 +147,8 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
 
 def refresh_counts(session: Session, job_id: uuid.UUID) -> tuple[int, int, int]:
     """Recompute the job's item counts from its items; returns (total, succeeded, failed)."""
-    rows = dict(
-        session.execute(select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status))
-        .tuples().all()
-    )
+    q = select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+    rows: dict[str, int] = {status: n for status, n in session.execute(q)}
     ok, bad = rows.get(ItemStatus.SUCCEEDED.value, 0), rows.get(ItemStatus.FAILED.value, 0)
     total = sum(rows.values())
     session.execute(update(Job).where(Job.id == job_id).values(completed_items=ok, failed_items=bad))
@@ -135,8 +161,13 @@ def finish_if_done(session: Session, job_id: uuid.UUID) -> JobStatus | None:
     if ok + bad < total:
         return None
     if ok == 0 and total > 0:
-        moved = set_status(session, job_id, JobStatus.FAILED, error_type="all-items-failed",
-                           error=f"none of the {total} images could be classified; see each item's error")
+        moved = set_status(
+            session,
+            job_id,
+            JobStatus.FAILED,
+            error_type="all-items-failed",
+            error=f"none of the {total} images could be classified; see each item's error",
+        )
         return JobStatus.FAILED if moved else None
     return JobStatus.SUCCEEDED if set_status(session, job_id, JobStatus.SUCCEEDED) else None
 
@@ -146,8 +177,11 @@ def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) 
     moved = set_status(session, job_id, JobStatus.FAILED, error_type=error_type, error=detail)
     if moved:
         session.execute(
-            update(JobItem).where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
-            .values(status=ItemStatus.FAILED.value, error_type=error_type, error=detail, completed_at=utcnow())
+            update(JobItem)
+            .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
+            .values(
+                status=ItemStatus.FAILED.value, error_type=error_type, error=detail, completed_at=utcnow()
+            )
         )
         refresh_counts(session, job_id)
     return moved
@@ -164,16 +198,25 @@ def get_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None
 def cancel_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None) -> Job:
     """Cancel a job that has not finished (409 if it has)."""
     job = get_job(session, job_id, tenant_id=tenant_id)
-    if not set_status(session, job_id, JobStatus.CANCELED, error_type="canceled", error="canceled by the client"):
+    if not set_status(
+        session, job_id, JobStatus.CANCELED, error_type="canceled", error="canceled by the client"
+    ):
         session.refresh(job)
-        raise JobNotCancelable(f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
+        raise JobNotCancelable(
+            f"job {job_id} is already {job.status}; only queued or running jobs can be canceled"
+        )
     session.refresh(job)
     return job
 
 
 def items_page(session: Session, job_id: uuid.UUID, *, after: int, limit: int) -> list[JobItem]:
     """Items of a job in index order, starting after index `after`."""
-    q = select(JobItem).where(JobItem.job_id == job_id, JobItem.idx > after).order_by(JobItem.idx).limit(limit)
+    q = (
+        select(JobItem)
+        .where(JobItem.job_id == job_id, JobItem.idx > after)
+        .order_by(JobItem.idx)
+        .limit(limit)
+    )
     return list(session.scalars(q))
 
 
@@ -213,9 +256,11 @@ def stale_queued_jobs(session: Session, *, lease_s: float, limit: int = 500) -> 
     """Queued jobs whose dispatch is older than the lease (or never happened), oldest first."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
     q = (
-        select(Job.id).where(Job.status == JobStatus.QUEUED.value, Job.kind == JobKind.CLASSIFY.value)
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.kind == JobKind.CLASSIFY.value)
         .where(or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff), Job.created_at < cutoff)
-        .order_by(Job.created_at).limit(limit)
+        .order_by(Job.created_at)
+        .limit(limit)
     )
     return list(session.scalars(q))
 
@@ -224,8 +269,10 @@ def claim_for_redispatch(session: Session, job_id: uuid.UUID, *, lease_s: float)
     """Take the re-dispatch lease of one stale queued job (compare-and-set on dispatched_at)."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
         .where(or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff))
-        .values(dispatched_at=utcnow()).execution_options(synchronize_session=False)
+        .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]

@@ -13,10 +13,17 @@ from shared.errors import ModelNotFound, ValidationFailed
 from shared.models import ModelAlias, ModelVersion
 
 _NAME = r"[a-z0-9][a-z0-9._-]{0,99}"
-_REF = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>[a-z0-9][a-z0-9_-]{{0,59}}))?$")
+_REF = re.compile(
+    rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>[a-z0-9][a-z0-9_-]{{0,59}}))?$"
+)
 
 MNIST_LABELS = [str(i) for i in range(10)]
-MNIST_INPUT_SPEC = {"shape": [28, 28, 1], "dtype": "float32", "range": [0.0, 1.0], "polarity": "light-on-dark"}
+MNIST_INPUT_SPEC = {
+    "shape": [28, 28, 1],
+    "dtype": "float32",
+    "range": [0.0, 1.0],
+    "polarity": "light-on-dark",
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,8 @@ def resolve(session: Session, ref: ModelRef, *, default_alias: str) -> ModelVers
     else:
         alias = ref.alias or default_alias
         mv = session.scalar(
-            select(ModelVersion).join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
+            select(ModelVersion)
+            .join(ModelAlias, ModelAlias.version_id == ModelVersion.id)
             .where(ModelAlias.name == ref.name, ModelAlias.alias == alias)
         )
         if mv is None and ref.alias is None:
@@ -60,22 +68,41 @@ def resolve(session: Session, ref: ModelRef, *, default_alias: str) -> ModelVers
                 select(ModelVersion).filter_by(name=ref.name).order_by(ModelVersion.version.desc()).limit(1)
             )
     if mv is None:
-        raise ModelNotFound(f"model {str(ref)!r} does not exist; GET /v1/models lists the models and versions")
+        raise ModelNotFound(
+            f"model {str(ref)!r} does not exist; GET /v1/models lists the models and versions"
+        )
     return mv
 
 
 def register_version(
-    session: Session, *, name: str, format: str, artifact_uri: str, size_bytes: int, aliases: tuple[str, ...] = (),
-    variant: str = "float32", parent_id: int | None = None, labels: list[str] | None = None,
-    input_spec: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+    session: Session,
+    *,
+    name: str,
+    format: str,
+    artifact_uri: str,
+    size_bytes: int,
+    aliases: tuple[str, ...] = (),
+    variant: str = "float32",
+    parent_id: int | None = None,
+    labels: list[str] | None = None,
+    input_spec: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Add the next version of `name` and point `aliases` at it (the caller commits)."""
     newest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0
     mv = ModelVersion(
-        name=name, version=newest + 1, format=format, variant=variant, parent_id=parent_id,
-        artifact_uri=artifact_uri, size_bytes=size_bytes, labels=labels or MNIST_LABELS,
-        input_spec=input_spec or MNIST_INPUT_SPEC, metrics=metrics or {}, params=params or {},
+        name=name,
+        version=newest + 1,
+        format=format,
+        variant=variant,
+        parent_id=parent_id,
+        artifact_uri=artifact_uri,
+        size_bytes=size_bytes,
+        labels=labels or MNIST_LABELS,
+        input_spec=input_spec or MNIST_INPUT_SPEC,
+        metrics=metrics or {},
+        params=params or {},
     )
     session.add(mv)
     session.flush()

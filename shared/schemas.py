@@ -25,7 +25,9 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
-    model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
+    model: str | None = Field(
+        None, description="'name', 'name:version' or 'name@alias'; default model if absent."
+    )
     top_k: int | None = Field(None, ge=1, description="How many ranked labels to return per image.")
 
 
@@ -51,9 +53,14 @@ class PredictionPublic(BaseModel):
         """Render a job item."""
         error = {"type": item.error_type or "", "detail": item.error or ""} if item.error_type else None
         return cls(
-            index=item.idx, filename=item.filename, status=item.status, label=item.label,
-            confidence=item.confidence, top_k=[LabelScore(**t) for t in item.top_k] if item.top_k else None,
-            error=error, model_version=versions.get(item.model_version_id or -1),
+            index=item.idx,
+            filename=item.filename,
+            status=item.status,
+            label=item.label,
+            confidence=item.confidence,
+            top_k=[LabelScore(**t) for t in item.top_k] if item.top_k else None,
+            error=error,
+            model_version=versions.get(item.model_version_id or -1),
         )
 
 
@@ -92,14 +99,22 @@ class JobPublic(BaseModel):
         versions = {mv.id: mv.ref} if mv is not None else {}
         error = {"type": job.error_type or "", "detail": job.error or ""} if job.error_type else None
         return cls(
-            id=job.id, kind=JobKind(job.kind), status=JobStatus(job.status), model=job.model_ref,
-            model_version=mv.ref if mv else None, top_k=job.params.get("top_k"),
+            id=job.id,
+            kind=JobKind(job.kind),
+            status=JobStatus(job.status),
+            model=job.model_ref,
+            model_version=mv.ref if mv else None,
+            top_k=job.params.get("top_k"),
             counts=Counts(total=job.total_items, completed=job.completed_items, failed=job.failed_items),
-            attempts=job.attempts, error=error, created_at=job.created_at, started_at=job.started_at,
+            attempts=job.attempts,
+            error=error,
+            created_at=job.created_at,
+            started_at=job.started_at,
             finished_at=job.finished_at,
             predictions=[PredictionPublic.of(i, versions) for i in items] if items is not None else None,
             links={
-                "self": f"/v1/jobs/{job.id}", "results": f"/v1/jobs/{job.id}/results",
+                "self": f"/v1/jobs/{job.id}",
+                "results": f"/v1/jobs/{job.id}/results",
                 "cancel": f"/v1/jobs/{job.id}/cancel",
             },
         )
@@ -138,9 +153,17 @@ class ModelVersionPublic(BaseModel):
     def of(cls, mv: ModelVersion) -> ModelVersionPublic:
         """Render a model version."""
         return cls(
-            name=mv.name, version=mv.version, ref=mv.ref, format=mv.format, variant=mv.variant,
-            aliases=sorted(a.alias for a in mv.aliases), size_bytes=mv.size_bytes, labels=mv.labels,
-            input_spec=mv.input_spec, metrics=mv.metrics, created_at=mv.created_at,
+            name=mv.name,
+            version=mv.version,
+            ref=mv.ref,
+            format=mv.format,
+            variant=mv.variant,
+            aliases=sorted(a.alias for a in mv.aliases),
+            size_bytes=mv.size_bytes,
+            labels=mv.labels,
+            input_spec=mv.input_spec,
+            metrics=mv.metrics,
+            created_at=mv.created_at,
         )
 
 

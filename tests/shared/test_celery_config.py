@@ -1,0 +1,85 @@
+"""The one Celery configuration: at-least-once delivery, bounded prefetch, queues and JSON only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kombu import Queue
+
+from shared.celery_app import (
+    CLASSIFY_TASK,
+    INFERENCE_QUEUE,
+    RECONCILE_TASK,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    celery_config,
+    make_celery,
+)
+from tests.factories import make_settings
+
+
+def test_late_acks_and_redelivery_on_lost_worker(tmp_path: Path) -> None:
+    """Tasks are acknowledged after they run and redelivered when a worker dies."""
+    conf = celery_config(make_settings(tmp_path))
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+
+
+def test_visibility_timeout_and_time_limits_follow_settings(tmp_path: Path) -> None:
+    """The broker's visibility timeout and the task limits are the settings' values, in the right order."""
+    s = make_settings(tmp_path, visibility_timeout=900, task_time_limit=600, task_soft_time_limit=500)
+    conf = celery_config(s)
+    assert conf["broker_transport_options"] == {"visibility_timeout": 900}
+    assert (conf["task_time_limit"], conf["task_soft_time_limit"]) == (600, 500)
+
+
+@pytest.mark.parametrize(("max_batch", "concurrency"), [(64, 32), (64, 1), (1, 32), (256, 4)])
+def test_prefetch_is_bounded(tmp_path: Path, max_batch: int, concurrency: int) -> None:
+    """Each worker prefetches at least one and no more than a batch's worth of messages."""
+    conf = celery_config(make_settings(tmp_path, max_batch=max_batch, worker_concurrency=concurrency))
+    prefetch = conf["worker_prefetch_multiplier"]
+    assert isinstance(prefetch, int)
+    assert prefetch >= 1 and prefetch * concurrency <= max(max_batch, concurrency)
+
+
+def test_routes(tmp_path: Path) -> None:
+    """Classify and reconcile go to the inference queue, training to its own queue."""
+    conf = celery_config(make_settings(tmp_path))
+    routes = conf["task_routes"]
+    assert routes[CLASSIFY_TASK] == {"queue": INFERENCE_QUEUE} == {"queue": "inference"}  # type: ignore[index]
+    assert routes[TRAIN_TASK] == {"queue": TRAINING_QUEUE} == {"queue": "training"}  # type: ignore[index]
+    assert routes[RECONCILE_TASK] == {"queue": INFERENCE_QUEUE}  # type: ignore[index]
+    assert (CLASSIFY_TASK, TRAIN_TASK) == ("inferq.classify", "inferq.train")
+    queues = conf["task_queues"]
+    assert {q.name for q in queues} == {"inference", "training"}  # type: ignore[attr-defined]
+    assert all(isinstance(q, Queue) for q in queues)  # type: ignore[attr-defined]
+
+
+def test_json_only(tmp_path: Path) -> None:
+    """Messages are JSON, and nothing else is accepted (no pickle)."""
+    conf = celery_config(make_settings(tmp_path))
+    assert conf["task_serializer"] == "json"
+    assert conf["accept_content"] == ["json"]
+
+
+def test_broker_url_follows_settings(tmp_path: Path) -> None:
+    """The broker is the configured Redis URL, or loopback at the embedded port."""
+    assert celery_config(make_settings(tmp_path))["broker_url"] == "redis://127.0.0.1:1/0"
+    embedded = make_settings(tmp_path, redis_url="embedded", embedded_redis_port=6400)
+    assert celery_config(embedded)["broker_url"] == "redis://127.0.0.1:6400/0"
+
+
+def test_make_celery_applies_config_without_connecting(tmp_path: Path) -> None:
+    """make_celery returns an app carrying the configuration and routes a classify task to inference."""
+    app = make_celery(make_settings(tmp_path, visibility_timeout=900))
+    assert app.conf.task_acks_late is True
+    assert app.conf.broker_transport_options == {"visibility_timeout": 900}
+    assert app.amqp.router.route({}, CLASSIFY_TASK)["queue"].name == INFERENCE_QUEUE
+    assert app.amqp.router.route({}, TRAIN_TASK)["queue"].name == TRAINING_QUEUE
+
+
+def test_reconcile_is_scheduled(tmp_path: Path) -> None:
+    """Beat runs the reconciler every reconcile_interval_s."""
+    conf = celery_config(make_settings(tmp_path, reconcile_interval_s=12.5))
+    assert conf["beat_schedule"] == {"reconcile": {"task": RECONCILE_TASK, "schedule": 12.5}}
