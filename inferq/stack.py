@@ -54,11 +54,17 @@ class Stack:
         console.print(f"[green]database ready[/] ({s.resolved_database_url.split('@')[-1]})")
         if s.uses_embedded_redis:
             if port_open("127.0.0.1", s.embedded_redis_port):
-                raise SystemExit(f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one")
+                raise SystemExit(
+                    f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one"
+                )
             self.redis = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port).start()
-            console.print(f"[green]embedded Redis ready[/] ({self.redis.url}, append-only file in {s.data_dir / 'redis'})")
+            console.print(
+                f"[green]embedded Redis ready[/] ({self.redis.url}, append-only file in {s.data_dir / 'redis'})"
+            )
         env["INFERQ_REDIS_URL"] = s.broker_url()
-        cmd = [*self._inferq(), "train-default"] + (["--epochs", str(self.train_epochs)] if self.train_epochs else [])
+        cmd = [*self._inferq(), "train-default"] + (
+            ["--epochs", str(self.train_epochs)] if self.train_epochs else []
+        )
         if subprocess.run(cmd, env=env).returncode != 0:
             raise SystemExit("training the default model failed; see the output above")
         return env
@@ -69,8 +75,9 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = open(self.settings.data_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen([*self._inferq(), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*self._inferq(), *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append((name, proc))
 
     def _start_children(self, env: dict[str, str]) -> None:
@@ -87,7 +94,9 @@ class Stack:
             while time.monotonic() < deadline:
                 self._check_children()
                 try:
-                    if requests.get(f"{s.resolved_api_url}/readyz", timeout=2).ok and port_open(s.api_host, s.flower_port):
+                    if requests.get(f"{s.resolved_api_url}/readyz", timeout=2).ok and port_open(
+                        s.api_host, s.flower_port
+                    ):
                         return
                 except requests.RequestException:
                     pass
@@ -97,7 +106,9 @@ class Stack:
     def _check_children(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with code {proc.returncode}; see {self.settings.data_dir / 'logs' / name}.log")
+                raise SystemExit(
+                    f"{name} exited with code {proc.returncode}; see {self.settings.data_dir / 'logs' / name}.log"
+                )
 
     def _banner(self) -> None:
         s = self.settings

@@ -46,8 +46,15 @@ class BatchStats:
 class MicroBatcher:
     """One thread runs the model; submit() queues inputs and returns a Future of their outputs."""
 
-    def __init__(self, predict: PredictFn, *, max_batch: int, max_wait_s: float, sink: SinkFn | None = None,
-                 name: str = "batcher") -> None:
+    def __init__(
+        self,
+        predict: PredictFn,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        sink: SinkFn | None = None,
+        name: str = "batcher",
+    ) -> None:
         self.predict, self.sink = predict, sink
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.stats = BatchStats()
@@ -118,7 +125,7 @@ class MicroBatcher:
             r.future.set_result(part)
 
     def _chunks(self, stacked: np.ndarray) -> list[np.ndarray]:
-        return [stacked[i:i + self.max_batch] for i in range(0, len(stacked), self.max_batch)]
+        return [stacked[i : i + self.max_batch] for i in range(0, len(stacked), self.max_batch)]
 
     def _forward(self, chunk: np.ndarray) -> np.ndarray:
         out = self.predict(chunk)

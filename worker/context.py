@@ -49,7 +49,9 @@ class WorkerContext:
 
     def model(self, mv: ModelVersion) -> LoadedModel:
         """The loaded model of a version, from the per-process cache."""
-        return self.models.get((mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format))
+        return self.models.get(
+            (mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format)
+        )
 
     def batcher(self, mv: ModelVersion) -> MicroBatcher:
         """The micro-batcher feeding this version's model (one thread per loaded version)."""
@@ -57,17 +59,24 @@ class WorkerContext:
             if mv.id not in self._batchers:
                 model = self.model(mv)
                 self._batchers[mv.id] = MicroBatcher(
-                    model.predict, max_batch=self.settings.max_batch,
+                    model.predict,
+                    max_batch=self.settings.max_batch,
                     max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-                    sink=self._sink(mv.id, list(mv.labels)), name=f"batcher-{mv.ref}",
+                    sink=self._sink(mv.id, list(mv.labels)),
+                    name=f"batcher-{mv.ref}",
                 )
             return self._batchers[mv.id]
 
     def _sink(self, version_id: int, labels: list[str]):  # type: ignore[no-untyped-def]
         def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
             results = [
-                ItemResult(item_id=item_id, label=t[0]["label"], confidence=t[0]["confidence"],  # type: ignore[arg-type]
-                           top_k=t, batch_size=batch_size)
+                ItemResult(
+                    item_id=item_id,
+                    label=t[0]["label"],
+                    confidence=t[0]["confidence"],  # type: ignore[arg-type]
+                    top_k=t,
+                    batch_size=batch_size,
+                )
                 for req, out in zip(requests, outputs, strict=True)
                 for item_id, row in zip(req.tag.item_ids, out, strict=True)
                 for t in [top_k(row, labels, req.tag.top_k)]
@@ -76,8 +85,12 @@ class WorkerContext:
 
         return sink
 
-    @retry(retry=retry_if_exception_type(OperationalError), stop=stop_after_attempt(5),
-           wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
+    @retry(
+        retry=retry_if_exception_type(OperationalError),
+        stop=stop_after_attempt(5),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    )
     def commit_results(self, results: Sequence[ItemResult], version_id: int | None, job_ids: set) -> None:  # type: ignore[type-arg]
         """Write a batch's results and finish the jobs it completed, in one transaction (retried if the DB blips)."""
         with session_scope(self.sessions) as session:

@@ -22,13 +22,20 @@ def has_model(settings: Settings, name: str) -> bool:
     engine = make_engine(settings)
     try:
         with make_sessionmaker(engine)() as session:
-            return bool(session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)))
+            return bool(
+                session.scalar(
+                    select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)
+                )
+            )
     finally:
         engine.dispose()
 
 
 def train_default_model(
-    settings: Settings, *, epochs: int | None = None, seed: int = 0,
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ModelVersion:
     """Train the default CNN, save its artifact and register it with the default alias."""
@@ -43,10 +50,18 @@ def train_default_model(
     try:
         with session_scope(make_sessionmaker(engine)) as session:
             mv = register_version(
-                session, name=settings.default_model, format="keras", artifact_uri="pending", size_bytes=0,
+                session,
+                name=settings.default_model,
+                format="keras",
+                artifact_uri="pending",
+                size_bytes=0,
                 aliases=(settings.default_alias,),
-                metrics={"test_accuracy": result.test_accuracy, "per_class_accuracy": result.per_class_accuracy,
-                         "history": result.history, "train_seconds": round(seconds, 1)},
+                metrics={
+                    "test_accuracy": result.test_accuracy,
+                    "per_class_accuracy": result.per_class_accuracy,
+                    "history": result.history,
+                    "train_seconds": round(seconds, 1),
+                },
                 params={**result.params, "dataset": result.dataset},
             )
             relative = Path("models") / mv.name / str(mv.version) / "model.keras"

@@ -52,8 +52,12 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
         if JobStatus(job.status).is_terminal():
             return Outcome(str(job_id), job.status)
         if job.attempts >= ctx.settings.max_attempts:
-            jobstore.fail_job(session, job_id, "too-many-attempts",
-                              f"the job was delivered {job.attempts} times without finishing (INFERQ_MAX_ATTEMPTS)")
+            jobstore.fail_job(
+                session,
+                job_id,
+                "too-many-attempts",
+                f"the job was delivered {job.attempts} times without finishing (INFERQ_MAX_ATTEMPTS)",
+            )
             return Outcome(str(job_id), JobStatus.FAILED.value)
         try:
             mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
@@ -66,23 +70,33 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
         return job, mv
 
 
-def load_inputs(ctx: WorkerContext, job: Job) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
+def load_inputs(
+    ctx: WorkerContext, job: Job
+) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
     """Preprocess the pending items; undecodable ones become error results instead of failing the job."""
     with session_scope(ctx.sessions) as session:
-        items = list(session.scalars(
-            select(JobItem).where(JobItem.job_id == job.id, JobItem.status == ItemStatus.PENDING.value)
-            .order_by(JobItem.idx)
-        ))
+        items = list(
+            session.scalars(
+                select(JobItem)
+                .where(JobItem.job_id == job.id, JobItem.status == ItemStatus.PENDING.value)
+                .order_by(JobItem.idx)
+            )
+        )
     ids, arrays, errors = [], [], []
     for item in items:
         try:
-            arrays.append(preprocess(ctx.store.get(item.input_key or ""), max_pixels=ctx.settings.max_image_pixels))
+            arrays.append(
+                preprocess(ctx.store.get(item.input_key or ""), max_pixels=ctx.settings.max_image_pixels)
+            )
             ids.append(item.id)
         except InferqError as exc:
             errors.append(jobstore.ItemResult(item_id=item.id, error_type=exc.type_slug, error=exc.detail))
         except FileNotFoundError:
-            errors.append(jobstore.ItemResult(item_id=item.id, error_type="input-missing",
-                                              error="the stored input of this item is gone"))
+            errors.append(
+                jobstore.ItemResult(
+                    item_id=item.id, error_type="input-missing", error="the stored input of this item is gone"
+                )
+            )
     return ids, arrays, errors
 
 

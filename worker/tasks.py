@@ -30,8 +30,12 @@ def classify(self: Task, job_id: str) -> dict[str, Any]:
             job = jobstore.get_job(session, payload.job_id)
             attempts = job.attempts
             if attempts >= ctx.settings.max_attempts:
-                jobstore.fail_job(session, payload.job_id, "worker-error",
-                                  f"{type(exc).__name__}: {exc}"[:500] + f" (after {attempts} attempts)")
+                jobstore.fail_job(
+                    session,
+                    payload.job_id,
+                    "worker-error",
+                    f"{type(exc).__name__}: {exc}"[:500] + f" (after {attempts} attempts)",
+                )
                 log.exception("job %s failed for good", job_id)
                 return {"job_id": job_id, "status": "failed"}
         log.warning("job %s attempt %d failed (%s); retrying", job_id, attempts, exc)

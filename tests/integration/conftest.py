@@ -1,0 +1,162 @@
+"""The real stack for integration tests: PostgreSQL, Redis, a worker subprocess, and the API in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
+from shared.registry import register_version
+from shared.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    env.update(
+        {
+            "INFERQ_DATA_DIR": str(settings.data_dir),
+            "INFERQ_DATABASE_URL": settings.resolved_database_url,
+            "INFERQ_REDIS_URL": settings.broker_url(),
+            "INFERQ_QUEUED_LEASE_S": str(settings.queued_lease_s),
+            "INFERQ_RECONCILE_INTERVAL_S": str(settings.reconcile_interval_s),
+            "INFERQ_MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
+            "INFERQ_MAX_BATCH": str(settings.max_batch),
+            "INFERQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (briefly trained) MNIST CNN .keras file, trained once per session in a subprocess."""
+    data_dir = tmp_path_factory.mktemp("model")
+    settings = Settings(data_dir=data_dir)
+    subprocess.run(
+        [sys.executable, "-m", "inferq", "train-default", "--epochs", "2"],
+        env=env_for(settings),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return data_dir / "models" / "mnist-cnn" / "1" / "model.keras"
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: Path) -> Settings:
+    """Settings on real PostgreSQL and Redis, with the trained model registered as mnist-cnn@production."""
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=pg_url,
+        redis_url=redis_url,
+        queued_lease_s=1.0,
+        reconcile_interval_s=0.5,
+        worker_concurrency=8,
+    )
+    upgrade_database(settings)
+    target = tmp_path / "models" / "mnist-cnn" / "1" / "model.keras"
+    target.parent.mkdir(parents=True)
+    shutil.copy(model_artifact, target)
+    engine = make_engine(settings)
+    with session_scope(make_sessionmaker(engine)) as session:
+        register_version(
+            session,
+            name="mnist-cnn",
+            format="keras",
+            artifact_uri="models/mnist-cnn/1/model.keras",
+            size_bytes=target.stat().st_size,
+            aliases=("production",),
+        )
+    engine.dispose()
+    return settings
+
+
+class WorkerProcess:
+    """`inferq worker` as a real subprocess; its log is kept for failure messages."""
+
+    def __init__(self, settings: Settings, *args: str) -> None:
+        self.log_path = settings.data_dir / f"worker-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "inferq", "worker", "--queues", "inference", *args]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env_for(settings),
+            cwd=REPO,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            return " ready." in self.output()
+
+        wait_until(ready, timeout, "the worker to be ready")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(stack_settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker subprocesses on the test stack; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, ready: bool = True) -> WorkerProcess:
+        w = WorkerProcess(stack_settings, *args)
+        started.append(w)
+        if ready:
+            w.wait_ready()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def api_client(stack_settings: Settings) -> Iterator[Any]:
+    """The real API app (in-process) on the test stack."""
+    from api.app import create_app
+
+    app = create_app(stack_settings)
+    yield app.test_client()
+    app.extensions["inferq"].engine.dispose()
