@@ -45,7 +45,7 @@ class EmbeddedRedis:
     """A redis-server child bound to loopback, with its files in `workdir`; stop() ends it."""
 
     def __init__(self, workdir: Path, port: int, *, appendonly: bool = True) -> None:
-        self.workdir, self.port, self.appendonly = workdir, port, appendonly
+        self.workdir, self.port, self.appendonly = workdir.resolve(), port, appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,8 @@ from worker.cnn import augmentation_layers, augmentation_params, build_cnn
 from worker.datasets import Digits
 
 EpochHook = Callable[[int, dict[str, float]], None]
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 MONITOR = "val_loss"
+LOSS = "sparse_categorical_crossentropy"
 DROPOUT = 0.3  # before the output layer: +0.5-1 point of test accuracy on the 4,000-image sample
 COSINE_ALPHA = 0.05  # the learning rate decays along a cosine to 5% of its start over `epochs`
 
@@ -34,7 +34,7 @@ class TrainResult:
     params: dict[str, Any]
     dataset: dict[str, Any]
     stop_reason: str = "completed"  # "completed", "early_stopping" or "cancelled"
-    seconds: float = field(default=0.0)
+    seconds: float = 0.0  # wall time of training and testing
 
 
 def _keras() -> Any:
@@ -69,7 +69,7 @@ def _hooks(history: list[dict[str, float]], on_epoch: EpochHook | None, should_s
            state: dict[str, bool]) -> Any:
     keras = _keras()
 
-    class Hooks(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+    class Hooks(keras.callbacks.Callback):  # type: ignore[name-defined]
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             if should_stop is not None and should_stop():
                 state["cancelled"] = True
@@ -77,7 +77,7 @@ def _hooks(history: list[dict[str, float]], on_epoch: EpochHook | None, should_s
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             row = {"epoch": float(epoch + 1)}
-            row.update({k: float(v) for k, v in (logs or {}).items() if np.isscalar(v) or np.size(v) == 1})
+            row.update({k: float(v) for k, v in (logs or {}).items() if np.size(v) == 1})
             history.append(row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, dict(row))
@@ -85,8 +85,24 @@ def _hooks(history: list[dict[str, float]], on_epoch: EpochHook | None, should_s
     return Hooks()
 
 
+def _compiled_model(learning_rate: float, decay_steps: int) -> Any:
+    keras = _keras()
+    model = build_cnn(num_classes=10, dropout=DROPOUT)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps, alpha=COSINE_ALPHA)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=LOSS, metrics=["accuracy"])
+    return model
+
+
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {str(int(c)): float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)}
+
+
+def _fixed_params(augment: bool) -> dict[str, Any]:
+    return {
+        "optimizer": "adam", "loss": LOSS, "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs",
+        "early_stopping_monitor": MONITOR, "restore_best_weights": True, "dropout": DROPOUT,
+        "augmentation": augmentation_params() if augment else None, "architecture": "mnist_cnn",
+    }
 
 
 def train_cnn(
@@ -101,30 +117,24 @@ def train_cnn(
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = _split(to_model_input(digits.x_train), digits.y_train, validation_split, seed)
-    model = build_cnn(num_classes=10, dropout=DROPOUT)
-    steps = epochs * -(-len(y_train) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=COSINE_ALPHA)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size))
     history: list[dict[str, float]] = []
     state = {"cancelled": False}
     stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=patience, restore_best_weights=True)
+    hooks = _hooks(history, on_epoch, should_stop, state)
     model.fit(_train_dataset(x_train, y_train, batch_size, augment, seed), epochs=epochs, verbose=0,
-              validation_data=(x_val, y_val), shuffle=False, callbacks=[stopper, _hooks(history, on_epoch, should_stop, state)])
+              validation_data=(x_val, y_val), shuffle=False, callbacks=[stopper, hooks])
     predicted = np.argmax(model.predict(to_model_input(digits.x_test), batch_size=256, verbose=0), axis=1)
-    reason = "cancelled" if state["cancelled"] else "early_stopping" if stopper.stopped_epoch else "completed"
     params = {
         "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
         "validation_split": validation_split, "patience": patience, "augment": augment, "seed": seed,
-        "optimizer": "adam", "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs", "loss": "sparse_categorical_crossentropy", "early_stopping_monitor": MONITOR,
-        "restore_best_weights": True, "dropout": DROPOUT,
-        "augmentation": augmentation_params() if augment else None,
-        "train_images": len(y_train), "validation_images": len(y_val), "epochs_run": len(history),
+        **_fixed_params(augment), "train_images": len(y_train), "validation_images": len(y_val),
     }
     return TrainResult(
         model=model, history=history, test_accuracy=float(np.mean(predicted == digits.y_test)),
-        per_class_accuracy=_per_class(digits.y_test, predicted), params=params,
-        dataset=digits.describe(), stop_reason=reason, seconds=round(time.perf_counter() - started, 3),
+        per_class_accuracy=_per_class(digits.y_test, predicted), params=params, dataset=digits.describe(),
+        stop_reason="cancelled" if state["cancelled"] else "early_stopping" if stopper.stopped_epoch else "completed",
+        seconds=round(time.perf_counter() - started, 3),
     )
 
 
