@@ -56,10 +56,12 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     runner = ["-m", "pytest", *argv[1:]] if argv[0] == "test" else ["-m", "inferq", *argv]
     cmd = [str(python), *runner]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 130
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the child got the Ctrl-C too: wait for its clean shutdown
+            continue
 
 
 if __name__ == "__main__":

@@ -39,9 +39,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_status=422,
         validation_error_callback=validation_problem,
     )
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_request_bytes, MAX_FORM_PARTS=settings.max_images_per_job + 16
-    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, MAX_FORM_PARTS=settings.max_images_per_job + 16)
     register_services(app, settings, make_celery(settings))
     register_error_handlers(app)
     for bp in (health.bp, jobs.bp, models.bp):

@@ -37,6 +37,4 @@ def readyz() -> tuple[Response, int]:
     except Exception as exc:
         checks["redis"] = f"error: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values())
-    return jsonify(
-        Health(status="ok" if ok else "unavailable", checks=checks).model_dump()
-    ), 200 if ok else 503
+    return jsonify(Health(status="ok" if ok else "unavailable", checks=checks).model_dump()), 200 if ok else 503

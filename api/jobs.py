@@ -100,9 +100,7 @@ def list_jobs(query: JobsQuery) -> Response:
     rows, cursor = jobstore.jobs_page(
         db(), tenant_id="default", status=query.status, cursor=query.cursor, limit=query.limit
     )
-    return jsonify(
-        JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json")
-    )
+    return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
 
 
 @bp.get("/<job_id>", summary="Get a job (with its predictions once finished)", responses={"200": JobPublic})

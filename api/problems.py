@@ -63,7 +63,8 @@ def register_error_handlers(app: Flask) -> None:
             "detail": exc.description or exc.name,
             "instance": request.path,
         }
-        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
+        allowed = getattr(exc, "valid_methods", None)
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
         return problem_response(body, headers)
 
     @app.errorhandler(Exception)

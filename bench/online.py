@@ -113,16 +113,12 @@ def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untype
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def client_loop(
-    url: str, images: list[bytes], deadline: float, lat: list[float], lock: threading.Lock
-) -> None:
+def client_loop(url: str, images: list[bytes], deadline: float, lat: list[float], lock: threading.Lock) -> None:
     s = requests.Session()
     i = 0
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
-        r = s.post(
-            f"{url}/v1/jobs", files=[("images", ("d.png", images[i % len(images)], "image/png"))], timeout=30
-        )
+        r = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", images[i % len(images)], "image/png"))], timeout=30)
         job = r.json()
         while job["status"] not in ("succeeded", "failed", "canceled"):
             time.sleep(0.005)
@@ -146,13 +142,9 @@ def e2e(
     wenv = dict(env, INFERQ_MAX_BATCH=str(max_batch))
     worker = spawn(["worker", "--queues", "inference"], wenv, logs / f"worker-{clients}-{max_batch}.log")
     try:
-        wait_for(
-            lambda: " ready." in (logs / f"worker-{clients}-{max_batch}.log").read_text(), 120, "the worker"
-        )
+        wait_for(lambda: " ready." in (logs / f"worker-{clients}-{max_batch}.log").read_text(), 120, "the worker")
         warm: list[float] = []
-        client_loop(
-            settings.resolved_api_url, images, time.monotonic() + 3, warm, threading.Lock()
-        )  # loads TF model
+        client_loop(settings.resolved_api_url, images, time.monotonic() + 3, warm, threading.Lock())  # loads TF model
         engine = sa.create_engine(settings.resolved_database_url)
         with engine.connect() as c:
             since = c.execute(sa.text("SELECT max(id) FROM job_items")).scalar() or 0
@@ -161,9 +153,7 @@ def e2e(
         deadline = time.monotonic() + seconds
         start = time.monotonic()
         threads = [
-            threading.Thread(
-                target=client_loop, args=(settings.resolved_api_url, images, deadline, lat, lock)
-            )
+            threading.Thread(target=client_loop, args=(settings.resolved_api_url, images, deadline, lat, lock))
             for _ in range(clients)
         ]
         for t in threads:
@@ -174,8 +164,7 @@ def e2e(
         with engine.connect() as c:
             n, passes = c.execute(
                 sa.text(
-                    "SELECT count(*), sum(1.0 / batch_size) FROM job_items "
-                    "WHERE id > :s AND batch_size IS NOT NULL"
+                    "SELECT count(*), sum(1.0 / batch_size) FROM job_items WHERE id > :s AND batch_size IS NOT NULL"
                 ),
                 {"s": since},
             ).one()
@@ -253,15 +242,11 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     db_kind = settings.resolved_database_url.split(":", 1)[0]
-    print(
-        f"\ninferq online benchmark  ({os.cpu_count()} cores, database {db_kind}, {args.seconds:.0f}s per run)\n"
-    )
+    print(f"\ninferq online benchmark  ({os.cpu_count()} cores, database {db_kind}, {args.seconds:.0f}s per run)\n")
     print(f"raw model.predict   batch 1: {raw1:9.1f} img/s   batch 64: {raw64:9.1f} img/s\n")
     print(f"{'end-to-end run':<32}{'jobs/s':>9}{'mean batch':>12}{'p50 ms':>9}{'p99 ms':>9}{'vs raw b1':>11}")
     for r in runs:
-        print(
-            f"{r.label:<32}{r.rate:9.1f}{r.mean_batch:12.2f}{r.pct(50):9.1f}{r.pct(99):9.1f}{r.rate / raw1:10.2f}x"
-        )
+        print(f"{r.label:<32}{r.rate:9.1f}{r.mean_batch:12.2f}{r.pct(50):9.1f}{r.pct(99):9.1f}{r.rate / raw1:10.2f}x")
     by = {(r.clients, r.max_batch): r for r in runs}
     ratio = by[(32, 64)].rate / by[(32, 1)].rate
     print(

@@ -29,9 +29,7 @@ def main() -> None:
     default="",
     help="Comma-separated GPU indices: one worker process per GPU (default: one CPU worker).",
 )
-@click.option(
-    "--train-epochs", type=int, default=None, help="Epochs if the default model must be trained first."
-)
+@click.option("--train-epochs", type=int, default=None, help="Epochs if the default model must be trained first.")
 def up(gpus: str, train_epochs: int | None) -> None:
     """Bring up the whole stack: migrations, Redis, default model, API, worker(s) and Flower. Ctrl-C stops it."""
     from inferq.stack import Stack
@@ -73,9 +71,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     help="GPU index to pin this worker to (sets CUDA_VISIBLE_DEVICES); default INFERQ_GPU, empty = CPU.",
 )
 @click.option("--queues", default="inference,training", show_default=True, help="Queues to consume.")
-@click.option(
-    "--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY)."
-)
+@click.option("--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY).")
 @click.option("--beat/--no-beat", default=False, help="Also run the periodic reconciler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, loglevel: str) -> None:
@@ -84,6 +80,10 @@ def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, lo
     from worker.gpu import pin_gpu
 
     label = pin_gpu(settings.gpu)
+    from worker.gpu import configure_tensorflow, device_summary
+
+    gpus = configure_tensorflow()
+    console.print(f"worker {label}: {device_summary()}" + ("" if gpus else " -- no GPU, running on the CPU"))
     from worker.celery_app import create_worker_app
 
     app = create_worker_app(settings)
@@ -128,9 +128,7 @@ def migrate() -> None:
 
     settings = Settings()
     upgrade_database(settings)
-    console.print(
-        f"[green]database is at the newest schema[/] ({settings.resolved_database_url.split('@')[-1]})"
-    )
+    console.print(f"[green]database is at the newest schema[/] ({settings.resolved_database_url.split('@')[-1]})")
 
 
 @main.command("train-default")
@@ -144,9 +142,7 @@ def train_default(epochs: int | None, force: bool) -> None:
 
 
 @main.command()
-@click.argument(
-    "images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--model", default=None, help="name, name:version or name@alias (default: the default model).")
 @click.option("--top-k", type=int, default=None, help="Ranked labels per image.")
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for the result.")
@@ -157,9 +153,7 @@ def classify(
     """Classify image files: submit one job, wait for it, print a table."""
     from inferq.client import classify_files
 
-    ok = classify_files(
-        api_url or Settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout
-    )
+    ok = classify_files(api_url or Settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout)
     sys.exit(0 if ok else 1)
 
 

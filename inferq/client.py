@@ -75,9 +75,7 @@ def classify_files(
     except ApiError as exc:
         out.print(f"[red]error:[/] {exc}")
         return False
-    table = Table(
-        title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}"
-    )
+    table = Table(title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}")
     for col in ("image", "label", "confidence", "top-k"):
         table.add_column(col)
     for p in job.get("predictions") or []:

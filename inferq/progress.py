@@ -17,9 +17,7 @@ def train_with_progress(settings: Settings, *, epochs: int | None = None, force:
 
     upgrade_database(settings)
     if not force and has_model(settings, settings.default_model):
-        console.print(
-            f"[green]model {settings.default_model} is already registered[/] (use --force for a new version)"
-        )
+        console.print(f"[green]model {settings.default_model} is already registered[/] (use --force for a new version)")
         return
     total = epochs or settings.train_epochs
     console.print(
@@ -40,7 +38,7 @@ def train_with_progress(settings: Settings, *, epochs: int | None = None, force:
                 f"loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
                 f"val_acc {logs.get('val_accuracy', 0):.4f}"
             )
-            progress.update(task, completed=epoch + 1, logs=text)
+            progress.update(task, completed=epoch, logs=text)  # epoch counts from 1
 
         mv = train_default_model(settings, epochs=total, on_epoch=on_epoch)
         progress.update(task, total=progress.tasks[0].completed)

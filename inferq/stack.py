@@ -21,6 +21,10 @@ from shared.settings import Settings
 console = Console(stderr=True)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 @dataclass
 class Stack:
     """Starts Redis (if embedded), trains the default model if needed, then the API, workers and Flower."""
@@ -33,7 +37,8 @@ class Stack:
 
     def run(self) -> None:
         """Start everything, print where to look, and stop it all cleanly on Ctrl-C or a child's death."""
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (nohup, &)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             env = self._prepare()
             self._start_children(env)
@@ -54,17 +59,13 @@ class Stack:
         console.print(f"[green]database ready[/] ({s.resolved_database_url.split('@')[-1]})")
         if s.uses_embedded_redis:
             if port_open("127.0.0.1", s.embedded_redis_port):
-                raise SystemExit(
-                    f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one"
-                )
+                raise SystemExit(f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one")
             self.redis = EmbeddedRedis(s.data_dir / "redis", s.embedded_redis_port).start()
             console.print(
                 f"[green]embedded Redis ready[/] ({self.redis.url}, append-only file in {s.data_dir / 'redis'})"
             )
         env["INFERQ_REDIS_URL"] = s.broker_url()
-        cmd = [*self._inferq(), "train-default"] + (
-            ["--epochs", str(self.train_epochs)] if self.train_epochs else []
-        )
+        cmd = [*self._inferq(), "train-default"] + (["--epochs", str(self.train_epochs)] if self.train_epochs else [])
         if subprocess.run(cmd, env=env).returncode != 0:
             raise SystemExit("training the default model failed; see the output above")
         return env

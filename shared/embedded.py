@@ -74,7 +74,8 @@ class EmbeddedRedis:
             "--daemonize",
             "no",
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: a Ctrl-C in the terminal reaches the owner, which stops Redis last
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready()
         return self
 
@@ -86,9 +87,7 @@ class EmbeddedRedis:
     )
     def _wait_ready(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"redis-server exited with {self.proc.returncode}; see {self.workdir}/redis.log"
-            )
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.workdir}/redis.log")
         if not port_open("127.0.0.1", self.port):
             raise ConnectionError(f"redis-server not yet listening on {self.port}")
 

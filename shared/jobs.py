@@ -179,9 +179,7 @@ def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) 
         session.execute(
             update(JobItem)
             .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
-            .values(
-                status=ItemStatus.FAILED.value, error_type=error_type, error=detail, completed_at=utcnow()
-            )
+            .values(status=ItemStatus.FAILED.value, error_type=error_type, error=detail, completed_at=utcnow())
         )
         refresh_counts(session, job_id)
     return moved
@@ -198,25 +196,16 @@ def get_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None
 def cancel_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None) -> Job:
     """Cancel a job that has not finished (409 if it has)."""
     job = get_job(session, job_id, tenant_id=tenant_id)
-    if not set_status(
-        session, job_id, JobStatus.CANCELED, error_type="canceled", error="canceled by the client"
-    ):
+    if not set_status(session, job_id, JobStatus.CANCELED, error_type="canceled", error="canceled by the client"):
         session.refresh(job)
-        raise JobNotCancelable(
-            f"job {job_id} is already {job.status}; only queued or running jobs can be canceled"
-        )
+        raise JobNotCancelable(f"job {job_id} is already {job.status}; only queued or running jobs can be canceled")
     session.refresh(job)
     return job
 
 
 def items_page(session: Session, job_id: uuid.UUID, *, after: int, limit: int) -> list[JobItem]:
     """Items of a job in index order, starting after index `after`."""
-    q = (
-        select(JobItem)
-        .where(JobItem.job_id == job_id, JobItem.idx > after)
-        .order_by(JobItem.idx)
-        .limit(limit)
-    )
+    q = select(JobItem).where(JobItem.job_id == job_id, JobItem.idx > after).order_by(JobItem.idx).limit(limit)
     return list(session.scalars(q))
 
 

@@ -13,9 +13,7 @@ from shared.errors import ModelNotFound, ValidationFailed
 from shared.models import ModelAlias, ModelVersion
 
 _NAME = r"[a-z0-9][a-z0-9._-]{0,99}"
-_REF = re.compile(
-    rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>[a-z0-9][a-z0-9_-]{{0,59}}))?$"
-)
+_REF = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>[a-z0-9][a-z0-9_-]{{0,59}}))?$")
 
 MNIST_LABELS = [str(i) for i in range(10)]
 MNIST_INPUT_SPEC = {
@@ -68,9 +66,7 @@ def resolve(session: Session, ref: ModelRef, *, default_alias: str) -> ModelVers
                 select(ModelVersion).filter_by(name=ref.name).order_by(ModelVersion.version.desc()).limit(1)
             )
     if mv is None:
-        raise ModelNotFound(
-            f"model {str(ref)!r} does not exist; GET /v1/models lists the models and versions"
-        )
+        raise ModelNotFound(f"model {str(ref)!r} does not exist; GET /v1/models lists the models and versions")
     return mv
 
 

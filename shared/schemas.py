@@ -25,9 +25,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
-    model: str | None = Field(
-        None, description="'name', 'name:version' or 'name@alias'; default model if absent."
-    )
+    model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
     top_k: int | None = Field(None, ge=1, description="How many ranked labels to return per image.")
 
 

@@ -17,9 +17,7 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="Local files: SQLite database, blobs, models, logs.")
-    database_url: str = Field(
-        "", description="SQLAlchemy URL; empty means SQLite in WAL mode under data_dir."
-    )
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in WAL mode under data_dir.")
     redis_url: str = Field(EMBEDDED, description="Broker URL, or 'embedded' for the bundled redis-server.")
     embedded_redis_port: int = Field(6399, description="TCP port of the embedded redis-server.")
 
@@ -46,9 +44,7 @@ class Settings(BaseSettings):
     # --- reliability ----------------------------------------------------------------------------------------
     task_soft_time_limit: int = Field(300, ge=1, description="Seconds before a task is asked to stop.")
     task_time_limit: int = Field(360, ge=1, description="Seconds before a task is killed.")
-    visibility_timeout: int = Field(
-        3600, ge=1, description="Seconds before Redis redelivers an unacked task."
-    )
+    visibility_timeout: int = Field(3600, ge=1, description="Seconds before Redis redelivers an unacked task.")
     queued_lease_s: float = Field(60.0, gt=0, description="A queued job older than this is re-dispatched.")
     reconcile_interval_s: float = Field(30.0, gt=0, description="How often the reconciler runs.")
     max_attempts: int = Field(3, ge=1, description="Deliveries of one job before its items fail.")

@@ -33,9 +33,7 @@ def _pg_reachable(url: str) -> bool:
 def _temp_pg_cluster(tmp: Path) -> tuple[str, subprocess.Popen[bytes]] | None:
     """A throwaway PostgreSQL cluster from the machine's binaries (initdb), when no server is reachable."""
     candidates = (
-        sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if Path("/usr/lib/postgresql").exists()
-        else []
+        sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) if Path("/usr/lib/postgresql").exists() else []
     )
     initdb = shutil.which("initdb") or (str(candidates[-1]) if candidates else None)
     if not initdb:
@@ -78,9 +76,7 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     started = _temp_pg_cluster(tmp_path_factory.mktemp("pg"))
     if started is None:
-        pytest.skip(
-            "no PostgreSQL: set TEST_DATABASE_URL or install PostgreSQL (initdb) to run integration tests"
-        )
+        pytest.skip("no PostgreSQL: set TEST_DATABASE_URL or install PostgreSQL (initdb) to run integration tests")
     url, proc = started
     yield url
     proc.terminate()

@@ -105,7 +105,9 @@ def add_model_version(
 ) -> ModelVersion:
     """Register the next version of `name` (a keras artifact that need not exist) and flush it."""
     values: dict[str, Any] = {
-        "format": "keras", "artifact_uri": f"models/{name}/{uuid.uuid4().hex}.keras", "size_bytes": 1234,
+        "format": "keras",
+        "artifact_uri": f"models/{name}/{uuid.uuid4().hex}.keras",
+        "size_bytes": 1234,
         "metrics": {"accuracy": 0.99},
     }
     values.update(fields)
@@ -184,8 +186,7 @@ def db_session(app: Flask) -> Session:
     return services_of(app).sessions()
 
 
-def post_files(client: FlaskClient, images: list[bytes], names: list[str] | None = None,
-               **form: str) -> TestResponse:
+def post_files(client: FlaskClient, images: list[bytes], names: list[str] | None = None, **form: str) -> TestResponse:
     """POST /v1/jobs as multipart/form-data with one 'images' part per image, plus form fields."""
     names = names or [f"img{i}.png" for i in range(len(images))]
     files = [(io.BytesIO(b), n) for b, n in zip(images, names, strict=True)]
@@ -196,8 +197,10 @@ def post_files(client: FlaskClient, images: list[bytes], names: list[str] | None
 def row_counts(app: Flask) -> tuple[int, int]:
     """(jobs, job items) in the database."""
     with db_session(app) as s:
-        return (s.scalar(select(func.count()).select_from(Job)) or 0,
-                s.scalar(select(func.count()).select_from(JobItem)) or 0)
+        return (
+            s.scalar(select(func.count()).select_from(Job)) or 0,
+            s.scalar(select(func.count()).select_from(JobItem)) or 0,
+        )
 
 
 def blob_files(app: Flask) -> list[Path]:

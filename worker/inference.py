@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,9 +71,7 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
         return job, mv
 
 
-def load_inputs(
-    ctx: WorkerContext, job: Job
-) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
+def load_inputs(ctx: WorkerContext, job: Job) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
     """Preprocess the pending items; undecodable ones become error results instead of failing the job."""
     with session_scope(ctx.sessions) as session:
         items = list(
@@ -85,9 +84,7 @@ def load_inputs(
     ids, arrays, errors = [], [], []
     for item in items:
         try:
-            arrays.append(
-                preprocess(ctx.store.get(item.input_key or ""), max_pixels=ctx.settings.max_image_pixels)
-            )
+            arrays.append(preprocess(ctx.store.get(item.input_key or ""), max_pixels=ctx.settings.max_image_pixels))
             ids.append(item.id)
         except InferqError as exc:
             errors.append(jobstore.ItemResult(item_id=item.id, error_type=exc.type_slug, error=exc.detail))
@@ -124,7 +121,7 @@ def run_classify(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     return Outcome(str(job_id), status, images=len(ids) + len(errors))
 
 
-def reconcile(ctx: WorkerContext, publish) -> int:  # type: ignore[no-untyped-def]
+def reconcile(ctx: WorkerContext, publish: Callable[[uuid.UUID], None]) -> int:
     """Re-dispatch queued jobs whose message may be lost (leased per job, so reconcilers don't collide)."""
     sent = 0
     with session_scope(ctx.sessions) as session:

@@ -65,8 +65,12 @@ def _train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, augment: bool,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _hooks(history: list[dict[str, float]], on_epoch: EpochHook | None, should_stop: Callable[[], bool] | None,
-           state: dict[str, bool]) -> Any:
+def _hooks(
+    history: list[dict[str, float]],
+    on_epoch: EpochHook | None,
+    should_stop: Callable[[], bool] | None,
+    state: dict[str, bool],
+) -> Any:
     keras = _keras()
 
     class Hooks(keras.callbacks.Callback):  # type: ignore[name-defined]
@@ -99,16 +103,29 @@ def _per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 def _fixed_params(augment: bool) -> dict[str, Any]:
     return {
-        "optimizer": "adam", "loss": LOSS, "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs",
-        "early_stopping_monitor": MONITOR, "restore_best_weights": True, "dropout": DROPOUT,
-        "augmentation": augmentation_params() if augment else None, "architecture": "mnist_cnn",
+        "optimizer": "adam",
+        "loss": LOSS,
+        "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs",
+        "early_stopping_monitor": MONITOR,
+        "restore_best_weights": True,
+        "dropout": DROPOUT,
+        "augmentation": augmentation_params() if augment else None,
+        "architecture": "mnist_cnn",
     }
 
 
 def train_cnn(
-    digits: Digits, *, epochs: int = 12, batch_size: int = 32, learning_rate: float = 2e-3,
-    validation_split: float = 0.1, patience: int = 3, augment: bool = True, seed: int = 0,
-    on_epoch: EpochHook | None = None, should_stop: Callable[[], bool] | None = None,
+    digits: Digits,
+    *,
+    epochs: int = 12,
+    batch_size: int = 32,
+    learning_rate: float = 2e-3,
+    validation_split: float = 0.1,
+    patience: int = 3,
+    augment: bool = True,
+    seed: int = 0,
+    on_epoch: EpochHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train the CNN on `digits` (Adam, cosine decay, early stopping restoring the best weights) and test it."""
     if not 0.0 < validation_split < 1.0:
@@ -122,17 +139,34 @@ def train_cnn(
     state = {"cancelled": False}
     stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=patience, restore_best_weights=True)
     hooks = _hooks(history, on_epoch, should_stop, state)
-    model.fit(_train_dataset(x_train, y_train, batch_size, augment, seed), epochs=epochs, verbose=0,
-              validation_data=(x_val, y_val), shuffle=False, callbacks=[stopper, hooks])
+    model.fit(
+        _train_dataset(x_train, y_train, batch_size, augment, seed),
+        epochs=epochs,
+        verbose=0,
+        validation_data=(x_val, y_val),
+        shuffle=False,
+        callbacks=[stopper, hooks],
+    )
     predicted = np.argmax(model.predict(to_model_input(digits.x_test), batch_size=256, verbose=0), axis=1)
     params = {
-        "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "validation_split": validation_split, "patience": patience, "augment": augment, "seed": seed,
-        **_fixed_params(augment), "train_images": len(y_train), "validation_images": len(y_val),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "validation_split": validation_split,
+        "patience": patience,
+        "augment": augment,
+        "seed": seed,
+        **_fixed_params(augment),
+        "train_images": len(y_train),
+        "validation_images": len(y_val),
     }
     return TrainResult(
-        model=model, history=history, test_accuracy=float(np.mean(predicted == digits.y_test)),
-        per_class_accuracy=_per_class(digits.y_test, predicted), params=params, dataset=digits.describe(),
+        model=model,
+        history=history,
+        test_accuracy=float(np.mean(predicted == digits.y_test)),
+        per_class_accuracy=_per_class(digits.y_test, predicted),
+        params=params,
+        dataset=digits.describe(),
         stop_reason="cancelled" if state["cancelled"] else "early_stopping" if stopper.stopped_epoch else "completed",
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -33,8 +33,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     (or the real Celery client with real_celery=True)."""
     built: list[Flask] = []
 
-    def build(*, celery: Any | None = None, real_celery: bool = False, seed: bool = True,
-              **overrides: Any) -> Flask:
+    def build(*, celery: Any | None = None, real_celery: bool = False, seed: bool = True, **overrides: Any) -> Flask:
         settings = make_settings(tmp_path, **overrides)
         upgrade_database(settings)
         app = create_app(settings)

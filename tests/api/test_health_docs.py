@@ -73,7 +73,8 @@ def _resolve(spec: dict[str, Any], ref: str) -> Any:
 def _refs(node: Any) -> list[str]:
     if isinstance(node, dict):
         return ([node["$ref"]] if isinstance(node.get("$ref"), str) else []) + [
-            r for v in node.values() for r in _refs(v)]
+            r for v in node.values() for r in _refs(v)
+        ]
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []
@@ -110,8 +111,16 @@ def test_openapi_documents_every_route(app: Flask, spec: dict[str, Any]) -> None
             continue
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, f"{method} {path} is not documented"
-    for expected in ["/healthz", "/readyz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results",
-                     "/v1/jobs/{job_id}/cancel", "/v1/models", "/v1/models/{name}"]:
+    for expected in [
+        "/healthz",
+        "/readyz",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/results",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/models",
+        "/v1/models/{name}",
+    ]:
         assert expected in spec["paths"]
 
 
@@ -132,7 +141,8 @@ def _error_responses(spec: dict[str, Any]) -> list[tuple[str, str, str, dict[str
     503, which is the Health body (the probe's answer, not a problem)."""
     return [
         (path, method, code, resp["content"])
-        for path, item in spec["paths"].items() for method, op in item.items()
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
         for code, resp in op["responses"].items()
         if code[0] in "45" and resp.get("content") and (path, code) != ("/readyz", "503")
     ]
@@ -150,8 +160,11 @@ def test_openapi_errors_are_problem_json(spec: dict[str, Any]) -> None:
 
 def test_openapi_error_schemas_are_problem(spec: dict[str, Any]) -> None:
     """Every documented error body is the Problem schema, which is what the API actually sends."""
-    wrong = [(path, method, code) for path, method, code, content in _error_responses(spec)
-             if content["application/problem+json"]["schema"] != {"$ref": "#/components/schemas/Problem"}]
+    wrong = [
+        (path, method, code)
+        for path, method, code, content in _error_responses(spec)
+        if content["application/problem+json"]["schema"] != {"$ref": "#/components/schemas/Problem"}
+    ]
     assert wrong == []
 
 
@@ -198,8 +211,12 @@ def test_unknown_route_is_problem_json(app: Flask, path: str) -> None:
     assert body["instance"] == path
 
 
-WRONG_METHODS = [("delete", "/healthz"), ("put", "/v1/jobs"), ("post", "/v1/models"),
-                 ("get", "/v1/jobs/00000000-0000-0000-0000-000000000000/cancel")]
+WRONG_METHODS = [
+    ("delete", "/healthz"),
+    ("put", "/v1/jobs"),
+    ("post", "/v1/models"),
+    ("get", "/v1/jobs/00000000-0000-0000-0000-000000000000/cancel"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), WRONG_METHODS)

@@ -86,8 +86,7 @@ def test_multipart_two_pngs(app: Flask, client: FlaskClient) -> None:
 
 def test_multipart_any_field_name_and_filenames(app: Flask, client: FlaskClient) -> None:
     """Files under any field name are taken, and their filenames are kept on the items."""
-    data = {"file": (io.BytesIO(png_bytes()), "seven.png"),
-            "other": (io.BytesIO(png_bytes()), "one.png")}
+    data = {"file": (io.BytesIO(png_bytes()), "seven.png"), "other": (io.BytesIO(png_bytes()), "one.png")}
     resp = client.post("/v1/jobs", data=data, content_type="multipart/form-data")
     assert resp.status_code == 202
     with db_session(app) as s:
@@ -114,8 +113,7 @@ def test_model_reference_forms(app: Flask, client: FlaskClient, ref: str, form: 
 def test_top_k_within_limits(app: Flask, client: FlaskClient, top_k: int, form: str) -> None:
     """top_k between 1 and max_top_k is accepted and stored."""
     images = [png_bytes()]
-    resp = (post_json(client, images, top_k=top_k) if form == "json"
-            else post_files(client, images, top_k=str(top_k)))
+    resp = post_json(client, images, top_k=top_k) if form == "json" else post_files(client, images, top_k=str(top_k))
     assert assert_accepted(app, resp, images)["top_k"] == top_k
 
 
@@ -148,24 +146,38 @@ BAD_INPUT: dict[str, Case] = {
     "one-bad-of-two": ({}, lambda c: post_files(c, [PNG, b"garbage"]), 422, INVALID),
     "tiff": ({}, lambda c: post_files(c, [tiff_bytes()]), 415, UNSUPPORTED),
     "tiff-json": ({}, lambda c: post_json(c, [tiff_bytes()]), 415, UNSUPPORTED),
-    "no-files": ({}, lambda c: raw(c, data={"model": "mnist-cnn"}, content_type="multipart/form-data"),
-                 400, "no-images"),
+    "no-files": (
+        {},
+        lambda c: raw(c, data={"model": "mnist-cnn"}, content_type="multipart/form-data"),
+        400,
+        "no-images",
+    ),
     "no-images-json": ({}, lambda c: raw(c, json={"images": []}), 400, "no-images"),
     "missing-images-json": ({}, lambda c: raw(c, json={"model": "mnist-cnn"}), 400, "no-images"),
     "too-many-files": ({"max_images_per_job": 2}, lambda c: post_files(c, [PNG] * 3), 413, "too-many-images"),
     "too-many-json": ({"max_images_per_job": 2}, lambda c: post_json(c, [PNG] * 3), 413, "too-many-images"),
-    "image-over-max-bytes": ({"max_image_bytes": 4096}, lambda c: post_files(c, [PNG, noise_png()]),
-                             413, TOO_LARGE),
-    "image-over-max-bytes-json": ({"max_image_bytes": 4096}, lambda c: post_json(c, [noise_png()]),
-                                  413, TOO_LARGE),
-    "body-over-max-request": ({"max_request_bytes": 16_000},
-                              lambda c: post_files(c, [noise_png(), noise_png()]), 413, TOO_LARGE),
-    "body-over-max-request-json": ({"max_request_bytes": 16_000},
-                                   lambda c: post_json(c, [noise_png(), noise_png()]), 413, TOO_LARGE),
+    "image-over-max-bytes": ({"max_image_bytes": 4096}, lambda c: post_files(c, [PNG, noise_png()]), 413, TOO_LARGE),
+    "image-over-max-bytes-json": ({"max_image_bytes": 4096}, lambda c: post_json(c, [noise_png()]), 413, TOO_LARGE),
+    "body-over-max-request": (
+        {"max_request_bytes": 16_000},
+        lambda c: post_files(c, [noise_png(), noise_png()]),
+        413,
+        TOO_LARGE,
+    ),
+    "body-over-max-request-json": (
+        {"max_request_bytes": 16_000},
+        lambda c: post_json(c, [noise_png(), noise_png()]),
+        413,
+        TOO_LARGE,
+    ),
     "decompression-bomb": ({}, lambda c: post_files(c, [BOMB]), 413, "image-too-large"),
     "decompression-bomb-json": ({}, lambda c: post_json(c, [BOMB]), 413, "image-too-large"),
-    "over-max-pixels": ({"max_image_pixels": 1000}, lambda c: post_files(c, [png_bytes(size=(64, 64))]),
-                        413, "image-too-large"),
+    "over-max-pixels": (
+        {"max_image_pixels": 1000},
+        lambda c: post_files(c, [png_bytes(size=(64, 64))]),
+        413,
+        "image-too-large",
+    ),
     "invalid-base64": ({}, lambda c: raw(c, json={"images": [{"data": "!!not base64!!"}]}), 422, NOT_VALID),
     "unknown-model": ({}, lambda c: post_json(c, [PNG], model="no-such-model"), 404, NO_MODEL),
     "unknown-model-multipart": ({}, lambda c: post_files(c, [PNG], model="no-such-model"), 404, NO_MODEL),
@@ -182,8 +194,7 @@ BAD_INPUT: dict[str, Case] = {
     "no-content-type": ({}, lambda c: raw(c, data=b"\x89PNG"), 400, BAD_REQUEST),
     "json-array": ({}, lambda c: raw(c, json=[{"data": b64(PNG)}]), 400, BAD_REQUEST),
     "json-string": ({}, lambda c: raw(c, json="images"), 400, BAD_REQUEST),
-    "malformed-json": ({}, lambda c: raw(c, data="{images:", content_type="application/json"),
-                       400, BAD_REQUEST),
+    "malformed-json": ({}, lambda c: raw(c, data="{images:", content_type="application/json"), 400, BAD_REQUEST),
 }
 
 
@@ -259,8 +270,11 @@ def test_get_job(client: FlaskClient) -> None:
     body = resp.get_json()
     assert (body["id"], body["status"], body["predictions"]) == (job_id, "queued", None)
     assert body["counts"] == {"total": 2, "completed": 0, "failed": 0}
-    assert body["links"] == {"self": f"/v1/jobs/{job_id}", "results": f"/v1/jobs/{job_id}/results",
-                             "cancel": f"/v1/jobs/{job_id}/cancel"}
+    assert body["links"] == {
+        "self": f"/v1/jobs/{job_id}",
+        "results": f"/v1/jobs/{job_id}/results",
+        "cancel": f"/v1/jobs/{job_id}/cancel",
+    }
 
 
 @pytest.mark.parametrize("suffix", ["", "/results"])
@@ -279,8 +293,10 @@ def _jobs_in_db(app: Flask, n: int) -> list[str]:
     """n jobs with distinct creation times, returned newest first."""
     base = utcnow() - timedelta(hours=1)
     with services_of(app).sessions.begin() as s:
-        ids = [str(make_job(s, services_of(app).store, n_images=1, created_at=base + timedelta(seconds=i)).id)
-               for i in range(n)]
+        ids = [
+            str(make_job(s, services_of(app).store, n_images=1, created_at=base + timedelta(seconds=i)).id)
+            for i in range(n)
+        ]
     return ids[::-1]
 
 
@@ -309,8 +325,9 @@ def test_list_jobs_status_filter(app: Flask, client: FlaskClient) -> None:
     assert [j["id"] for j in queued["data"]] == [ids[0], ids[2]]
 
 
-@pytest.mark.parametrize("query", ["status=bogus", "status=QUEUED", "cursor=not-a-cursor", "limit=0",
-                                   "limit=501", "limit=ten"])
+@pytest.mark.parametrize(
+    "query", ["status=bogus", "status=QUEUED", "cursor=not-a-cursor", "limit=0", "limit=501", "limit=ten"]
+)
 def test_list_jobs_invalid_query_is_422(client: FlaskClient, query: str) -> None:
     """An invalid status, cursor or limit answers 422 validation-error."""
     assert_problem(client.get(f"/v1/jobs?{query}"), 422, "validation-error")
@@ -330,8 +347,14 @@ def test_results_paging(app: Flask, client: FlaskClient) -> None:
         after = int(body["next_cursor"])
     assert pages == [[0, 1], [2, 3], [4]]
     assert client.get(f"/v1/jobs/{job_id}/results").get_json()["data"][0] == {
-        "index": 0, "filename": "img0.png", "status": "pending", "label": None, "confidence": None,
-        "top_k": None, "error": None, "model_version": None,
+        "index": 0,
+        "filename": "img0.png",
+        "status": "pending",
+        "label": None,
+        "confidence": None,
+        "top_k": None,
+        "error": None,
+        "model_version": None,
     }
 
 
@@ -362,10 +385,14 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
         assert mv is not None
         assert jobstore.start_attempt(s, job_id, mv.id)
         items = jobstore.items_page(s, job_id, after=-1, limit=10)
-        jobstore.write_results(s, [
-            ItemResult(item_id=items[0].id, label="7", confidence=0.93, top_k=top, batch_size=2),
-            ItemResult(item_id=items[1].id, error_type="invalid-image", error="could not decode"),
-        ], mv.id)
+        jobstore.write_results(
+            s,
+            [
+                ItemResult(item_id=items[0].id, label="7", confidence=0.93, top_k=top, batch_size=2),
+                ItemResult(item_id=items[1].id, error_type="invalid-image", error="could not decode"),
+            ],
+            mv.id,
+        )
         assert jobstore.finish_if_done(s, job_id) is not None
 
     body = client.get(f"/v1/jobs/{job_id}").get_json()
@@ -373,10 +400,21 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
     assert body["counts"] == {"total": 2, "completed": 1, "failed": 1}
     assert body["attempts"] == 1 and body["started_at"] and body["finished_at"]
     ok, bad = body["predictions"]
-    assert ok == {"index": 0, "filename": "img0.png", "status": "succeeded", "label": "7", "confidence": 0.93,
-                  "top_k": top, "error": None, "model_version": "mnist-cnn:1"}
+    assert ok == {
+        "index": 0,
+        "filename": "img0.png",
+        "status": "succeeded",
+        "label": "7",
+        "confidence": 0.93,
+        "top_k": top,
+        "error": None,
+        "model_version": "mnist-cnn:1",
+    }
     assert (bad["status"], bad["label"], bad["error"]) == (
-        "failed", None, {"type": "invalid-image", "detail": "could not decode"})
+        "failed",
+        None,
+        {"type": "invalid-image", "detail": "could not decode"},
+    )
     results = client.get(f"/v1/jobs/{job_id}/results").get_json()
     assert results["status"] == "succeeded" and results["data"] == body["predictions"]
     assert_problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "job-not-cancelable")

@@ -15,8 +15,7 @@ AppFactory = Callable[..., Flask]
 def _registry(app: Flask) -> None:
     """mnist-cnn:1 (seeded, production), mnist-cnn:2 (canary), and tiny-mlp:1 (production)."""
     with session_scope(services_of(app).sessions) as s:
-        add_model_version(s, aliases=("canary",), format="tflite", variant="int8",
-                          metrics={"accuracy": 0.985})
+        add_model_version(s, aliases=("canary",), format="tflite", variant="int8", metrics={"accuracy": 0.985})
         add_model_version(s, name="tiny-mlp", metrics={"accuracy": 0.97})
 
 

@@ -34,8 +34,15 @@ SCRIPT = textwrap.dedent(
 def test_api_never_imports_tensorflow(tmp_path: Path) -> None:
     """Building the API app and serving requests loads neither tensorflow nor keras."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     heavy = json.loads(proc.stdout.strip().splitlines()[-1])
     assert heavy == []

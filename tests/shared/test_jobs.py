@@ -26,8 +26,13 @@ def _items(session: Session, job: Job) -> list[JobItem]:
 
 
 def _ok(item: JobItem, label: str = "7", confidence: float = 0.9) -> ItemResult:
-    return ItemResult(item_id=item.id, label=label, confidence=confidence,
-                      top_k=[{"label": label, "confidence": confidence}], batch_size=2)
+    return ItemResult(
+        item_id=item.id,
+        label=label,
+        confidence=confidence,
+        top_k=[{"label": label, "confidence": confidence}],
+        batch_size=2,
+    )
 
 
 def _bad(item: JobItem) -> ItemResult:
@@ -122,9 +127,7 @@ def test_start_attempt_counts_deliveries(session: Session, store: LocalBlobStore
 
 
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED])
-def test_start_attempt_refuses_terminal_jobs(
-    session: Session, store: LocalBlobStore, final: JobStatus
-) -> None:
+def test_start_attempt_refuses_terminal_jobs(session: Session, store: LocalBlobStore, final: JobStatus) -> None:
     """A delivery of a finished or canceled job starts nothing and counts no attempt."""
     job = make_job(session, store, status=final.value, attempts=1)
     assert not jobstore.start_attempt(session, job.id, None)
@@ -315,16 +318,24 @@ def test_jobs_page_status_filter_and_tenant(session: Session, store: LocalBlobSt
     canceled = make_job(session, store, n_images=1, status="canceled")
     make_job(session, store, n_images=1, tenant_id="acme")
     session.commit()
-    rows, _ = jobstore.jobs_page(session, tenant_id="default", status=JobStatus.CANCELED, cursor=None,
-                                 limit=10)
+    rows, _ = jobstore.jobs_page(session, tenant_id="default", status=JobStatus.CANCELED, cursor=None, limit=10)
     assert [j.id for j in rows] == [canceled.id]
     rows, _ = jobstore.jobs_page(session, tenant_id="default", status=None, cursor=None, limit=10)
     assert {j.id for j in rows} == {queued.id, canceled.id}
 
 
-BAD_CURSORS = ["not a cursor!", "Zm9v", "YXxi", "fHx8", "%%%", "2024-01-01T00:00:00|nope", "_-_-",
-               b64(b"2024-01-01T00:00:00+00:00|not-a-uuid"), b64(f"yesterday|{uuid.uuid4()}".encode()),
-               b64(b"\xff\xfe|x")]
+BAD_CURSORS = [
+    "not a cursor!",
+    "Zm9v",
+    "YXxi",
+    "fHx8",
+    "%%%",
+    "2024-01-01T00:00:00|nope",
+    "_-_-",
+    b64(b"2024-01-01T00:00:00+00:00|not-a-uuid"),
+    b64(f"yesterday|{uuid.uuid4()}".encode()),
+    b64(b"\xff\xfe|x"),
+]
 
 
 @pytest.mark.parametrize("cursor", BAD_CURSORS)

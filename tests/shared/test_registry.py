@@ -35,9 +35,25 @@ def test_model_ref_str_roundtrips(ref: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "mnist-cnn:", "mnist-cnn@", "mnist-cnn:v1", "mnist-cnn:-1", "mnist-cnn:1@production",
-     "mnist-cnn@prod@x", "-mnist", ".hidden", "../etc/passwd", "a/b", "mnist cnn", "mnist-cnn:1234567890",
-     "a" * 101, "mnist-cnn@" + "a" * 61, "mnist-cnn@prod.1"],
+    [
+        "",
+        " ",
+        "mnist-cnn:",
+        "mnist-cnn@",
+        "mnist-cnn:v1",
+        "mnist-cnn:-1",
+        "mnist-cnn:1@production",
+        "mnist-cnn@prod@x",
+        "-mnist",
+        ".hidden",
+        "../etc/passwd",
+        "a/b",
+        "mnist cnn",
+        "mnist-cnn:1234567890",
+        "a" * 101,
+        "mnist-cnn@" + "a" * 61,
+        "mnist-cnn@prod.1",
+    ],
 )
 def test_parse_ref_rejects_bad_references(text: str) -> None:
     """Anything else is a 422 that names the accepted forms."""

@@ -92,9 +92,7 @@ def test_resolved_database_url_defaults_to_sqlite_under_data_dir(tmp_path: Path)
     assert s.resolved_database_url == f"sqlite:///{(tmp_path / 'inferq.db').resolve()}"
 
 
-def test_relative_data_dir_gives_absolute_sqlite_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_data_dir_gives_absolute_sqlite_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A relative data_dir still yields an absolute SQLite path (the URL does not depend on a later chdir)."""
     monkeypatch.chdir(tmp_path)
     url = _settings(data_dir=Path("var")).resolved_database_url

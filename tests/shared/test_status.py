@@ -10,8 +10,12 @@ Q, R, S = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
 F, C = JobStatus.FAILED, JobStatus.CANCELED
 
 ALLOWED = {
-    (Q, R), (Q, F), (Q, C),
-    (R, S), (R, F), (R, C),
+    (Q, R),
+    (Q, F),
+    (Q, C),
+    (R, S),
+    (R, F),
+    (R, C),
 }
 
 

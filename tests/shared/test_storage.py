@@ -48,8 +48,22 @@ def test_files_live_under_root(blobs: LocalBlobStore, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["../escape", "a/../../escape", "a/..", "..", "/etc/passwd", "/abs", "", ".hidden", "a//b/../../..",
-     "a\\..\\b", "a b", "a\x00b", "~/x", "x" * 402],
+    [
+        "../escape",
+        "a/../../escape",
+        "a/..",
+        "..",
+        "/etc/passwd",
+        "/abs",
+        "",
+        ".hidden",
+        "a//b/../../..",
+        "a\\..\\b",
+        "a b",
+        "a\x00b",
+        "~/x",
+        "x" * 402,
+    ],
 )
 @pytest.mark.parametrize("op", ["put", "get", "delete", "exists"])
 def test_bad_keys_are_refused(blobs: LocalBlobStore, tmp_path: Path, key: str, op: str) -> None:

@@ -103,9 +103,7 @@ def test_a_job_is_classified_and_recorded(ctx: WorkerContext, model: tuple[Model
     assert all(i.confidence == pytest.approx(0.91, abs=1e-6) and i.batch_size == 2 for i in items)
 
 
-def test_running_a_job_again_changes_nothing(
-    ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]
-) -> None:
+def test_running_a_job_again_changes_nothing(ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]) -> None:
     """A redelivered job is terminal already: no forward pass, no write, same results."""
     _, fake = model
     job_id = new_job(ctx, [png()])
