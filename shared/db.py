@@ -65,8 +65,8 @@ def alembic_config(settings: Settings) -> Any:
 
 
 def upgrade_database(settings: Settings) -> None:
-    """Bring the schema to the newest migration (alembic upgrade head)."""
+    """Bring the schema to the newest migration (alembic upgrade heads)."""
     from alembic import command
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(settings), "head")
+    command.upgrade(alembic_config(settings), "heads")
