@@ -1,0 +1,83 @@
+"""The command line as a user runs it: `inferq up` on embedded defaults, `classify`, `jobs`, `models`, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from shared.embedded import free_port
+from tests.integration.conftest import REPO, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inferq", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_every_command() -> None:
+    """`inferq --help` names every command, and each command has its own help."""
+    env = dict(os.environ)
+    out = run_cli("--help", env=env).stdout
+    commands = ["up", "api", "worker", "flower", "migrate", "train-default", "classify", "jobs", "models"]
+    assert all(f"  {c} " in out for c in commands), out
+    assert "--gpu" in run_cli("worker", "--help", env=env).stdout
+
+
+def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """`inferq up` on embedded defaults trains a model, serves a classify, and Ctrl-C stops every process."""
+    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    env.update(
+        INFERQ_DATA_DIR=str(tmp_path / "var"),
+        INFERQ_API_PORT=str(api_port),
+        INFERQ_FLOWER_PORT=str(flower_port),
+        INFERQ_EMBEDDED_REDIS_PORT=str(redis_port),
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        COLUMNS="200",
+    )
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115
+    up = subprocess.Popen(
+        [sys.executable, "-m", "inferq", "up", "--train-epochs", "1"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: "inferq is up" in (tmp_path / "up.log").read_text() or up.poll() is not None,
+            300,
+            "the stack to come up",
+        )
+        assert up.poll() is None, (tmp_path / "up.log").read_text()
+        banner = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{api_port}/docs" in banner and f"http://127.0.0.1:{flower_port}" in banner
+        sample = tmp_path / "var" / "samples" / "digit-7.png"
+        url = f"http://127.0.0.1:{api_port}"
+        done = run_cli("classify", str(sample), "--api-url", url, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "succeeded" in done.stdout and "digit-7.png" in done.stdout
+        assert "classify" in run_cli("jobs", "--api-url", url, env=env).stdout
+        assert "mnist-cnn" in run_cli("models", "--api-url", url, env=env).stdout
+        assert requests.get(f"http://127.0.0.1:{flower_port}/", timeout=10).ok
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 4  # redis, api, worker, flower
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        code = up.wait(60)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert "stopped" in (tmp_path / "up.log").read_text()
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
