@@ -110,15 +110,36 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url.rsplit("/", 1)[0]
 
 
-@pytest.fixture
-def redis_url(redis_server_url: str) -> Iterator[str]:
-    """A Redis database number of its own (12-15), emptied before and after the test."""
+@pytest.fixture(scope="session")
+def redis_db(redis_server_url: str) -> Iterator[int]:
+    """A Redis database number (1-15) claimed for this test session, so parallel runs never share one."""
     import redis
 
-    db = 12 + (os.getpid() % 4)
-    url = f"{redis_server_url}/{db}"
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{redis_server_url}/{db}")
+        if client.set("inferq:test-session-lock", os.getpid(), nx=True, ex=7200):
+            yield db
+            client.delete("inferq:test-session-lock")
+            client.close()
+            return
+        client.close()
+    pytest.skip("every Redis database 1-15 is claimed by other test sessions")
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str, redis_db: int) -> Iterator[str]:
+    """This session's Redis database, emptied (but for the session's claim) before and after each test."""
+    import redis
+
+    url = f"{redis_server_url}/{redis_db}"
     client = redis.Redis.from_url(url)
-    client.flushdb()
+
+    def empty() -> None:
+        keys = [k for k in client.scan_iter(count=1000) if k != b"inferq:test-session-lock"]
+        if keys:
+            client.delete(*keys)
+
+    empty()
     yield url
-    client.flushdb()
+    empty()
     client.close()
