@@ -87,15 +87,20 @@ def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, lo
     from worker.celery_app import create_worker_app
 
     app = create_worker_app(settings)
+    training_only = set(queues.split(",")) == {"training"}
+    if training_only:  # one training job at a time, and never a second one reserved behind it
+        concurrency = concurrency or 1
     argv = [
         "worker",
-        f"--hostname={label}@%h",
+        f"--hostname={label}{'-training' if training_only else ''}@%h",
         f"--queues={queues}",
         "--pool=threads",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--loglevel={loglevel}",
         "--task-events",
     ]
+    if training_only:
+        argv.append("--prefetch-multiplier=1")
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
