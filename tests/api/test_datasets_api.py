@@ -1,0 +1,162 @@
+"""/v1/datasets uploads and score jobs over HTTP: formats, refusals, chunk messages, streamed files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from typing import Any
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from api.app import create_app
+from shared.celery_app import SCORE_CHUNK_TASK
+from shared.datasets import Dataset
+from shared.models import Job, JobItem
+from tests.api.conftest import AppFactory
+from tests.dataset_factories import class_folder_entries, digits, npy_bytes, npz_bytes, zip_bytes
+from tests.factories import SentTasks, assert_problem, db_session, services_of, settings_of
+
+
+def upload(client: FlaskClient, name: str, data: bytes, multipart: bool = False) -> Any:
+    if multipart:
+        return client.post("/v1/datasets", data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
+    return client.post(f"/v1/datasets?filename={name}", data=data, content_type="application/octet-stream")
+
+
+def dataset_rows(app: Flask) -> int:
+    with db_session(app) as s:
+        return s.scalar(select(func.count()).select_from(Dataset)) or 0
+
+
+def test_upload_raw_npy_then_list_and_get(client: FlaskClient) -> None:
+    """A raw-body .npy upload is stored; list and get show its item count, size and status."""
+    resp = upload(client, "d.npy", npy_bytes(digits(20)[0]))
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert (body["item_count"], body["status"], body["format"], body["labelled"]) == (20, "ready", "npy", False)
+    assert client.get(f"/v1/datasets/{body['id']}").get_json()["item_count"] == 20
+    assert [d["id"] for d in client.get("/v1/datasets").get_json()["data"]] == [body["id"]]
+
+
+def test_upload_multipart_zip_with_labels(client: FlaskClient) -> None:
+    """A multipart zip in class folders reports its label counts."""
+    resp = upload(client, "digits.zip", zip_bytes(class_folder_entries(2)), multipart=True)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    assert resp.get_json()["label_counts"] == {"1": 2, "7": 2}
+
+
+def test_bad_archive_is_a_problem_leaving_nothing(app: Flask, client: FlaskClient) -> None:
+    """An archive with a `..` entry is refused with a stable problem type; no row, no stored files."""
+    resp = upload(client, "evil.zip", zip_bytes([("../../x.png", b"x")]))
+    assert_problem(resp, 422, "unsafe-archive")
+    assert dataset_rows(app) == 0
+    root = settings_of(app).blob_dir / "datasets"
+    assert not root.exists() or list(root.iterdir()) == []
+    assert list((settings_of(app).data_dir / "tmp").iterdir()) == []
+
+
+def test_upload_past_the_size_limit(make_app: AppFactory) -> None:
+    """An upload larger than INFERQ_DATASET_MAX_UPLOAD_BYTES is a 413 problem."""
+    app = make_app(dataset_max_upload_bytes=4096)
+    assert_problem(upload(app.test_client(), "d.npy", npy_bytes(digits(20)[0])), 413, "dataset-too-large")
+    assert dataset_rows(app) == 0
+
+
+def test_unknown_dataset_and_format(client: FlaskClient) -> None:
+    """An unknown id is a 404 problem; an unrecognizable file is a 415 problem."""
+    assert_problem(client.get(f"/v1/datasets/{uuid.uuid4()}"), 404, "dataset-not-found")
+    assert_problem(upload(client, "x.bin", b"\x00\x01\x02"), 415, "unsupported-dataset-format")
+
+
+def test_score_job_sends_one_message_per_chunk(make_app: AppFactory) -> None:
+    """A score job is accepted with 202, counts the dataset's items, and publishes ids-only chunk messages."""
+    app = make_app(chunk_size=8)
+    client = app.test_client()
+    ds = upload(client, "d.npy", npy_bytes(digits(20)[0])).get_json()
+    resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "model": "mnist-cnn", "top_k": 2})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    job = resp.get_json()
+    assert job["kind"] == "score" and job["dataset"] == ds["id"]
+    assert job["request_counts"] == {"total": 20, "completed": 0, "failed": 0}
+    sent = services_of(app).celery
+    assert isinstance(sent, SentTasks)
+    assert [(n, a) for n, a, _ in sent.sent] == [(SCORE_CHUNK_TASK, [job["id"], i]) for i in range(3)]
+
+
+def test_score_job_refusals(client: FlaskClient) -> None:
+    """A score job naming an unknown dataset is a 404; unknown fields are a 422."""
+    assert_problem(
+        client.post("/v1/jobs", json={"kind": "score", "dataset": str(uuid.uuid4())}), 404, "dataset-not-found"
+    )
+    assert_problem(client.post("/v1/jobs", json={"kind": "score", "dataset": "x", "bogus": 1}), 422, "validation-error")
+
+
+def _score_job_with_rows(app: Flask) -> str:
+    """A finished score job over a labelled npz, with one succeeded and one failed row per pair of items."""
+    client = app.test_client()
+    x, y = digits(6)
+    ds = upload(client, "d.npz", npz_bytes(x=x, y=y)).get_json()
+    job_id = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}).get_json()["id"]
+    with db_session(app) as s:
+        for i in range(6):
+            ok = i % 2 == 0
+            s.add(
+                JobItem(
+                    job_id=uuid.UUID(job_id),
+                    idx=i,
+                    filename=str(i),
+                    status="succeeded" if ok else "failed",
+                    label=str(y[i]) if ok else None,
+                    confidence=0.9 if ok else None,
+                    top_k=[{"label": str(y[i]), "confidence": 0.9}] if ok else None,
+                    error_type=None if ok else "invalid-image",
+                    error=None if ok else "bad",
+                )
+            )
+        s.commit()
+    return job_id
+
+
+def test_output_and_errors_stream_as_csv_and_jsonl(app: Flask) -> None:
+    """The output file has one row per scored item with the true label; the error file the rest."""
+    client = app.test_client()
+    job_id = _score_job_with_rows(app)
+    out = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True))))
+    assert [r["index"] for r in out] == ["0", "2", "4"]
+    assert all(r["label"] == r["true_label"] for r in out)
+    lines = client.get(f"/v1/jobs/{job_id}/errors?format=jsonl").get_data(as_text=True).splitlines()
+    assert [json.loads(line)["index"] for line in lines] == [1, 3, 5]
+
+
+def test_parquet_without_pyarrow_is_a_problem(app: Flask) -> None:
+    """Parquet output without pyarrow installed is a 415 problem that says so."""
+    job_id = _score_job_with_rows(app)
+    body = assert_problem(
+        app.test_client().get(f"/v1/jobs/{job_id}/output?format=parquet"), 415, "output-format-unavailable"
+    )
+    assert "pyarrow" in body["detail"]
+
+
+def test_classify_job_has_no_score_fields(app: Flask) -> None:
+    """Classify jobs render without the score-only fields (they stay null)."""
+    with db_session(app) as s:
+        job = Job(kind="classify", model_ref="mnist-cnn", params={"top_k": 1})
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    body = app.test_client().get(f"/v1/jobs/{job_id}").get_json()
+    assert body["request_counts"] is None and body["eta_seconds"] is None
+
+
+def test_create_app_registers_dataset_routes(tmp_path: Any) -> None:
+    """The dataset and file routes are part of the OpenAPI document."""
+    from tests.factories import make_settings
+
+    app = create_app(make_settings(tmp_path))
+    paths = app.api_doc["paths"]
+    assert "/v1/datasets" in paths and "/v1/jobs/{job_id}/output" in paths
+    services_of(app).engine.dispose()

@@ -1,0 +1,165 @@
+"""Bulk scoring as plain functions, on SQLite with a fake model: chunks, idempotence, errors, cancel, summary."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from shared import jobs as jobstore
+from shared.datasets import Dataset, ingest
+from shared.db import session_scope, upgrade_database
+from shared.models import Job, JobItem, ModelVersion
+from shared.registry import register_version
+from shared.settings import Settings
+from shared.status import JobKind, JobStatus
+from tests.dataset_factories import digits, jsonl_bytes, npz_bytes
+from tests.factories import png_bytes
+from worker.context import WorkerContext
+from worker.scoring import chunk_count, fail_chunk, run_chunk
+
+
+class BarModel:
+    """Ten classes; predicts the label encoded by digits(): the row of the bright bar."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(len(x))
+        out = np.full((len(x), 10), 0.01, dtype=np.float32)
+        rows = x.reshape(len(x), 28, 28).max(axis=2).argmax(axis=1)
+        out[np.arange(len(x)), np.clip((rows - 2) // 2, 0, 9)] = 0.91
+        return out
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
+    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", chunk_size=40, score_batch=16)
+    upgrade_database(settings)
+    context = WorkerContext(settings)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def model(ctx: WorkerContext) -> tuple[ModelVersion, BarModel]:
+    fake = BarModel()
+    with session_scope(ctx.sessions) as session:
+        mv = register_version(
+            session, name="mnist-cnn", format="keras", artifact_uri="unused", size_bytes=1, aliases=("production",)
+        )
+    ctx.models.get((mv.name, mv.version, mv.variant), lambda: fake)
+    return mv, fake
+
+
+def new_dataset(ctx: WorkerContext, name: str, data: bytes) -> Dataset:
+    src = ctx.settings.data_dir / f"up-{uuid.uuid4()}"
+    src.write_bytes(data)
+    with session_scope(ctx.sessions) as session:
+        ds = ingest(session=session, settings=ctx.settings, src=src, filename=name)
+        session.expunge(ds)
+    return ds
+
+
+def new_job(ctx: WorkerContext, ds: Dataset, top: int = 3) -> uuid.UUID:
+    with session_scope(ctx.sessions) as session:
+        job = Job(
+            kind=JobKind.SCORE.value,
+            model_ref="mnist-cnn",
+            params={"dataset_id": str(ds.id), "chunk_size": ctx.settings.chunk_size, "top_k": top},
+            total_items=ds.item_count,
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def job_row(ctx: WorkerContext, job_id: uuid.UUID) -> Job:
+    with session_scope(ctx.sessions) as session:
+        job = jobstore.get_job(session, job_id)
+        session.expunge(job)
+        return job
+
+
+def item_count(ctx: WorkerContext, job_id: uuid.UUID) -> int:
+    with session_scope(ctx.sessions) as session:
+        return session.scalar(select(func.count()).select_from(JobItem).where(JobItem.job_id == job_id)) or 0
+
+
+def run_all(ctx: WorkerContext, job_id: uuid.UUID, total: int) -> None:
+    for index in range(chunk_count(total, ctx.settings.chunk_size)):
+        run_chunk(ctx, job_id, index)
+
+
+def test_chunks_score_every_item_with_accuracy(ctx: WorkerContext, model: tuple[ModelVersion, BarModel]) -> None:
+    """Every chunk writes its items in full batches; the last one finishes the job with accuracy and a matrix."""
+    x, y = digits(100)
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=x, y=y))
+    job_id = new_job(ctx, ds)
+    run_chunk(ctx, job_id, 0)
+    mid = job_row(ctx, job_id)
+    assert (mid.status, mid.completed_items) == (JobStatus.RUNNING.value, 40)
+    run_all(ctx, job_id, 100)
+    job = job_row(ctx, job_id)
+    assert (job.status, job.completed_items, job.failed_items) == (JobStatus.SUCCEEDED.value, 100, 0)
+    assert job.result is not None and job.result["accuracy"] == 1.0
+    matrix = job.result["confusion_matrix"]["matrix"]
+    assert sum(map(sum, matrix)) == 100
+    assert max(model[1].calls) == 16  # batches of INFERQ_SCORE_BATCH
+
+
+def test_redelivered_chunk_changes_nothing(ctx: WorkerContext, model: tuple[ModelVersion, BarModel]) -> None:
+    """Running a chunk twice (a redelivery) adds no row and runs no second forward pass."""
+    x, y = digits(60)
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=x, y=y))
+    job_id = new_job(ctx, ds)
+    run_chunk(ctx, job_id, 0)
+    calls = len(model[1].calls)
+    assert run_chunk(ctx, job_id, 0).status == "already-done"
+    assert len(model[1].calls) == calls
+    assert item_count(ctx, job_id) == 40
+
+
+def test_rows_written_twice_are_ignored(ctx: WorkerContext, model: tuple[ModelVersion, BarModel]) -> None:
+    """A chunk whose write is repeated (crash after commit, before ack) inserts nothing twice."""
+    from worker.scoring import write_chunk
+
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=digits(10)[0]))
+    job_id = new_job(ctx, ds)
+    fail_chunk(ctx, job_id, 0, "boom")
+    with session_scope(ctx.sessions) as session:
+        write_chunk(session, ctx.settings, job_id, [])
+    assert item_count(ctx, job_id) == 10
+    job = job_row(ctx, job_id)
+    assert (job.status, job.failed_items) == (JobStatus.FAILED.value, 10)
+
+
+def test_undecodable_images_become_error_rows(ctx: WorkerContext, model: tuple[ModelVersion, BarModel]) -> None:
+    """An item that cannot be decoded is an error row; the rest of the job succeeds."""
+    ds = new_dataset(ctx, "m.jsonl", jsonl_bytes([png_bytes(), b"not an image", png_bytes()]))
+    job_id = new_job(ctx, ds)
+    run_all(ctx, job_id, 3)
+    job = job_row(ctx, job_id)
+    assert (job.status, job.completed_items, job.failed_items) == (JobStatus.SUCCEEDED.value, 2, 1)
+    with session_scope(ctx.sessions) as session:
+        bad = session.scalars(select(JobItem).where(JobItem.status == "failed")).one()
+        assert (bad.idx, bad.filename, bad.error_type) == (1, "img-1", "invalid-image")
+
+
+def test_canceled_job_skips_chunks_not_started(ctx: WorkerContext, model: tuple[ModelVersion, BarModel]) -> None:
+    """After cancel, remaining chunks are skipped; counts reflect exactly the items written."""
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=digits(100)[0]))
+    job_id = new_job(ctx, ds)
+    run_chunk(ctx, job_id, 0)
+    with session_scope(ctx.sessions) as session:
+        jobstore.cancel_job(session, job_id)
+    assert run_chunk(ctx, job_id, 1).status == "skipped-canceled"
+    job = job_row(ctx, job_id)
+    assert (job.status, job.completed_items, item_count(ctx, job_id)) == (JobStatus.CANCELED.value, 40, 40)

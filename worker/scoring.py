@@ -1,0 +1,383 @@
+"""Bulk scoring as plain functions: read one chunk of a dataset from storage, predict in full batches, and
+write the chunk's rows in one transaction (insert-or-ignore per (job_id, idx), so redelivery changes nothing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared import jobs as jobstore
+from shared.datasets import Dataset, StoredItem, iter_index, read_items
+from shared.db import session_scope
+from shared.errors import InferqError, ModelNotFound, ValidationFailed
+from shared.imaging import preprocess, to_mnist
+from shared.models import Job, JobItem, ModelVersion, utcnow
+from shared.registry import parse_ref, resolve
+from shared.settings import Settings
+from shared.status import ItemStatus, JobStatus
+from worker.context import WorkerContext
+from worker.runtime import LoadedModel
+
+log = logging.getLogger(__name__)
+_PREDICT_LOCK = threading.Lock()  # one forward pass at a time per process; other threads read and write meanwhile
+_SIDE = 28
+_SLOTS: threading.BoundedSemaphore | None = None
+_SLOTS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What one chunk task did (small, for Flower)."""
+
+    job_id: str
+    chunk: int
+    status: str
+    items: int = 0
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {"job_id": self.job_id, "chunk": self.chunk, "status": self.status, "items": self.items}
+
+
+def chunk_bounds(total: int, chunk_size: int, chunk_index: int) -> tuple[int, int]:
+    """Item indices [lo, hi) of one chunk."""
+    lo = chunk_index * chunk_size
+    return lo, min(total, lo + chunk_size)
+
+
+def chunk_count(total: int, chunk_size: int) -> int:
+    """How many chunk tasks a dataset of `total` items needs."""
+    return (total + chunk_size - 1) // chunk_size
+
+
+def run_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> ChunkOutcome:
+    """Score one chunk of a score job; skipped when the job is terminal (e.g. canceled) or the chunk is done."""
+    with _slots(ctx.settings.score_parallel_chunks):
+        return _run_chunk(ctx, job_id, chunk_index)
+
+
+def _slots(n: int) -> threading.BoundedSemaphore:
+    """The per-process limit on chunks in progress (more threads only contend for the GIL and the cores)."""
+    global _SLOTS
+    with _SLOTS_LOCK:
+        if _SLOTS is None:
+            _SLOTS = threading.BoundedSemaphore(n)
+        return _SLOTS
+
+
+def _run_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> ChunkOutcome:
+    t0 = time.perf_counter()
+    started = _start(ctx, job_id, chunk_index)
+    if isinstance(started, ChunkOutcome):
+        return started
+    plan, lo, hi = started
+    t1 = time.perf_counter()
+    items = read_items(ctx.settings, plan.ds.id, plan.ds.layout, lo, hi)
+    rows = score_items(
+        ctx.model(plan.mv),
+        items,
+        labels=list(plan.mv.labels),
+        top_k=plan.top_k,
+        batch=ctx.settings.score_batch,
+        settings=ctx.settings,
+        version_id=plan.mv.id,
+        job_id=job_id,
+    )
+    t2 = time.perf_counter()
+    with session_scope(ctx.sessions) as session:
+        status = write_chunk(session, ctx.settings, job_id, rows)
+    log.info(
+        "job %s chunk %d: %d items; start %.3fs, read+predict %.3fs, write %.3fs",
+        job_id,
+        chunk_index,
+        len(rows),
+        t1 - t0,
+        t2 - t1,
+        time.perf_counter() - t2,
+    )
+    return ChunkOutcome(str(job_id), chunk_index, status, len(rows))
+
+
+@dataclass(frozen=True)
+class _JobPlan:
+    """What every chunk of one job needs, resolved once per process (the model and dataset of a job never change)."""
+
+    job_id: uuid.UUID
+    total: int
+    chunk_size: int
+    top_k: int
+    mv: ModelVersion
+    ds: Dataset
+
+
+_PLANS: dict[uuid.UUID, _JobPlan] = {}
+_PLANS_MAX = 64
+
+
+def _start(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> tuple[_JobPlan, int, int] | ChunkOutcome:
+    """Check the job first (terminal: skip) and whether the chunk is done; resolve model and dataset once per job."""
+    with session_scope(ctx.sessions) as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            return ChunkOutcome(str(job_id), chunk_index, "missing")
+        if JobStatus(status).is_terminal():
+            return ChunkOutcome(str(job_id), chunk_index, f"skipped-{status}")
+        plan = _PLANS.get(job_id) or _plan(ctx, session, job_id)
+        if isinstance(plan, ChunkOutcome):
+            return ChunkOutcome(str(job_id), chunk_index, plan.status)
+        lo, hi = chunk_bounds(plan.total, plan.chunk_size, chunk_index)
+        # a chunk's rows are written all at once, so its first row tells whether it is done (a redelivery)
+        done = session.scalar(select(JobItem.id).where(JobItem.job_id == job_id, JobItem.idx == lo).limit(1))
+        if hi <= lo or done is not None:
+            return ChunkOutcome(str(job_id), chunk_index, "already-done")
+        if status == JobStatus.QUEUED.value:
+            jobstore.set_status(session, job_id, JobStatus.RUNNING, model_version_id=plan.mv.id, started_at=utcnow())
+        return plan, lo, hi
+
+
+def _plan(ctx: WorkerContext, session: Session, job_id: uuid.UUID) -> _JobPlan | ChunkOutcome:
+    """Resolve a job's model version and dataset (failing the job if either is gone) and remember them."""
+    job = jobstore.get_job(session, job_id)
+    ds = session.get(Dataset, uuid.UUID(job.params["dataset_id"]))
+    try:
+        if ds is None:
+            raise ValidationFailed(f"dataset {job.params['dataset_id']} no longer exists")
+        mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
+    except (ModelNotFound, ValidationFailed) as exc:
+        jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
+        return ChunkOutcome(str(job_id), -1, JobStatus.FAILED.value)
+    session.expunge(mv)
+    session.expunge(ds)
+    plan = _JobPlan(job_id, job.total_items, int(job.params["chunk_size"]), int(job.params.get("top_k", 1)), mv, ds)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[job_id] = plan
+    return plan
+
+
+def to_input(item: StoredItem, settings: Settings) -> np.ndarray:
+    """One item as a float32 (28, 28) model input; raises an InferqError if it cannot be decoded."""
+    if item.pixels is not None:
+        px = item.pixels
+        if px.shape == (_SIDE, _SIDE):
+            return px.astype(np.float32) / 255.0
+        return to_mnist(Image.fromarray(px, mode="L"))
+    if item.data is None:
+        raise InvalidInput("the stored bytes of this item are missing")
+    return preprocess(item.data, max_pixels=settings.max_image_pixels)
+
+
+class InvalidInput(InferqError):
+    type_slug, title, status = "input-missing", "The stored input is gone", 422
+
+
+def score_items(
+    model: LoadedModel,
+    items: Sequence[StoredItem],
+    *,
+    labels: list[str],
+    top_k: int,
+    batch: int,
+    settings: Settings,
+    version_id: int | None,
+    job_id: uuid.UUID,
+) -> list[dict[str, Any]]:
+    """One JobItem row (as a dict) per item: a prediction, or the reason it could not be decoded."""
+    now, rows, ok_items, arrays = utcnow(), [], [], []
+    for item in items:
+        try:
+            arrays.append(to_input(item, settings))
+            ok_items.append(item)
+        except InferqError as exc:
+            rows.append(_row(job_id, item, now, error_type=exc.type_slug, error=exc.detail[:1000]))
+    x = np.stack(arrays) if arrays else np.zeros((0, _SIDE, _SIDE), np.float32)
+    for start in range(0, len(ok_items), batch):
+        with _PREDICT_LOCK:
+            probs = model.predict(x[start : start + batch])
+        order = np.argsort(-probs, axis=1)[:, :top_k]
+        for item, p, o in zip(ok_items[start : start + batch], probs, order, strict=True):
+            ranked = [{"label": _name(labels, int(i)), "confidence": float(p[i])} for i in o]
+            rows.append(
+                _row(
+                    job_id,
+                    item,
+                    now,
+                    label=ranked[0]["label"],
+                    confidence=ranked[0]["confidence"],
+                    top_k=ranked,
+                    batch_size=min(batch, len(ok_items) - start),
+                )
+            )
+    for r in rows:
+        r["model_version_id"] = version_id
+    return rows
+
+
+def _name(labels: list[str], i: int) -> str:
+    return labels[i] if i < len(labels) else str(i)
+
+
+def _row(job_id: uuid.UUID, item: StoredItem, now: Any, **fields: Any) -> dict[str, Any]:
+    status = ItemStatus.FAILED if fields.get("error_type") else ItemStatus.SUCCEEDED
+    base: dict[str, Any] = {
+        "job_id": job_id,
+        "idx": item.idx,
+        "filename": item.custom_id[:255],
+        "input_key": None,
+        "status": status.value,
+        "label": None,
+        "confidence": None,
+        "top_k": None,
+        "error_type": None,
+        "error": None,
+        "batch_size": None,
+        "completed_at": now,
+    }
+    base.update(fields)
+    return base
+
+
+ROW_COLUMNS = (
+    "job_id",
+    "idx",
+    "filename",
+    "status",
+    "label",
+    "confidence",
+    "top_k",
+    "error_type",
+    "error",
+    "model_version_id",
+    "batch_size",
+    "completed_at",
+)
+
+
+def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert a chunk's item rows: COPY on PostgreSQL (the fast path), insert-or-ignore elsewhere."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(JobItem).on_conflict_do_nothing(index_elements=["job_id", "idx"])
+        session.execute(stmt, list(rows))
+        return
+    raw: Any = session.connection().connection.driver_connection
+    with raw.cursor() as cur, cur.copy(f"COPY job_items ({', '.join(ROW_COLUMNS)}) FROM STDIN") as copy:
+        for r in rows:
+            values = [r[c] for c in ROW_COLUMNS]
+            values[6] = None if r["top_k"] is None else json.dumps(r["top_k"])
+            copy.write_row(values)
+
+
+def write_chunk(session: Session, settings: Settings, job_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> str:
+    """In one transaction: lock the job row; unless the chunk's rows exist already, insert them and add them to
+    the counts; finish the job with its summary when every item has a row.
+
+    Every write of a job's rows holds the job's row lock and a chunk's rows are written all at once, so the
+    existence check cannot race; the (job_id, idx) unique key stays as the backstop."""
+    status, total = session.execute(select(Job.status, Job.total_items).where(Job.id == job_id).with_for_update()).one()
+    if rows:
+        idxs = [r["idx"] for r in rows]
+        present = session.scalar(
+            select(JobItem.id)
+            .where(JobItem.job_id == job_id, JobItem.idx >= min(idxs), JobItem.idx <= max(idxs))
+            .limit(1)
+        )
+        if present is None:
+            insert_rows(session, rows)
+            failed = sum(1 for r in rows if r["error_type"])
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    completed_items=Job.completed_items + len(rows) - failed, failed_items=Job.failed_items + failed
+                )
+                .execution_options(synchronize_session=False)
+            )
+    ok, bad = session.execute(select(Job.completed_items, Job.failed_items).where(Job.id == job_id)).one()
+    if ok + bad < total or JobStatus(status).is_terminal():
+        return str(status)
+    if ok == 0:
+        jobstore.set_status(
+            session,
+            job_id,
+            JobStatus.FAILED,
+            error_type="all-items-failed",
+            error=f"none of the {bad} items could be scored; see the job's error file",
+        )
+        return JobStatus.FAILED.value
+    summary = summarize(session, settings, jobstore.get_job(session, job_id))
+    jobstore.set_status(session, job_id, JobStatus.SUCCEEDED, result=summary)
+    return JobStatus.SUCCEEDED.value
+
+
+def _predicted(session: Session, job_id: uuid.UUID, page: int = 2000) -> Iterator[tuple[int, str, str | None]]:
+    """(idx, status, predicted label) of every item row, in index order, paged."""
+    after = -1
+    while True:
+        q = (
+            select(JobItem.idx, JobItem.status, JobItem.label)
+            .where(JobItem.job_id == job_id, JobItem.idx > after)
+            .order_by(JobItem.idx)
+            .limit(page)
+        )
+        batch = session.execute(q).all()
+        if not batch:
+            return
+        yield from ((int(i), str(s), lbl) for i, s, lbl in batch)
+        after = int(batch[-1][0])
+
+
+def summarize(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """The job's summary: counts, and accuracy plus a confusion matrix when the dataset is labelled."""
+    ds = session.get(Dataset, uuid.UUID(job.params["dataset_id"]))
+    summary: dict[str, Any] = {"dataset_id": job.params["dataset_id"]}
+    if ds is None or not ds.labelled:
+        return summary
+    truth = {idx: label for idx, _, label in iter_index(settings, ds.id, ds.layout)}
+    matrix: dict[str, dict[str, int]] = {}
+    correct = scored = 0
+    for idx, status, pred in _predicted(session, job.id):
+        true = truth.get(idx)
+        if status != ItemStatus.SUCCEEDED.value or true is None or pred is None:
+            continue
+        scored += 1
+        correct += int(true == pred)
+        row = matrix.setdefault(true, {})
+        row[pred] = row.get(pred, 0) + 1
+    names = sorted(set(matrix) | {p for r in matrix.values() for p in r})
+    summary.update(
+        accuracy=correct / scored if scored else None,
+        labelled_items=scored,
+        confusion_matrix={"labels": names, "matrix": [[matrix.get(t, {}).get(p, 0) for p in names] for t in names]},
+    )
+    return summary
+
+
+def fail_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int, detail: str) -> None:
+    """Record every item of a chunk that kept failing as an error row (the job can still finish)."""
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        lo, hi = chunk_bounds(job.total_items, int(job.params["chunk_size"]), chunk_index)
+        now = utcnow()
+        rows = [
+            _row(job_id, StoredItem(i, str(i), None), now, error_type="worker-error", error=detail[:1000])
+            for i in range(lo, hi)
+        ]
+        for r in rows:
+            r["model_version_id"] = None
+        write_chunk(session, ctx.settings, job_id, rows)
