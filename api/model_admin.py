@@ -1,0 +1,273 @@
+"""/v1/models/... administration: move aliases (promote, roll back), train, optimize, benchmark, report.
+
+Training, optimizing and benchmarking are `train` jobs executed on the `training` queue by workers; the API only
+validates, stores the job and publishes its id (it never imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import PurePath
+from typing import Any
+
+from flask import Response, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
+
+from api.deps import db, services
+from shared import jobs as jobstore
+from shared.celery_app import TRAIN_TASK
+from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
+from shared.model_jobs import (
+    UPLOAD_SUFFIXES,
+    ExportCreate,
+    Operation,
+    OptimizeCreate,
+    TrainingCreate,
+    create_model_job,
+)
+from shared.models import ModelVersion
+from shared.registry import get_version, list_versions, move_alias, parse_ref
+from shared.schemas import JobPublic, ModelPublic, ModelVersionPublic, Problem
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+bp = APIBlueprint(
+    "model_admin",
+    __name__,
+    url_prefix="/v1/models",
+    abp_tags=[Tag(name="models")],
+    abp_responses={"404": Problem, "422": Problem},
+)
+
+
+class ModelPath(BaseModel):
+    name: str = Field(description="The model's name, e.g. mnist-cnn.")
+
+
+class AliasPath(BaseModel):
+    name: str = Field(description="The model's name.")
+    alias: str = Field(description="The alias to create or move, e.g. production or canary.")
+
+
+class VersionPath(BaseModel):
+    name: str = Field(description="The model's name.")
+    version: int = Field(ge=1, description="The version number.")
+
+
+class AliasMove(BaseModel):
+    """Where an alias should point."""
+
+    version: int = Field(ge=1, description="An existing version of the model.")
+
+
+class ReportRow(BaseModel):
+    """One version in the comparison report."""
+
+    ref: str
+    format: str
+    variant: str
+    parent: str | None
+    aliases: list[str]
+    size_bytes: int
+    test_accuracy: float | None
+    latency_ms_batch1: float | None = Field(description="Median ms of one forward pass of 1 image, on a worker.")
+    throughput_batch64: float | None = Field(description="Images per second at batch 64, on a worker.")
+
+
+class ModelReport(BaseModel):
+    name: str
+    rows: list[ReportRow]
+
+
+def _model_name(name: str) -> str:
+    ref = parse_ref(name)  # 422 unless a valid model name
+    if ref.version is not None or ref.alias is not None:
+        raise ValidationFailed(f"{name!r} is a model reference; this path takes a model name only")
+    return ref.name
+
+
+def _model_public(name: str) -> ModelPublic:
+    versions = list_versions(db(), name)
+    return ModelPublic(
+        name=name,
+        aliases={a.alias: mv.version for mv in versions for a in mv.aliases},
+        versions=[ModelVersionPublic.of(mv) for mv in versions],
+    )
+
+
+@bp.put(
+    "/<name>/aliases/<alias>",
+    summary="Promote or roll back: point an alias at a version",
+    responses={"200": ModelPublic},
+)
+def put_alias(path: AliasPath, body: AliasMove) -> Response:
+    """Creates or moves `name@alias`; workers use the new version from their next job (no restart)."""
+    ref = parse_ref(f"{path.name}@{path.alias}")
+    session = db()
+    move_alias(session, name=ref.name, alias=ref.alias or "", version=body.version)
+    session.commit()
+    log.info("alias %s now points at version %d", ref, body.version)
+    return jsonify(_model_public(ref.name).model_dump(mode="json"))
+
+
+def _queue(operation: Operation, model_ref: str, params: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
+    session = db()
+    job = create_model_job(session=session, operation=operation, model_ref=model_ref, params=params)
+    session.commit()
+    _dispatch(job.id)
+    session.refresh(job)
+    return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+def train_time_limit(settings: Settings) -> int:
+    """INFERQ_TRAIN_TIME_LIMIT, kept below the visibility timeout so Redis does not redeliver a running task."""
+    return max(1, min(settings.train_time_limit, settings.visibility_timeout - 1))
+
+
+def _dispatch(job_id: uuid.UUID) -> None:
+    svc = services()
+    try:
+        svc.celery.send_task(TRAIN_TASK, args=[str(job_id)], time_limit=train_time_limit(svc.settings))
+    except Exception:  # the job row stays queued; POST again or cancel it
+        log.warning("publishing training-queue job %s failed", job_id, exc_info=True)
+        return
+    with svc.sessions.begin() as session:
+        jobstore.mark_dispatched(session, [job_id])
+
+
+@bp.post("/<name>/trainings", summary="Train a new version", responses={"202": JobPublic})
+def create_training(path: ModelPath, body: TrainingCreate) -> tuple[Response, int, dict[str, str]]:
+    """Queues a training job; poll `GET /v1/jobs/{id}` for the live per-epoch history in `result.history`.
+    On success the new version is registered (with no alias: promote it with PUT .../aliases/{alias})."""
+    name = _model_name(path.name)
+    body.check_limits(services().settings)
+    return _queue(Operation.TRAIN, name, body.model_dump())
+
+
+def _source(path: VersionPath) -> ModelVersion:
+    return get_version(db(), _model_name(path.name), path.version)
+
+
+@bp.post(
+    "/<name>/versions/<version>/optimize",
+    summary="Compress and quantize a version to TFLite",
+    responses={"202": JobPublic, "409": Problem},
+)
+def create_optimization(path: VersionPath, body: OptimizeCreate) -> tuple[Response, int, dict[str, str]]:
+    """Queues a conversion of a Keras version to TFLite (dynamic-range, float16 or int8), evaluated on the same
+    test split and registered as a new version whose `variant` is the method and `parent` the source."""
+    mv = _source(path)
+    if mv.format != "keras":
+        raise ModelNotOptimizable(f"{mv.ref} is a {mv.format} model; only keras versions can be converted")
+    return _queue(Operation.OPTIMIZE, mv.ref, body.model_dump())
+
+
+@bp.post(
+    "/<name>/versions/<version>/benchmark",
+    summary="Measure a version's latency and throughput on a worker",
+    responses={"202": JobPublic},
+)
+def create_benchmark(path: VersionPath) -> tuple[Response, int, dict[str, str]]:
+    """Queues a benchmark (latency at batch 1, throughput at batch 64) stored in the version's metrics."""
+    mv = _source(path)
+    return _queue(Operation.BENCHMARK, mv.ref, {})
+
+
+@bp.post(
+    "/<name>/versions/<version>/export",
+    summary="Export a version for TF Serving",
+    responses={"202": JobPublic, "409": Problem},
+)
+def create_export(path: VersionPath, body: ExportCreate) -> tuple[Response, int, dict[str, str]]:
+    """Queues an export of a Keras version as a SavedModel in TF Serving's `<name>/<version>/` layout, written
+    under `data_dir/exports/tf-serving/` (the job's `result.path`)."""
+    mv = _source(path)
+    if mv.format != "keras":
+        raise ModelNotOptimizable(f"{mv.ref} is a {mv.format} model; only keras versions can be exported")
+    return _queue(Operation.EXPORT, mv.ref, body.model_dump())
+
+
+@bp.post("/<name>/uploads", summary="Bring your own model", responses={"202": JobPublic, "413": Problem})
+def create_upload(path: ModelPath) -> tuple[Response, int, dict[str, str]]:
+    """Multipart: `file` (.keras, .tflite, or a .zip of a TensorFlow SavedModel), `labels` (a JSON list, one per
+    output class) and optional `input_spec` (JSON; default MNIST 28x28x1 in [0, 1]). A worker loads it in safe
+    mode (Keras Lambda layers are refused), smoke-tests it on one input and registers it as a new version."""
+    name = _model_name(path.name)
+    svc = services()
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ValidationFailed("send the model as a multipart file field named 'file'")
+    suffix = PurePath(upload.filename).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise ValidationFailed(f"the file must end in one of {', '.join(UPLOAD_SUFFIXES)}, got {upload.filename!r}")
+    data = upload.stream.read(svc.settings.model_upload_max_bytes + 1)
+    if len(data) > svc.settings.model_upload_max_bytes:
+        raise PayloadTooLarge(
+            f"the model file is over {svc.settings.model_upload_max_bytes} bytes (INFERQ_MODEL_UPLOAD_MAX_BYTES)"
+        )
+    labels = _json_field("labels", list)
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ValidationFailed("labels must be a JSON list of non-empty strings, one per output class")
+    params = {"filename": PurePath(upload.filename).name, "suffix": suffix, "labels": labels}
+    spec = _json_field("input_spec", dict, required=False)
+    if spec is not None:
+        params["input_spec"] = spec
+    session = db()
+    job = create_model_job(session=session, operation=Operation.IMPORT, model_ref=name, params=params)
+    key = f"model-uploads/{job.id}/model{suffix}"
+    svc.store.put(key, data)
+    job.params = {**job.params, "blob_key": key}
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        svc.store.delete(key)
+        raise
+    _dispatch(job.id)
+    session.refresh(job)
+    return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+def _json_field(field: str, kind: type, required: bool = True) -> Any:
+    raw = request.form.get(field)
+    if raw in (None, ""):
+        if required:
+            raise ValidationFailed(f"the form field {field!r} is required")
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ValidationFailed(f"the form field {field!r} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise ValidationFailed(f"the form field {field!r} must be a JSON {kind.__name__}")
+    return value
+
+
+def report_row(mv: ModelVersion, refs: dict[int, str]) -> ReportRow:
+    """One version's size, accuracy and measured speed (None where not measured yet)."""
+    bench = mv.metrics.get("benchmark") or {}
+    return ReportRow(
+        ref=mv.ref,
+        format=mv.format,
+        variant=mv.variant,
+        parent=refs.get(mv.parent_id) if mv.parent_id else None,
+        aliases=sorted(a.alias for a in mv.aliases),
+        size_bytes=mv.size_bytes,
+        test_accuracy=mv.metrics.get("test_accuracy"),
+        latency_ms_batch1=bench.get("latency_ms_batch1"),
+        throughput_batch64=bench.get("throughput_batch64"),
+    )
+
+
+@bp.get("/<name>/report", summary="Compare a model's versions", responses={"200": ModelReport})
+def get_report(path: ModelPath) -> Response:
+    """Every version with file size, test accuracy, and latency/throughput measured by a worker."""
+    versions = list_versions(db(), _model_name(path.name))
+    if not versions:
+        raise ModelNotFound(f"model {path.name!r} does not exist; GET /v1/models lists the models")
+    refs = {mv.id: mv.ref for mv in versions}
+    rows = [report_row(mv, refs) for mv in sorted(versions, key=lambda v: v.version)]
+    return jsonify(ModelReport(name=versions[0].name, rows=rows).model_dump(mode="json"))

@@ -1,0 +1,114 @@
+"""Hot alias reload on the real stack: moving `production` through the API reaches a running worker, no restart."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from shared.db import make_engine, make_sessionmaker, session_scope
+from shared.registry import register_version
+from shared.settings import Settings
+from tests.factories import png_bytes, post_files
+from tests.integration.conftest import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """A Redis database no other client is using (other suites on this server use 12-15), emptied afterwards:
+    a worker of another test on the same database would take this test's messages."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_server_url)
+    busy = {int(c["db"]) for c in admin.client_list()} | {int(k[2:]) for k in admin.info("keyspace")}
+    db = next(n for n in range(11, 0, -1) if n not in busy)
+    admin.close()
+    url = f"{redis_server_url}/{db}"
+    yield url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def _add_version_2(settings: Settings) -> None:
+    """Register mnist-cnn:2 (a copy of version 1's artifact) with no alias."""
+    source = settings.data_dir / "models" / "mnist-cnn" / "1" / "model.keras"
+    target = settings.data_dir / "models" / "mnist-cnn" / "2" / "model.keras"
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    engine = make_engine(settings)
+    with session_scope(make_sessionmaker(engine)) as session:
+        register_version(
+            session,
+            name="mnist-cnn",
+            format="keras",
+            artifact_uri="models/mnist-cnn/2/model.keras",
+            size_bytes=target.stat().st_size,
+        )
+    engine.dispose()
+
+
+def _classify(api_client: Any) -> dict[str, Any]:
+    """Submit one image to mnist-cnn@production and wait for the finished job."""
+    resp = post_files(api_client, [png_bytes()], model="mnist-cnn@production")
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    job_id = resp.get_json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = api_client.get(f"/v1/jobs/{job_id}").get_json()
+        return job if job["status"] in {"succeeded", "failed", "canceled"} else None
+
+    result: dict[str, Any] = wait_until(finished, 60, f"job {job_id} to finish")
+    return result
+
+
+def test_moving_an_alias_reaches_a_running_worker(
+    stack_settings: Settings, start_worker: Callable[..., Any], api_client: Any
+) -> None:
+    """Jobs on mnist-cnn@production run v1; after PUT .../aliases/production {"version": 2} the next job (same
+    worker process, no restart) runs v2 and so do its predictions; rolling back returns to v1."""
+    _add_version_2(stack_settings)
+    worker = start_worker()
+    first = _classify(api_client)
+    assert (first["status"], first["model_version"]) == ("succeeded", "mnist-cnn:1")
+
+    moved_at = time.monotonic()
+    resp = api_client.put("/v1/models/mnist-cnn/aliases/production", json={"version": 2})
+    assert resp.status_code == 200 and resp.get_json()["aliases"] == {"production": 2}
+    second = _classify(api_client)
+    took = time.monotonic() - moved_at
+    print(f"\nalias move -> first job finished on v2: {took:.2f}s (includes loading v2 in the worker)")
+    assert (second["status"], second["model_version"]) == ("succeeded", "mnist-cnn:2")
+    assert {p["model_version"] for p in second["predictions"]} == {"mnist-cnn:2"}
+    assert took < 10
+
+    api_client.put("/v1/models/mnist-cnn/aliases/production", json={"version": 1})
+    third = _classify(api_client)
+    assert third["model_version"] == "mnist-cnn:1"
+    assert worker.proc.poll() is None  # the same worker process served all three
+
+
+def test_a_version_trained_on_the_training_queue_can_be_promoted(
+    stack_settings: Settings, start_worker: Callable[..., Any], api_client: Any
+) -> None:
+    """POST trainings runs on a worker consuming the training queue, shows its history on GET /v1/jobs/{id},
+    registers mnist-cnn:2, and promoting it makes the next classify job run on it."""
+    start_worker("--queues", "inference,training")
+    resp = api_client.post("/v1/models/mnist-cnn/trainings", json={"epochs": 1, "limit": 300, "augment": False})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    job_id = resp.get_json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = api_client.get(f"/v1/jobs/{job_id}").get_json()
+        return job if job["status"] in {"succeeded", "failed", "canceled"} else None
+
+    job = wait_until(finished, 240, "the training job to finish", interval=0.5)
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["model_version"] == "mnist-cnn:2" and len(job["result"]["history"]) == 1
+    assert api_client.put("/v1/models/mnist-cnn/aliases/production", json={"version": 2}).status_code == 200
+    assert _classify(api_client)["model_version"] == "mnist-cnn:2"

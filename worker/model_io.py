@@ -1,0 +1,145 @@
+"""Bring your own model (import an uploaded .keras / .tflite / zipped SavedModel) and export for TF Serving.
+
+Imports are loaded in Keras safe mode (a Lambda layer is refused with `unsafe-model`), must take the 28x28x1
+inputs inferq's preprocessing produces and give one output per label, are smoke-tested on one input, benchmarked,
+then registered.  A zipped SavedModel is converted to a float32 .tflite (served by LiteRT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from shared import jobs as jobstore
+from shared.db import session_scope
+from shared.errors import InvalidModel, ModelNotReady, UnsafeModel
+from shared.models import Job
+from shared.registry import MNIST_INPUT_SPEC
+from shared.status import JobStatus
+from worker.context import WorkerContext
+from worker.runtime import LoadedModel, load_model
+from worker.training_tasks import _artifact, _bench, _register_and_succeed, _source_version
+
+MODEL_INPUT_VALUES = 28 * 28  # what shared.imaging.preprocess produces per image
+UNSAFE_HINTS = ("Lambda", "safe_mode", "unsafe")
+
+
+def _extract_saved_model(archive: Path, into: Path, max_bytes: int) -> Path:
+    """Unzip a SavedModel safely (no absolute or '..' paths, bounded size); return the folder with saved_model.pb."""
+    with zipfile.ZipFile(archive) as zf:
+        total = 0
+        for info in zf.infolist():
+            parts = PurePosixPath(info.filename).parts
+            if info.filename.startswith("/") or ".." in parts:
+                raise InvalidModel(f"the archive entry {info.filename!r} points outside the archive")
+            total += info.file_size
+            if total > max_bytes:
+                raise InvalidModel(f"the archive expands past {max_bytes} bytes (INFERQ_MODEL_UPLOAD_MAX_BYTES x 4)")
+        zf.extractall(into)
+    found = sorted(into.rglob("saved_model.pb"), key=lambda p: len(p.parts))
+    if not found:
+        raise InvalidModel("the .zip holds no saved_model.pb; zip a TensorFlow SavedModel directory")
+    return found[0].parent
+
+
+def _saved_model_to_tflite(folder: Path) -> bytes:
+    import tensorflow as tf
+
+    try:
+        data: bytes = tf.lite.TFLiteConverter.from_saved_model(str(folder)).convert()
+    except Exception as exc:
+        raise InvalidModel(f"the SavedModel cannot be converted: {type(exc).__name__}: {exc}"[:500]) from exc
+    return data
+
+
+def _load_checked(path: Path, fmt: str, labels: list[str]) -> LoadedModel:
+    """Load in safe mode (already probed on zeros) and check the input size and the number of classes."""
+    try:
+        model = load_model(path, fmt)
+    except ModelNotReady as exc:
+        if fmt == "keras" and any(h in exc.detail for h in UNSAFE_HINTS):
+            raise UnsafeModel(
+                "the Keras file contains a Lambda layer (arbitrary Python code), which inferq refuses to load; "
+                "rebuild the model from standard layers or register-able custom layers"
+            ) from exc
+        raise InvalidModel(exc.detail) from exc
+    shape = tuple(getattr(model, "input_shape", ()))
+    if int(np.prod(shape)) != MODEL_INPUT_VALUES:
+        raise InvalidModel(f"the model takes {shape} inputs; inferq feeds 28x28x1 images (784 values)")
+    if model.num_classes != len(labels):
+        raise InvalidModel(f"the model has {model.num_classes} outputs but {len(labels)} labels were given")
+    probe = model.predict(np.full((1, 28, 28), 0.5, dtype=np.float32))
+    if probe.shape != (1, len(labels)) or not np.all(np.isfinite(probe)):
+        raise InvalidModel("the smoke test on one input did not give finite outputs of the right shape")
+    return model
+
+
+def run_import(ctx: WorkerContext, job: Job) -> str:
+    """Smoke-test an uploaded model and register it (nothing is registered if any check fails)."""
+    params: dict[str, Any] = job.params
+    data = ctx.store.get(params["blob_key"])
+    suffix, labels = params["suffix"], list(params["labels"])
+    fmt = "keras" if suffix == ".keras" else "tflite"
+    relative, path = _artifact(ctx, job.model_ref, job.id, "model.keras" if fmt == "keras" else "model.tflite")
+    try:
+        if suffix == ".zip":
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "upload.zip"
+                archive.write_bytes(data)
+                limit = 4 * ctx.settings.model_upload_max_bytes
+                path.write_bytes(_saved_model_to_tflite(_extract_saved_model(archive, Path(tmp) / "x", limit)))
+        else:
+            path.write_bytes(data)
+        _load_checked(path, fmt, labels)
+    except BaseException:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
+    result = {"operation": "import", "filename": params["filename"], "format": fmt}
+    status, _ = _register_and_succeed(
+        ctx,
+        job,
+        result,
+        name=job.model_ref,
+        format=fmt,
+        artifact_uri=relative,
+        size_bytes=path.stat().st_size,
+        labels=labels,
+        input_spec=params.get("input_spec") or MNIST_INPUT_SPEC,
+        metrics={"benchmark": _bench(ctx, path, fmt), "smoke_test": "passed"},
+        params={
+            "source": "upload",
+            "filename": params["filename"],
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "converted_from": "savedmodel" if suffix == ".zip" else None,
+            "job_id": str(job.id),
+        },
+    )
+    ctx.store.delete(params["blob_key"])
+    return status
+
+
+def run_export(ctx: WorkerContext, job: Job) -> str:
+    """Write a Keras version as a SavedModel at exports/tf-serving/<name>/<version>/ (TF Serving's layout)."""
+    import keras
+
+    mv = _source_version(ctx, job)
+    relative = f"exports/tf-serving/{mv.name}/{mv.version}"
+    target = ctx.settings.data_dir / relative
+    if not (target / "saved_model.pb").is_file():
+        model = keras.models.load_model(ctx.artifact_path(mv), compile=False, safe_mode=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{mv.version}.{job.id}.tmp"
+        model.export(str(staging), format="tf_saved_model", verbose=False)
+        os.replace(staging, target)
+    result = {"operation": "export", "format": "tf-serving", "path": relative, "model_version": mv.ref}
+    with session_scope(ctx.sessions) as session:
+        if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=result):
+            return JobStatus.CANCELED.value
+    return JobStatus.SUCCEEDED.value

