@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, jsonify
 from flask_openapi3 import Info, OpenAPI
 
-from api import health, jobs, models
+from api import datasets, health, jobs, model_admin, models, scoring, webhooks
 from api.deps import register_services
 from api.openapi import document_classify_body
 from api.problems import register_error_handlers, validation_problem
@@ -42,8 +42,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, MAX_FORM_PARTS=settings.max_images_per_job + 16)
     register_services(app, settings, make_celery(settings))
     register_error_handlers(app)
-    for bp in (health.bp, jobs.bp, models.bp):
+    for bp in (health.bp, jobs.bp, models.bp, datasets.bp, scoring.bp):
         app.register_api(bp)
+    app.register_api(model_admin.bp)
+    app.register_api(webhooks.bp)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Response:

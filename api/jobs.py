@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from flask import Response, jsonify, request
@@ -10,7 +11,9 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from api.deps import db, services
+from api.scoring import create_score_job
 from api.uploads import read_classify_request
+from api.webhooks import attach_job_webhook, read_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import CLASSIFY_TASK
 from shared.errors import JobNotFound, ValidationFailed
@@ -59,9 +62,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
     `{"images": [{"data": "<base64>", "filename": "a.png"}], "model": "mnist-cnn@production", "top_k": 3}`.
     Inputs are stored durably before the 202; poll the `Location` or the job's links."""
+    body = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict) and body.get("kind") == "score":  # bulk scoring of a stored dataset
+        return create_score_job(body)
     svc = services()
     settings = svc.settings
     parsed = read_classify_request(request, settings)
+    webhook = read_job_webhook(request, settings)  # 422 webhook-url-refused before anything is written
     top_k = settings.default_top_k if parsed.top_k is None else parsed.top_k
     if top_k > settings.max_top_k:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
@@ -72,6 +79,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k
     )
     try:
+        attach_job_webhook(session, job, webhook)
         session.commit()
     except BaseException:
         session.rollback()
@@ -90,24 +98,42 @@ def dispatch(job_id: uuid.UUID) -> None:
     except Exception:  # the job is durable; the reconciler publishes it once the lease passes
         log.warning("publishing job %s failed; the reconciler will dispatch it", job_id, exc_info=True)
         return
-    with svc.sessions.begin() as session:
-        jobstore.mark_dispatched(session, [job_id])
+    try:
+        with svc.sessions.begin() as session:
+            jobstore.mark_dispatched(session, [job_id])
+    except Exception:  # the job is committed and published; a missing mark only means an early re-dispatch
+        log.warning("recording the dispatch of job %s failed", job_id, exc_info=True)
 
 
 @bp.get("", summary="List jobs, newest first", responses={"200": JobsPublic})
 def list_jobs(query: JobsQuery) -> Response:
     """Cursor-paginated; filter by status."""
-    rows, cursor = jobstore.jobs_page(
-        db(), tenant_id="default", status=query.status, cursor=query.cursor, limit=query.limit
-    )
+    limit = min(query.limit, services().settings.page_size_max)
+    rows, cursor = jobstore.jobs_page(db(), tenant_id="default", status=query.status, cursor=query.cursor, limit=limit)
     return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
 
 
+class JobQuery(BaseModel):
+    wait: float = Field(
+        0,
+        ge=0,
+        description="Long poll: seconds to wait for the job to finish before answering "
+        "(at most INFERQ_MAX_WAIT_S); 0 answers at once.",
+    )
+
+
 @bp.get("/<job_id>", summary="Get a job (with its predictions once finished)", responses={"200": JobPublic})
-def get_job(path: JobPath) -> Response:
-    """Status, counts, timestamps, the model version that ran, and the predictions when terminal."""
-    session = db()
-    job = jobstore.get_job(session, _job_id(path.job_id))
+def get_job(path: JobPath, query: JobQuery) -> Response:
+    """Status, counts, timestamps, the model version that ran, and the predictions when terminal.
+    With `?wait=N` the answer comes as soon as the job is terminal, or after N seconds (instead of polling)."""
+    session, settings = db(), services().settings
+    job_id = _job_id(path.job_id)
+    job = jobstore.get_job(session, job_id)
+    deadline = time.monotonic() + min(query.wait, settings.max_wait_s)
+    while not JobStatus(job.status).is_terminal() and time.monotonic() < deadline:
+        session.rollback()  # end the read transaction so the next read sees new commits (SQLite WAL too)
+        time.sleep(settings.wait_poll_interval_s)
+        job = jobstore.get_job(session, job_id)
     items = None
     if JobStatus(job.status).is_terminal():
         items = jobstore.items_page(session, job.id, after=-1, limit=services().settings.max_images_per_job)
@@ -119,9 +145,10 @@ def get_results(path: JobPath, query: ResultsQuery) -> Response:
     """Items in index order; pass `after` = the last index you saw (`next_cursor`)."""
     session = db()
     job = jobstore.get_job(session, _job_id(path.job_id))
-    items = jobstore.items_page(session, job.id, after=query.after, limit=query.limit)
+    limit = min(query.limit, services().settings.page_size_max)
+    items = jobstore.items_page(session, job.id, after=query.after, limit=limit)
     versions = {job.model_version.id: job.model_version.ref} if job.model_version else {}
-    cursor = str(items[-1].idx) if len(items) == query.limit else None
+    cursor = str(items[-1].idx) if len(items) == limit else None
     body = ResultsPublic(
         job_id=job.id,
         status=JobStatus(job.status),

@@ -120,9 +120,8 @@ def client_loop(url: str, images: list[bytes], deadline: float, lat: list[float]
         t0 = time.perf_counter()
         r = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", images[i % len(images)], "image/png"))], timeout=30)
         job = r.json()
-        while job["status"] not in ("succeeded", "failed", "canceled"):
-            time.sleep(0.005)
-            job = s.get(f"{url}/v1/jobs/{job['id']}", timeout=30).json()
+        while job["status"] not in ("succeeded", "failed", "canceled"):  # long poll, as the CLI does
+            job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=30).json()
         with lock:
             lat.append(time.perf_counter() - t0)
         i += 1
@@ -142,7 +141,7 @@ def e2e(
     wenv = dict(env, INFERQ_MAX_BATCH=str(max_batch))
     worker = spawn(["worker", "--queues", "inference"], wenv, logs / f"worker-{clients}-{max_batch}.log")
     try:
-        wait_for(lambda: " ready." in (logs / f"worker-{clients}-{max_batch}.log").read_text(), 120, "the worker")
+        wait_for(lambda: " ready." in (logs / f"worker-{clients}-{max_batch}.log").read_text(), 300, "the worker")
         warm: list[float] = []
         client_loop(settings.resolved_api_url, images, time.monotonic() + 3, warm, threading.Lock())  # loads TF model
         engine = sa.create_engine(settings.resolved_database_url)

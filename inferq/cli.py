@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,6 +13,18 @@ from rich.console import Console
 from shared.settings import Settings
 
 console = Console(stderr=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings, or a one-line error and exit 2 if they are invalid or unsafe (no traceback)."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        print(f"inferq: refusing to start: {reasons}", file=sys.stderr)
+        sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -34,7 +47,7 @@ def up(gpus: str, train_epochs: int | None) -> None:
     """Bring up the whole stack: migrations, Redis, default model, API, worker(s) and Flower. Ctrl-C stops it."""
     from inferq.stack import Stack
 
-    Stack(Settings(), gpus=[g for g in gpus.split(",") if g.strip()], train_epochs=train_epochs).run()
+    Stack(load_settings(), gpus=[g for g in gpus.split(",") if g.strip()], train_epochs=train_epochs).run()
 
 
 @main.command()
@@ -43,7 +56,7 @@ def up(gpus: str, train_epochs: int | None) -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
 def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API with gunicorn."""
-    settings = Settings()
+    settings = load_settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
     os.execvp(
         sys.executable,
@@ -56,7 +69,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
             "--workers",
             str(workers),
             "--threads",
-            "8",
+            str(settings.api_threads),
             "--access-logfile",
             "-",
             "api.app:create_app()",
@@ -76,7 +89,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, loglevel: str) -> None:
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
-    settings = Settings() if gpu is None else Settings(gpu=gpu)
+    settings = load_settings() if gpu is None else load_settings(gpu=gpu)
     from worker.gpu import pin_gpu
 
     label = pin_gpu(settings.gpu)
@@ -114,7 +127,7 @@ def flower(port: int | None, address: str | None) -> None:
     """Run Flower, the live console of the workers and tasks."""
     from shared.celery_app import make_celery
 
-    settings = Settings()
+    settings = load_settings()
     app = make_celery(settings)
     app.start(
         [
@@ -163,6 +176,30 @@ def classify(
 
 
 @main.command()
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default=None, help="name, name:version or name@alias (default: the default model).")
+@click.option("--top-k", type=int, default=None, help="Ranked labels per item.")
+@click.option(
+    "--out",
+    "dest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("preds.csv"),
+    show_default=True,
+    help="Output file; its suffix picks the format (.csv, .jsonl, .parquet).",
+)
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait for the job.")
+@click.option("--api-url", default=None, help="API base URL (default INFERQ_API_URL or http://host:port).")
+def score(dataset: Path, model: str | None, top_k: int | None, dest: Path, timeout: float, api_url: str | None) -> None:
+    """Score a dataset file (zip/tar of class folders, .npy/.npz, .jsonl): upload, wait, write the output."""
+    from inferq.scoring_client import score_dataset
+
+    ok = score_dataset(
+        api_url or Settings().resolved_api_url, dataset, model=model, top_k=top_k, dest=dest, timeout=timeout
+    )
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
 @click.option("--status", default=None, help="Only jobs in this status.")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--api-url", default=None)
@@ -173,13 +210,110 @@ def jobs(status: str | None, limit: int, api_url: str | None) -> None:
     show_jobs(api_url or Settings().resolved_api_url, status=status, limit=limit)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--api-url", default=None)
-def models(api_url: str | None) -> None:
-    """List models, versions, aliases and metrics."""
+@click.pass_context
+def models(ctx: click.Context, api_url: str | None) -> None:
+    """List models, versions, aliases and metrics (subcommands: list, report, promote, optimize, benchmark)."""
+    ctx.obj = api_url or Settings().resolved_api_url
+    if ctx.invoked_subcommand is None:
+        from inferq.client import show_models
+
+        show_models(ctx.obj)
+
+
+@models.command("list")
+@click.pass_obj
+def models_list(api_url: str) -> None:
+    """List models, versions, aliases and metrics (the default)."""
     from inferq.client import show_models
 
-    show_models(api_url or Settings().resolved_api_url)
+    show_models(api_url)
+
+
+@models.command("report")
+@click.argument("name", default="mnist-cnn")
+@click.pass_obj
+def models_report(api_url: str, name: str) -> None:
+    """Compare a model's versions: size, test accuracy, latency at batch 1, throughput at batch 64."""
+    from inferq.models_client import report
+
+    _or_exit(lambda: report(api_url, name))
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@click.pass_obj
+def models_promote(api_url: str, name: str, alias: str, version: int) -> None:
+    """Point NAME@ALIAS at VERSION (promote or roll back; running workers use it from their next job)."""
+    from inferq.models_client import promote
+
+    _or_exit(lambda: promote(api_url, name, alias, version))
+
+
+@models.command("optimize")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--method", type=click.Choice(["dynamic-range", "float16", "int8"]), default="int8", show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=1800, show_default=True)
+@click.pass_obj
+def models_optimize(api_url: str, name: str, version: int, method: str, wait: bool, timeout: float) -> None:
+    """Quantize NAME:VERSION to TFLite and register the result as a new version."""
+    from inferq.models_client import optimize
+
+    _or_exit(lambda: optimize(api_url, name, version, method, wait=wait, timeout=timeout))
+
+
+@models.command("benchmark")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.pass_obj
+def models_benchmark(api_url: str, name: str, version: int, wait: bool) -> None:
+    """Measure NAME:VERSION's latency and throughput on a worker (stored in its metrics)."""
+    from inferq.models_client import benchmark
+
+    _or_exit(lambda: benchmark(api_url, name, version, wait=wait, timeout=600))
+
+
+@main.command()
+@click.option("--model", "name", default="mnist-cnn", show_default=True, help="Model name of the new version.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adagrad", "rmsprop"]), default="adam")
+@click.option("--learning-rate", type=float, default=2e-3, show_default=True)
+@click.option("--validation-split", type=float, default=0.1, show_default=True)
+@click.option("--patience", type=int, default=3, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--class-weight", type=click.Choice(["balanced"]), default=None)
+@click.option("--limit", type=int, default=None, help="Train on only the first N training images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--wait", is_flag=True, help="Follow the job with a live progress line until it ends.")
+@click.option("--timeout", type=float, default=3600, show_default=True)
+@click.option("--api-url", default=None)
+def train(name: str, wait: bool, timeout: float, api_url: str | None, **params: object) -> None:
+    """Train a new version on a worker (training queue); prints the job, or follows it with --wait."""
+    from inferq.models_client import train as submit
+
+    url = api_url or Settings().resolved_api_url
+    body = {"dataset": "mnist", **{k: v for k, v in params.items() if v is not None}}
+    _or_exit(lambda: submit(url, name, body, wait=wait, timeout=timeout))
+
+
+def _or_exit(action: Callable[[], object]) -> None:
+    """Run a client action; an API error prints its reason and exits 1, a False result exits 1."""
+    from inferq.client import ApiError
+
+    try:
+        ok = action()
+    except ApiError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    if ok is False:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

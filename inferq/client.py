@@ -51,16 +51,15 @@ def submit(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: i
 
 
 def wait(api_url: str, job_id: str, *, timeout: float) -> dict[str, Any]:
-    """Poll the job until it is terminal or `timeout` seconds pass."""
-    deadline, delay = time.monotonic() + timeout, 0.05
+    """Long-poll the job until it is terminal or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
     while True:
-        job = _call("GET", f"{api_url}/v1/jobs/{job_id}", timeout=10)
+        wait_s = max(0.0, min(20.0, deadline - time.monotonic()))
+        job = _call("GET", f"{api_url}/v1/jobs/{job_id}", params={"wait": wait_s}, timeout=wait_s + 10)
         if job["status"] in TERMINAL:
             return job
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise ApiError(f"job {job_id} is still {job['status']} after {timeout:.0f}s; poll it later")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
 
 
 def classify_files(

@@ -3,6 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import shared.datasets  # noqa: F401
+import shared.webhook_models  # noqa: F401
 from shared.models import Base
 from shared.settings import Settings
 

@@ -13,10 +13,14 @@ TRAINING_QUEUE = "training"
 CLASSIFY_TASK = "inferq.classify"
 TRAIN_TASK = "inferq.train"
 RECONCILE_TASK = "inferq.reconcile"
+WEBHOOK_DISPATCH_TASK = "inferq.webhooks.dispatch"
+SCORE_CHUNK_TASK = "inferq.score_chunk"
 
 ROUTES = {
     CLASSIFY_TASK: {"queue": INFERENCE_QUEUE},
     RECONCILE_TASK: {"queue": INFERENCE_QUEUE},
+    WEBHOOK_DISPATCH_TASK: {"queue": INFERENCE_QUEUE},
+    SCORE_CHUNK_TASK: {"queue": INFERENCE_QUEUE},
     TRAIN_TASK: {"queue": TRAINING_QUEUE},
 }
 
@@ -48,6 +52,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "beat_schedule": {
             "reconcile": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_s},
+            "webhooks": {"task": WEBHOOK_DISPATCH_TASK, "schedule": settings.webhook_dispatch_interval_s},
         },
         "timezone": "UTC",
     }

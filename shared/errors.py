@@ -95,3 +95,58 @@ class MethodNotAllowed(InferqError):
 
 class ServiceUnavailable(InferqError):
     type_slug, title, status = "service-unavailable", "A backing service is unavailable", 503
+
+
+class DatasetNotFound(InferqError):
+    type_slug, title, status = "dataset-not-found", "No such dataset", 404
+
+
+class UnsupportedDatasetFormat(InferqError):
+    type_slug, title, status = "unsupported-dataset-format", "The dataset format is not supported", 415
+
+
+class UnsafeArchive(InferqError):
+    type_slug, title, status = "unsafe-archive", "The archive has an unsafe entry", 422
+
+
+class DatasetTooLarge(InferqError):
+    type_slug, title, status = "dataset-too-large", "The dataset is past a size limit", 413
+
+
+class InvalidDataset(InferqError):
+    type_slug, title, status = "invalid-dataset", "The dataset could not be read", 422
+
+
+class OutputFormatUnavailable(InferqError):
+    type_slug, title, status = "output-format-unavailable", "That output format is not available", 415
+
+
+class ModelNotOptimizable(InferqError):
+    type_slug, title, status = "model-not-optimizable", "That version cannot be optimized", 409
+
+
+# --- webhooks ---------------------------------------------------------------------------------------------
+
+
+class WebhookUrlRefused(InferqError):
+    type_slug, title, status = "webhook-url-refused", "The webhook URL is not allowed", 422
+
+
+class WebhookEndpointNotFound(InferqError):
+    type_slug, title, status = "webhook-endpoint-not-found", "No such webhook endpoint", 404
+
+
+class WebhookDeliveryNotFound(InferqError):
+    type_slug, title, status = "webhook-delivery-not-found", "No such webhook delivery", 404
+
+
+class WebhookSecretAlreadyShown(InferqError):
+    type_slug, title, status = "webhook-secret-already-shown", "The signing secret was already shown", 409
+
+
+class UnsafeModel(InferqError):
+    type_slug, title, status = "unsafe-model", "The model cannot be loaded safely", 422
+
+
+class InvalidModel(InferqError):
+    type_slug, title, status = "invalid-model", "The uploaded model is not usable", 422

@@ -16,6 +16,7 @@ from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
 from shared.status import ItemStatus, JobKind, JobStatus
 from shared.storage import BlobStore
+from shared.webhooks import on_progress, on_started, on_status_change
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,10 @@ def set_status(session: Session, job_id: uuid.UUID, new: JobStatus, **fields: An
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    moved = bool(res.rowcount)  # type: ignore[attr-defined]
+    if moved:
+        on_status_change(session, job_id, new)  # webhook outbox rows, in this same transaction
+    return moved
 
 
 def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | None) -> bool:
@@ -112,7 +116,10 @@ def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | N
         )
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    started = bool(res.rowcount)  # type: ignore[attr-defined]
+    if started:
+        on_started(session, job_id)  # webhook outbox row (once per job), in this same transaction
+    return started
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
@@ -151,7 +158,13 @@ def refresh_counts(session: Session, job_id: uuid.UUID) -> tuple[int, int, int]:
     rows: dict[str, int] = {status: n for status, n in session.execute(q)}
     ok, bad = rows.get(ItemStatus.SUCCEEDED.value, 0), rows.get(ItemStatus.FAILED.value, 0)
     total = sum(rows.values())
-    session.execute(update(Job).where(Job.id == job_id).values(completed_items=ok, failed_items=bad))
+    changed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, or_(Job.completed_items != ok, Job.failed_items != bad))
+        .values(completed_items=ok, failed_items=bad)
+    )
+    if changed.rowcount:  # type: ignore[attr-defined]
+        on_progress(session, job_id)  # webhook outbox row (throttled), in this same transaction
     return total, ok, bad
 
 
@@ -241,13 +254,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ValidationFailed("cursor is not valid; pass the next_cursor of a previous page") from exc
 
 
-def stale_queued_jobs(session: Session, *, lease_s: float, limit: int = 500) -> list[uuid.UUID]:
-    """Queued jobs whose dispatch is older than the lease (or never happened), oldest first."""
+def stale_queued_jobs(
+    session: Session, *, lease_s: float, limit: int = 500, include_dispatched: bool = True
+) -> list[uuid.UUID]:
+    """Queued jobs whose dispatch is older than the lease (or never happened), oldest first; with
+    include_dispatched=False only the never-published ones (a backlog in the broker is not a lost message)."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
+    stale = (
+        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff)
+        if include_dispatched
+        else Job.dispatched_at.is_(None)
+    )
     q = (
         select(Job.id)
         .where(Job.status == JobStatus.QUEUED.value, Job.kind == JobKind.CLASSIFY.value)
-        .where(or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff), Job.created_at < cutoff)
+        .where(stale, Job.created_at < cutoff)
         .order_by(Job.created_at)
         .limit(limit)
     )
@@ -262,6 +283,33 @@ def claim_for_redispatch(session: Session, job_id: uuid.UUID, *, lease_s: float)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
         .where(or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff))
         .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def stale_running_jobs(session: Session, *, lease_s: float, limit: int = 500) -> list[uuid.UUID]:
+    """Running classify jobs untouched for longer than the lease (their message or worker is gone), oldest first."""
+    cutoff = utcnow() - timedelta(seconds=lease_s)
+    q = (
+        select(Job.id)
+        .where(Job.status == JobStatus.RUNNING.value, Job.kind == JobKind.CLASSIFY.value)
+        .where(or_(Job.updated_at.is_(None), Job.updated_at < cutoff))
+        .order_by(Job.updated_at)
+        .limit(limit)
+    )
+    return list(session.scalars(q))
+
+
+def claim_running_for_redispatch(session: Session, job_id: uuid.UUID, *, lease_s: float) -> bool:
+    """Take the re-dispatch lease of one stale running job (compare-and-set on updated_at)."""
+    cutoff = utcnow() - timedelta(seconds=lease_s)
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+        .where(or_(Job.updated_at.is_(None), Job.updated_at < cutoff))
+        .values(updated_at=now, dispatched_at=now)
         .execution_options(synchronize_session=False)
     )
     return bool(res.rowcount)  # type: ignore[attr-defined]

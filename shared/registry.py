@@ -123,3 +123,19 @@ def list_versions(session: Session, name: str | None = None) -> list[ModelVersio
     if name:
         q = q.where(ModelVersion.name == name)
     return list(session.scalars(q))
+
+
+def get_version(session: Session, name: str, version: int) -> ModelVersion:
+    """One version of a model, or ModelNotFound naming what exists."""
+    mv = session.scalar(select(ModelVersion).filter_by(name=name, version=version))
+    if mv is None:
+        known = "no versions" if not list_versions(session, name) else "other versions"
+        raise ModelNotFound(f"model {name}:{version} does not exist ({name} has {known}); GET /v1/models/{name}")
+    return mv
+
+
+def move_alias(session: Session, *, name: str, alias: str, version: int) -> ModelVersion:
+    """Promote or roll back: point `name@alias` at an existing version (404 if it does not exist)."""
+    mv = get_version(session, name, version)
+    set_alias(session, name=name, alias=alias, version=mv)
+    return mv

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import Job, JobItem, ModelVersion
+from shared.models import Job, JobItem, ModelVersion, utcnow
 from shared.status import JobKind, JobStatus
 
 
@@ -85,6 +85,13 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    result: dict[str, Any] | None = Field(
+        None, description="Kind-specific summary, e.g. a training job's live per-epoch history."
+    )
+    dataset: str | None = Field(None, description="Score jobs: the id of the dataset being scored.")
+    request_counts: Counts | None = Field(None, description="Score jobs: items total, completed and failed so far.")
+    eta_seconds: float | None = Field(None, description="Score jobs: estimated seconds left, from the rate so far.")
+    files: dict[str, str] | None = Field(None, description="Score jobs: where to download the output and errors.")
     predictions: list[PredictionPublic] | None = Field(
         None, description="Every prediction once the job is finished (up to the job's image limit)."
     )
@@ -109,6 +116,8 @@ class JobPublic(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            result=job.result,
+            **score_fields(job),
             predictions=[PredictionPublic.of(i, versions) for i in items] if items is not None else None,
             links={
                 "self": f"/v1/jobs/{job.id}",
@@ -116,6 +125,25 @@ class JobPublic(BaseModel):
                 "cancel": f"/v1/jobs/{job.id}/cancel",
             },
         )
+
+
+def score_fields(job: Job) -> dict[str, Any]:
+    """The extra fields of a score job: dataset, request counts, ETA from the rate so far, file links."""
+    if job.kind != JobKind.SCORE.value:
+        return {}
+    done, total = job.completed_items + job.failed_items, job.total_items
+    eta: float | None = None
+    if JobStatus(job.status).is_terminal():
+        eta = 0.0
+    elif job.started_at is not None and done > 0:
+        elapsed = (utcnow() - job.started_at).total_seconds()
+        eta = round(max(total - done, 0) * elapsed / done, 1)
+    return {
+        "dataset": job.params.get("dataset_id"),
+        "request_counts": Counts(total=total, completed=job.completed_items, failed=job.failed_items),
+        "eta_seconds": eta,
+        "files": {"output": f"/v1/jobs/{job.id}/output", "errors": f"/v1/jobs/{job.id}/errors"},
+    }
 
 
 class JobsPublic(BaseModel):

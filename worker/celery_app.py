@@ -17,7 +17,10 @@ def create_worker_app(settings: Settings) -> Celery:
     """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`."""
     context.configure(settings)
     app = make_celery(settings, name="inferq")
+    import worker.scoring_tasks  # noqa: F401  (bulk scoring chunks)
     import worker.tasks  # noqa: F401  (registers the shared tasks)
+    import worker.training_tasks  # noqa: F401  (train / optimize / benchmark on the training queue)
+    import worker.webhook_tasks  # noqa: F401  (the webhook dispatcher)
 
     app.finalize()
     worker_ready.connect(_warm_up, weak=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ class WorkerContext:
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self.store = LocalBlobStore(settings.blob_dir)
         self.models = ModelCache(settings.model_cache_size)
-        self._batchers: dict[int, MicroBatcher] = {}
+        self._batchers: OrderedDict[int, MicroBatcher] = OrderedDict()  # LRU, at most model_cache_size
         self._lock = threading.Lock()
 
     def artifact_path(self, mv: ModelVersion) -> Path:
@@ -54,18 +56,48 @@ class WorkerContext:
         return self.models.get((mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format))
 
     def batcher(self, mv: ModelVersion) -> MicroBatcher:
-        """The micro-batcher feeding this version's model (one thread per loaded version)."""
-        with self._lock:
-            if mv.id not in self._batchers:
-                model = self.model(mv)
-                self._batchers[mv.id] = MicroBatcher(
-                    model.predict,
-                    max_batch=self.settings.max_batch,
-                    max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-                    sink=self._sink(mv.id, list(mv.labels)),
-                    name=f"batcher-{mv.ref}",
-                )
+        """The micro-batcher feeding this version's model (one thread per loaded version, LRU-bounded)."""
+        evicted: list[MicroBatcher] = []
+        try:
+            with self._lock:
+                return self._batcher_locked(mv, evicted)
+        finally:
+            for b in evicted:  # outside the lock: close() drains the batcher's queue first
+                b.close()
+
+    def _batcher_locked(self, mv: ModelVersion, evicted: list[MicroBatcher]) -> MicroBatcher:
+        if mv.id in self._batchers:
+            self._batchers.move_to_end(mv.id)
             return self._batchers[mv.id]
+        model = self.model(mv)
+        self._batchers[mv.id] = MicroBatcher(
+            self._bounded(model.predict),
+            max_batch=self.settings.max_batch,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
+            sink=self._sink(mv.id, list(mv.labels)),
+            name=f"batcher-{mv.ref}",
+        )
+        while len(self._batchers) > self.settings.model_cache_size:
+            old_id, old = self._batchers.popitem(last=False)
+            log.info("closing the batcher of model version id %s (INFERQ_MODEL_CACHE_SIZE)", old_id)
+            evicted.append(old)
+        return self._batchers[mv.id]
+
+    def _bounded(self, predict: Any) -> Any:
+        """The threads pool cannot kill a hung forward pass: past INFERQ_TASK_TIME_LIMIT the process exits, so its
+        unacked messages are redelivered (or re-dispatched by the reconciler) and counted as attempts."""
+        limit = self.settings.task_time_limit
+
+        def bounded(batch: np.ndarray) -> np.ndarray:
+            timer = threading.Timer(limit, _hard_limit_exceeded, args=(limit, len(batch)))
+            timer.daemon = True
+            timer.start()
+            try:
+                return predict(batch)
+            finally:
+                timer.cancel()
+
+        return bounded
 
     def _sink(self, version_id: int, labels: list[str]) -> SinkFn:
         def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
@@ -102,6 +134,13 @@ class WorkerContext:
         for b in self._batchers.values():
             b.close()
         self.engine.dispose()
+
+
+def _hard_limit_exceeded(limit: int, size: int) -> None:
+    """A forward pass outlived the hard time limit: exit the whole process (its supervisor restarts it)."""
+    log.critical("a forward pass of %d images ran over INFERQ_TASK_TIME_LIMIT (%ss); exiting the worker", size, limit)
+    logging.shutdown()
+    os._exit(70)
 
 
 _context: WorkerContext | None = None

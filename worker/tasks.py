@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError
 
 from shared import jobs as jobstore
-from shared.celery_app import CLASSIFY_TASK, RECONCILE_TASK
+from shared.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE, RECONCILE_TASK
 from shared.db import session_scope
 from shared.schemas import ClassifyTask
 from worker.context import get_context
@@ -25,6 +26,9 @@ def classify(self: Task, job_id: str) -> dict[str, Any]:
     ctx = get_context()
     try:
         return run_classify(ctx, payload.job_id).as_dict()
+    except OperationalError as exc:  # the database blipped: try again later (the attempt is not lost)
+        log.warning("job %s: database unavailable (%s); retrying", job_id, exc)
+        raise self.retry(exc=exc, countdown=2) from exc
     except Exception as exc:
         with session_scope(ctx.sessions) as session:
             job = jobstore.get_job(session, payload.job_id)
@@ -44,10 +48,19 @@ def classify(self: Task, job_id: str) -> dict[str, Any]:
 
 @shared_task(name=RECONCILE_TASK, ignore_result=True)
 def reconcile_queued() -> int:
-    """Re-dispatch queued jobs whose message may have been lost."""
+    """Re-dispatch queued and running jobs whose message may have been lost."""
     app = reconcile_queued.app
 
     def publish(job_id: uuid.UUID) -> None:
         app.send_task(CLASSIFY_TASK, args=[str(job_id)])
 
-    return reconcile(get_context(), publish)
+    def backlog() -> int:
+        """Messages waiting in the inference queue (all priorities); unknown counts as a backlog."""
+        try:
+            with app.connection_for_read() as conn:
+                return int(conn.default_channel.queue_declare(INFERENCE_QUEUE, passive=True).message_count)
+        except Exception:  # noqa: BLE001 - the broker is unreachable: no queued job is judged lost now
+            log.warning("could not read the inference queue's length", exc_info=True)
+            return 1
+
+    return reconcile(get_context(), publish, backlog)

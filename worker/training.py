@@ -6,7 +6,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,12 +89,22 @@ def _hooks(
     return Hooks()
 
 
-def _compiled_model(learning_rate: float, decay_steps: int) -> Any:
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
+
+
+def _compiled_model(learning_rate: float, decay_steps: int, optimizer: str = "adam") -> Any:
     keras = _keras()
     model = build_cnn(num_classes=10, dropout=DROPOUT)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps, alpha=COSINE_ALPHA)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=LOSS, metrics=["accuracy"])
+    opt = getattr(keras.optimizers, OPTIMIZERS[optimizer])(schedule)
+    model.compile(optimizer=opt, loss=LOSS, metrics=["accuracy"])
     return model
+
+
+def balanced_class_weight(y: np.ndarray) -> dict[int, float]:
+    """Weights n / (classes * count) per class, so every class counts equally in the loss."""
+    values, counts = np.unique(y, return_counts=True)
+    return {int(v): float(len(y) / (len(values) * c)) for v, c in zip(values, counts, strict=True)}
 
 
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -103,7 +113,6 @@ def _per_class(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 def _fixed_params(augment: bool) -> dict[str, Any]:
     return {
-        "optimizer": "adam",
         "loss": LOSS,
         "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs",
         "early_stopping_monitor": MONITOR,
@@ -126,15 +135,19 @@ def train_cnn(
     seed: int = 0,
     on_epoch: EpochHook | None = None,
     should_stop: Callable[[], bool] | None = None,
+    optimizer: str = "adam",
+    class_weight: str | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train the CNN on `digits` (Adam, cosine decay, early stopping restoring the best weights) and test it."""
+    """Train the CNN on `digits` (cosine decay, early stopping restoring the best weights) and test it."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be between 0 and 1, got {validation_split}")
     keras = _keras()
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
     x_train, y_train, x_val, y_val = _split(to_model_input(digits.x_train), digits.y_train, validation_split, seed)
-    model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size))
+    model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size), optimizer)
+    weights = balanced_class_weight(y_train) if class_weight == "balanced" else None
     history: list[dict[str, float]] = []
     state = {"cancelled": False}
     stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=patience, restore_best_weights=True)
@@ -145,7 +158,8 @@ def train_cnn(
         verbose=0,
         validation_data=(x_val, y_val),
         shuffle=False,
-        callbacks=[stopper, hooks],
+        callbacks=[stopper, hooks, *callbacks],
+        class_weight=weights,
     )
     predicted = np.argmax(model.predict(to_model_input(digits.x_test), batch_size=256, verbose=0), axis=1)
     params = {
@@ -156,6 +170,8 @@ def train_cnn(
         "patience": patience,
         "augment": augment,
         "seed": seed,
+        "optimizer": optimizer,
+        "class_weight": class_weight,
         **_fixed_params(augment),
         "train_images": len(y_train),
         "validation_images": len(y_val),

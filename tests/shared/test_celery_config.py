@@ -82,4 +82,4 @@ def test_make_celery_applies_config_without_connecting(tmp_path: Path) -> None:
 def test_reconcile_is_scheduled(tmp_path: Path) -> None:
     """Beat runs the reconciler every reconcile_interval_s."""
     conf = celery_config(make_settings(tmp_path, reconcile_interval_s=12.5))
-    assert conf["beat_schedule"] == {"reconcile": {"task": RECONCILE_TASK, "schedule": 12.5}}
+    assert conf["beat_schedule"]["reconcile"] == {"task": RECONCILE_TASK, "schedule": 12.5}
