@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # --- models and training ------------------------------------------------------------------------------
     train_max_epochs: int = Field(100, ge=1, description="Most epochs one training job may ask for.")
     train_max_batch_size: int = Field(1024, ge=1, description="Largest batch size one training job may ask for.")
-    train_cancel_check_batches: int = Field(10, ge=1, description="Training batches between two cancel checks.")
+    train_cancel_check_batches: int = Field(1, ge=1, description="Training batches between two cancel checks.")
     calibration_images: int = Field(500, ge=1, description="Training images used to calibrate int8 quantization.")
     benchmark_repeats: int = Field(30, ge=1, description="Timed calls per batch size when benchmarking a version.")
     model_upload_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes of one uploaded model file.")
