@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,23 +16,6 @@ from tests.factories import png_bytes, post_files
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def redis_url(redis_server_url: str) -> Iterator[str]:
-    """A Redis database no other client is using (other suites on this server use 12-15), emptied afterwards:
-    a worker of another test on the same database would take this test's messages."""
-    import redis
-
-    admin = redis.Redis.from_url(redis_server_url)
-    busy = {int(c["db"]) for c in admin.client_list()} | {int(k[2:]) for k in admin.info("keyspace")}
-    db = next(n for n in range(11, 0, -1) if n not in busy)
-    admin.close()
-    url = f"{redis_server_url}/{db}"
-    yield url
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
 
 
 def _add_version_2(settings: Settings) -> None:
