@@ -87,7 +87,6 @@ def soak(stack: FaultStack, minutes: float, rate: float, kill_every: float) -> N
     stack.quiesce(timeout=300)
     v = stack.checker.verdict(f"soak {minutes:g} min, {kills} kills", stack.accepted, 0.0)
     lat = latencies(stack)
-    print(v.line())
     print(
         f"soak: minutes={minutes:g} rate={rate:g}/s kills={kills} accepted={v.accepted} terminal={v.terminal} "
         f"lost={v.lost} duplicates={v.duplicates} failed={v.failed} "

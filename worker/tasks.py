@@ -58,7 +58,8 @@ def reconcile_queued() -> int:
         """Messages waiting in the inference queue (all priorities); unknown counts as a backlog."""
         try:
             with app.connection_for_read() as conn:
-                return int(conn.default_channel.queue_declare(INFERENCE_QUEUE, passive=True).message_count)
+                # not passive: Redis deletes an empty list, and a passive declare of a missing queue raises
+                return int(conn.default_channel.queue_declare(INFERENCE_QUEUE).message_count)
         except Exception:  # noqa: BLE001 - the broker is unreachable: no queued job is judged lost now
             log.warning("could not read the inference queue's length", exc_info=True)
             return 1
