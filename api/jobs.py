@@ -64,7 +64,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     Inputs are stored durably before the 202; poll the `Location` or the job's links."""
     body = request.get_json(silent=True) if request.is_json else None
     if isinstance(body, dict) and body.get("kind") == "score":  # bulk scoring of a stored dataset
-        return create_score_job(body)
+        return create_score_job(body, read_job_webhook(request, services().settings))
     svc = services()
     settings = svc.settings
     parsed = read_classify_request(request, settings)

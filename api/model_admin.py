@@ -17,6 +17,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from api.deps import db, services
+from api.webhooks import attach_job_webhook, read_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import TRAIN_TASK
 from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
@@ -113,9 +114,12 @@ def put_alias(path: AliasPath, body: AliasMove) -> Response:
     return jsonify(_model_public(ref.name).model_dump(mode="json"))
 
 
-def _queue(operation: Operation, model_ref: str, params: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
+def _queue(
+    operation: Operation, model_ref: str, params: dict[str, Any], webhook: dict[str, Any] | None = None
+) -> tuple[Response, int, dict[str, str]]:
     session = db()
     job = create_model_job(session=session, operation=operation, model_ref=model_ref, params=params)
+    attach_job_webhook(session, job, webhook)
     session.commit()
     _dispatch(job.id)
     session.refresh(job)
@@ -144,7 +148,8 @@ def create_training(path: ModelPath, body: TrainingCreate) -> tuple[Response, in
     On success the new version is registered (with no alias: promote it with PUT .../aliases/{alias})."""
     name = _model_name(path.name)
     body.check_limits(services().settings)
-    return _queue(Operation.TRAIN, name, body.model_dump())
+    webhook = read_job_webhook(request, services().settings)
+    return _queue(Operation.TRAIN, name, body.model_dump(exclude={"webhook", "webhook_events_filter"}), webhook)
 
 
 def _source(path: VersionPath) -> ModelVersion:

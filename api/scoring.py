@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import db, services
+from api.webhooks import attach_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import SCORE_CHUNK_TASK
 from shared.datasets import Dataset, get_dataset, iter_index
@@ -51,9 +52,13 @@ class ScoreJobCreate(BaseModel):
     dataset: str = Field(description="The id of an uploaded dataset.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
     top_k: int | None = Field(None, ge=1, description="How many ranked labels to keep per item.")
+    webhook: str | None = Field(None, description="URL that receives this job's events (see Webhooks).")
+    webhook_events_filter: list[str] | str | None = Field(None, description="start, progress, completed.")
 
 
-def create_score_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, str]]:
+def create_score_job(
+    body: dict[str, Any], webhook: dict[str, Any] | None = None
+) -> tuple[Response, int, dict[str, str]]:
     """Validate, insert the job (no item rows yet: chunks insert them), commit, then publish one task per chunk."""
     svc = services()
     settings = svc.settings
@@ -67,6 +72,7 @@ def create_score_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, str
     resolve(session, ref, default_alias=settings.default_alias)
     job = Job(
         id=uuid.uuid4(),
+        tenant_id="default",
         kind=JobKind.SCORE.value,
         status=JobStatus.QUEUED.value,
         model_ref=str(ref),
@@ -75,6 +81,7 @@ def create_score_job(body: dict[str, Any]) -> tuple[Response, int, dict[str, str
         created_at=utcnow(),
     )
     session.add(job)
+    attach_job_webhook(session, job, webhook)
     session.commit()
     dispatch_chunks(job.id, ds.item_count, settings.chunk_size)
     session.refresh(job)

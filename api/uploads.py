@@ -15,8 +15,6 @@ from shared.jobs import Upload
 from shared.schemas import JobCreate
 from shared.settings import Settings
 
-WEBHOOK_FIELDS = ("webhook", "webhook_events_filter")  # read by api.webhooks.read_job_webhook
-
 
 @dataclass(frozen=True)
 class ClassifyRequest:
@@ -66,7 +64,7 @@ def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
     if isinstance(images, list):
         _check_count(len(images), settings)
     try:
-        body = JobCreate.model_validate({k: v for k, v in raw.items() if k not in WEBHOOK_FIELDS})
+        body = JobCreate.model_validate(raw)
     except ValidationError:
         if not images:
             raise NoImages("no images in the request; send at least one under 'images'") from None

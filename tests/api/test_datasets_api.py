@@ -160,3 +160,29 @@ def test_create_app_registers_dataset_routes(tmp_path: Any) -> None:
     paths = app.api_doc["paths"]
     assert "/v1/datasets" in paths and "/v1/jobs/{job_id}/output" in paths
     services_of(app).engine.dispose()
+
+
+def test_score_job_takes_a_webhook(make_app: AppFactory) -> None:
+    """A score job accepts `webhook` and `webhook_events_filter` like a classify job and stores them."""
+    app = make_app(chunk_size=8, webhook_allow_cidrs="127.0.0.0/8")
+    client = app.test_client()
+    ds = upload(client, "d.npy", npy_bytes(digits(4)[0])).get_json()
+    body = {
+        "kind": "score",
+        "dataset": ds["id"],
+        "webhook": "http://127.0.0.1:9/hook",
+        "webhook_events_filter": ["completed"],
+    }
+    resp = client.post("/v1/jobs", json=body)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    with db_session(app) as s:
+        job = s.get(Job, uuid.UUID(resp.get_json()["id"]))
+        assert job is not None and job.params["webhook"] == {"url": "http://127.0.0.1:9/hook", "events": ["completed"]}
+
+
+def test_score_job_refuses_an_internal_webhook(make_app: AppFactory) -> None:
+    """A score job whose webhook points at a loopback address is refused before anything is written."""
+    client = make_app(chunk_size=8).test_client()
+    ds = upload(client, "d.npy", npy_bytes(digits(4)[0])).get_json()
+    resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "webhook": "http://127.0.0.1/x"})
+    assert_problem(resp, 422, "webhook-url-refused")

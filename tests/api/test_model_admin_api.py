@@ -204,3 +204,18 @@ def test_export_is_queued_for_keras_versions_only(app: Flask, sent: SentTasks) -
     assert resp.status_code == 202 and sent.sent[0][0] == TRAIN_TASK
     export = client.post("/v1/models/mnist-cnn/versions/2/export", json={"format": "tf-serving"})
     assert_problem(export, 409, "model-not-optimizable")
+
+
+def test_training_takes_a_webhook(make_app: Callable[..., Flask]) -> None:
+    """A training job accepts `webhook` like any job: stored as the job's webhook, not as a hyperparameter."""
+    app = make_app(webhook_allow_cidrs="127.0.0.0/8")
+    body = {"epochs": 1, "webhook": "http://127.0.0.1:9/hook", "webhook_events_filter": ["start", "completed"]}
+    resp = app.test_client().post("/v1/models/digits/trainings", json=body)
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    with db_session(app) as s:
+        row = s.get(Job, uuid.UUID(resp.get_json()["id"]))
+        assert row is not None and row.params["webhook"] == {
+            "url": "http://127.0.0.1:9/hook",
+            "events": ["start", "completed"],
+        }
+        assert "webhook_events_filter" not in row.params
