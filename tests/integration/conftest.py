@@ -67,6 +67,26 @@ def model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data_dir / "models" / "mnist-cnn" / "1" / "model.keras"
 
 
+def register_artifact_copy(settings: Settings, source: Path, *, version: int, aliases: tuple[str, ...] = ()) -> None:
+    """Copy a .keras artifact into the data dir and register it as mnist-cnn:<version> (the next version)."""
+    relative = f"models/mnist-cnn/{version}/model.keras"
+    target = settings.data_dir / relative
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    engine = make_engine(settings)
+    with session_scope(make_sessionmaker(engine)) as session:
+        mv = register_version(
+            session,
+            name="mnist-cnn",
+            format="keras",
+            artifact_uri=relative,
+            size_bytes=target.stat().st_size,
+            aliases=aliases,
+        )
+        assert mv.version == version
+    engine.dispose()
+
+
 @pytest.fixture
 def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: Path) -> Settings:
     """Settings on real PostgreSQL and Redis, with the trained model registered as mnist-cnn@production."""
@@ -79,20 +99,7 @@ def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: 
         worker_concurrency=8,
     )
     upgrade_database(settings)
-    target = tmp_path / "models" / "mnist-cnn" / "1" / "model.keras"
-    target.parent.mkdir(parents=True)
-    shutil.copy(model_artifact, target)
-    engine = make_engine(settings)
-    with session_scope(make_sessionmaker(engine)) as session:
-        register_version(
-            session,
-            name="mnist-cnn",
-            format="keras",
-            artifact_uri="models/mnist-cnn/1/model.keras",
-            size_bytes=target.stat().st_size,
-            aliases=("production",),
-        )
-    engine.dispose()
+    register_artifact_copy(settings, model_artifact, version=1, aliases=("production",))
     return settings
 
 

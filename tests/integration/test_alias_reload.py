@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from shared.db import make_engine, make_sessionmaker, session_scope
-from shared.registry import register_version
 from shared.settings import Settings
 from tests.factories import png_bytes, post_files
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import register_artifact_copy, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _add_version_2(settings: Settings) -> None:
     """Register mnist-cnn:2 (a copy of version 1's artifact) with no alias."""
-    source = settings.data_dir / "models" / "mnist-cnn" / "1" / "model.keras"
-    target = settings.data_dir / "models" / "mnist-cnn" / "2" / "model.keras"
-    target.parent.mkdir(parents=True)
-    shutil.copy(source, target)
-    engine = make_engine(settings)
-    with session_scope(make_sessionmaker(engine)) as session:
-        register_version(
-            session,
-            name="mnist-cnn",
-            format="keras",
-            artifact_uri="models/mnist-cnn/2/model.keras",
-            size_bytes=target.stat().st_size,
-        )
-    engine.dispose()
+    register_artifact_copy(settings, settings.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", version=2)
 
 
 def _classify(api_client: Any) -> dict[str, Any]:
