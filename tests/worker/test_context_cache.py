@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from shared.db import session_scope, upgrade_database
+from shared.db import session_scope
 from shared.models import ModelVersion
 from shared.registry import register_version
-from shared.settings import Settings
+from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext
 
 
@@ -27,13 +24,9 @@ class Constant:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
+def ctx(make_ctx: ContextFactory) -> WorkerContext:
     """A SQLite context that keeps at most 2 models (and batchers) per process."""
-    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", model_cache_size=2)
-    upgrade_database(settings)
-    context = WorkerContext(settings)
-    yield context
-    context.close()
+    return make_ctx(model_cache_size=2)
 
 
 def versions(ctx: WorkerContext, n: int) -> list[ModelVersion]:

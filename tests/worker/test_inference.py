@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +11,10 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 
 from shared import jobs as jobstore
-from shared.db import session_scope, upgrade_database
+from shared.db import session_scope
 from shared.models import Job, JobItem, ModelVersion
 from shared.registry import register_version
-from shared.settings import Settings
+from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext, top_k
 from worker.inference import reconcile, run_classify
 
@@ -46,12 +44,9 @@ def png(stroke: int = 10) -> bytes:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", max_batch_wait_ms=1)
-    upgrade_database(settings)
-    context = WorkerContext(settings)
-    yield context
-    context.close()
+def ctx(make_ctx: ContextFactory) -> WorkerContext:
+    """A SQLite worker context."""
+    return make_ctx(max_batch_wait_ms=1)
 
 
 @pytest.fixture

@@ -5,18 +5,16 @@ from __future__ import annotations
 import io
 import uuid
 import zipfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared.db import session_scope, upgrade_database
+from shared.db import session_scope
 from shared.model_jobs import Operation, create_model_job
 from shared.models import Job, ModelVersion
-from shared.settings import Settings
+from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext
 from worker.training_tasks import run_model_job
 
@@ -60,13 +58,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
+def ctx(make_ctx: ContextFactory) -> WorkerContext:
     """A SQLite worker context."""
-    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", benchmark_repeats=2)
-    upgrade_database(settings)
-    context = WorkerContext(settings)
-    yield context
-    context.close()
+    return make_ctx(benchmark_repeats=2)
 
 
 def import_job(ctx: WorkerContext, data: bytes, suffix: str, labels: list[str] = LABELS) -> Job:

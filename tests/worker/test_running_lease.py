@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,24 +14,22 @@ from pydantic import ValidationError
 
 from inferq.cli import main
 from shared import jobs as jobstore
-from shared.db import session_scope, upgrade_database
+from shared.db import session_scope
 from shared.models import Job, utcnow
 from shared.settings import Settings
 from shared.status import JobStatus
 from shared.storage import LocalBlobStore
 from tests.factories import make_job
+from tests.worker.conftest import ContextFactory
 from worker import context as worker_context
 from worker.context import WorkerContext
 from worker.inference import reconcile
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[WorkerContext]:
-    settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", max_batch_wait_ms=1)
-    upgrade_database(settings)
-    context = WorkerContext(settings)
-    yield context
-    context.close()
+def ctx(make_ctx: ContextFactory) -> WorkerContext:
+    """A SQLite worker context."""
+    return make_ctx(max_batch_wait_ms=1)
 
 
 def running_job(ctx: WorkerContext, *, idle_s: float) -> uuid.UUID:
