@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from flask import Request, Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import db, services
 from shared import datasets as datastore
@@ -34,6 +34,8 @@ bp = APIBlueprint(
 class DatasetPublic(BaseModel):
     """A stored dataset as clients see it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     name: str
     format: str
@@ -48,18 +50,7 @@ class DatasetPublic(BaseModel):
     @classmethod
     def of(cls, ds: datastore.Dataset) -> DatasetPublic:
         """Render a dataset row."""
-        return cls(
-            id=ds.id,
-            name=ds.name,
-            format=ds.format,
-            status=ds.status,
-            item_count=ds.item_count,
-            size_bytes=ds.size_bytes,
-            stored_bytes=ds.stored_bytes,
-            labelled=ds.labelled,
-            label_counts=ds.label_counts,
-            created_at=ds.created_at,
-        )
+        return cls.model_validate(ds)
 
 
 class DatasetsPublic(BaseModel):

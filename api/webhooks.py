@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Request, Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import db, services
 from shared import webhooks as hooks
@@ -38,6 +38,8 @@ class EndpointCreate(BaseModel):
 
 
 class EndpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     url: str
     events: list[str]
@@ -48,16 +50,8 @@ class EndpointPublic(BaseModel):
 
     @classmethod
     def of(cls, ep: WebhookEndpoint) -> EndpointPublic:
-        """Render an endpoint (never its secret)."""
-        return cls(
-            id=ep.id,
-            url=ep.url,
-            events=ep.events,
-            created_at=ep.created_at,
-            previous_secret_expires_at=ep.previous_secret_expires_at,
-            disabled_at=ep.disabled_at,
-            disabled_reason=ep.disabled_reason,
-        )
+        """Render an endpoint (never its secret: EndpointPublic has no such field)."""
+        return cls.model_validate(ep)
 
 
 class EndpointWithSecret(EndpointPublic):
@@ -74,6 +68,8 @@ class SecretPublic(BaseModel):
 
 
 class AttemptPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     number: int
     at: datetime
     status_code: int | None
@@ -85,15 +81,7 @@ class AttemptPublic(BaseModel):
     @classmethod
     def of(cls, a: WebhookAttempt) -> AttemptPublic:
         """Render one attempt."""
-        return cls(
-            number=a.number,
-            at=a.at,
-            status_code=a.status_code,
-            latency_ms=a.latency_ms,
-            response_excerpt=a.response_excerpt,
-            error=a.error,
-            next_attempt_at=a.next_attempt_at,
-        )
+        return cls.model_validate(a)
 
 
 class DeliveryPublic(BaseModel):
@@ -217,7 +205,7 @@ def create_endpoint(body: EndpointCreate) -> tuple[Response, int]:
     url = checked_url(body.url, services().settings)
     ep = hooks.create_endpoint(session=session, tenant_id=TENANT, url=url, events=[e.value for e in body.events])
     session.commit()
-    out = EndpointWithSecret(**EndpointPublic.of(ep).model_dump(), secret=ep.secret)
+    out = EndpointWithSecret.model_validate(ep)  # the one answer that carries the secret
     return jsonify(out.model_dump(mode="json")), 201
 
 
