@@ -1,4 +1,4 @@
-"""/v1/datasets: upload a dataset (streamed to a temp file, validated, stored chunk-addressable), list, get."""
+"""/v1/datasets: upload a dataset (streamed to a temp file, validated, stored chunk-addressable), list, get, delete."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flask import Request, Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import current_tenant
 from api.deps import db, services
 from shared import datasets as datastore
 from shared.archives import COPY_CHUNK
@@ -83,7 +84,9 @@ def upload_dataset(query: UploadQuery) -> tuple[Response, int, dict[str, str]]:
     tmp, filename = receive(request, settings, query.filename)
     try:
         session = db()
-        ds = datastore.ingest(session=session, settings=settings, src=tmp, filename=filename)
+        ds = datastore.ingest(
+            session=session, settings=settings, src=tmp, filename=filename, tenant_id=current_tenant()
+        )
         try:
             session.commit()
         except BaseException:
@@ -138,13 +141,25 @@ def _too_large(limit: int) -> DatasetTooLarge:
 @bp.get("", summary="List datasets, newest first", responses={"200": DatasetsPublic})
 def list_datasets(query: ListQuery) -> Response:
     """Item counts, sizes, label counts and status of the newest datasets."""
-    rows = datastore.list_datasets(db(), tenant_id="default", limit=query.limit)
+    rows = datastore.list_datasets(db(), tenant_id=current_tenant(), limit=query.limit)
     return jsonify(DatasetsPublic(data=[DatasetPublic.of(d) for d in rows]).model_dump(mode="json"))
 
 
 @bp.get("/<dataset_id>", summary="Get a dataset", responses={"200": DatasetPublic})
 def get_dataset(path: DatasetPath) -> Response:
     """Item count, size, label counts and status of one dataset."""
-    ds = datastore.get_dataset(db(), path.dataset_id, tenant_id="default")
+    ds = datastore.get_dataset(db(), path.dataset_id, tenant_id=current_tenant())
     body: dict[str, Any] = DatasetPublic.of(ds).model_dump(mode="json")
     return jsonify(body)
+
+
+@bp.delete("/<dataset_id>", summary="Delete a dataset and its stored files", responses={"204": None, "409": Problem})
+def delete_dataset(path: DatasetPath) -> tuple[str, int]:
+    """Removes the dataset's row and every stored file (local or S3). Refused with `409 dataset-in-use` while a
+    queued or running job (score or training) reads it: cancel it or wait. Finished score jobs keep their output
+    and error files, without `true_label`."""
+    session = db()
+    ds = datastore.delete_dataset(session=session, dataset_id=path.dataset_id, tenant_id=current_tenant())
+    session.commit()
+    datastore.remove_files(services().settings, ds.id)
+    return "", 204

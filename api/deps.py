@@ -10,8 +10,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_sessionmaker
+from shared.notify import FinishedWaiter
 from shared.settings import Settings
-from shared.storage import LocalBlobStore
+from shared.storage import BlobStore, make_store
 
 
 @dataclass
@@ -21,8 +22,9 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    store: LocalBlobStore
+    store: BlobStore
     celery: Celery
+    waiter: FinishedWaiter
 
 
 def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
@@ -32,8 +34,9 @@ def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        store=LocalBlobStore(settings.blob_dir),
+        store=make_store(settings),
         celery=celery,
+        waiter=FinishedWaiter(settings.broker_url()),
     )
 
     @app.teardown_appcontext

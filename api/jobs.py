@@ -1,4 +1,4 @@
-"""/v1/jobs: submit classify jobs, poll them, page through results, list and cancel."""
+"""/v1/jobs: submit classify jobs, poll them, page through results, list, cancel and delete."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
+from api.auth import current_tenant
 from api.deps import db, services
 from api.scoring import create_score_job
 from api.uploads import read_classify_request
 from api.webhooks import attach_job_webhook, read_job_webhook
 from shared import jobs as jobstore
+from shared import retention
 from shared.celery_app import CLASSIFY_TASK
 from shared.errors import JobNotFound, ValidationFailed
+from shared.models import Job, utcnow
 from shared.registry import parse_ref, resolve
 from shared.schemas import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
 from shared.status import JobStatus
@@ -42,7 +45,7 @@ class JobsQuery(BaseModel):
 
 
 class ResultsQuery(BaseModel):
-    after: int = Field(-1, ge=-1, description="Return items whose index is greater than this.")
+    after: int = Field(-1, ge=-1, le=2**31 - 1, description="Return items whose index is greater than this.")
     limit: int = Field(100, ge=1, le=500)
 
 
@@ -74,10 +77,12 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
     session = db()
     ref = parse_ref(parsed.model or settings.default_model)
-    resolve(session, ref, default_alias=settings.default_alias)  # 404 now rather than a failed job later
+    tenant = current_tenant()
+    resolve(session, ref, default_alias=settings.default_alias, tenant_id=tenant)  # 404 now, not a failed job later
     job = jobstore.create_classify_job(
-        session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k
+        session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k, tenant_id=tenant
     )
+    job.dispatched_at = utcnow()  # optimistic: the publish follows the commit; a failed one clears it again
     try:
         attach_job_webhook(session, job, webhook)
         session.commit()
@@ -86,30 +91,31 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         jobstore.delete_inputs(svc.store, job.id, len(parsed.uploads))
         raise
     dispatch(job.id)
-    session.refresh(job)
     return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
 
 
 def dispatch(job_id: uuid.UUID) -> None:
-    """Publish the job's message after commit; if Redis is unreachable the reconciler re-dispatches it."""
+    """Publish the job's message after commit (its dispatched_at was stamped in the insert, saving a transaction).
+    If Redis is unreachable the stamp is cleared, so the reconciler re-dispatches the job even behind a backlog."""
     svc = services()
     try:
         svc.celery.send_task(CLASSIFY_TASK, args=[str(job_id)])
     except Exception:  # the job is durable; the reconciler publishes it once the lease passes
         log.warning("publishing job %s failed; the reconciler will dispatch it", job_id, exc_info=True)
-        return
-    try:
-        with svc.sessions.begin() as session:
-            jobstore.mark_dispatched(session, [job_id])
-    except Exception:  # the job is committed and published; a missing mark only means an early re-dispatch
-        log.warning("recording the dispatch of job %s failed", job_id, exc_info=True)
+        try:
+            with svc.sessions.begin() as session:
+                jobstore.mark_undispatched(session, job_id)
+        except Exception:  # still found by the reconciler once the broker's queue is empty and the lease passed
+            log.warning("clearing the dispatch stamp of job %s failed", job_id, exc_info=True)
 
 
 @bp.get("", summary="List jobs, newest first", responses={"200": JobsPublic})
 def list_jobs(query: JobsQuery) -> Response:
     """Cursor-paginated; filter by status."""
     limit = min(query.limit, services().settings.page_size_max)
-    rows, cursor = jobstore.jobs_page(db(), tenant_id="default", status=query.status, cursor=query.cursor, limit=limit)
+    rows, cursor = jobstore.jobs_page(
+        db(), tenant_id=current_tenant(), status=query.status, cursor=query.cursor, limit=limit
+    )
     return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
 
 
@@ -126,25 +132,39 @@ class JobQuery(BaseModel):
 def get_job(path: JobPath, query: JobQuery) -> Response:
     """Status, counts, timestamps, the model version that ran, and the predictions when terminal.
     With `?wait=N` the answer comes as soon as the job is terminal, or after N seconds (instead of polling)."""
-    session, settings = db(), services().settings
-    job_id = _job_id(path.job_id)
-    job = jobstore.get_job(session, job_id)
-    deadline = time.monotonic() + min(query.wait, settings.max_wait_s)
-    while not JobStatus(job.status).is_terminal() and time.monotonic() < deadline:
-        session.rollback()  # end the read transaction so the next read sees new commits (SQLite WAL too)
-        time.sleep(settings.wait_poll_interval_s)
-        job = jobstore.get_job(session, job_id)
+    session, svc = db(), services()
+    job_id, tenant = _job_id(path.job_id), current_tenant()
+    if query.wait > 0:
+        job = _read_when_terminal(job_id, tenant, min(query.wait, svc.settings.max_wait_s))
+    else:
+        job = jobstore.get_job(session, job_id, tenant_id=tenant)
     items = None
     if JobStatus(job.status).is_terminal():
-        items = jobstore.items_page(session, job.id, after=-1, limit=services().settings.max_images_per_job)
+        items = jobstore.items_page(session, job.id, after=-1, limit=svc.settings.max_images_per_job)
     return jsonify(JobPublic.of(job, items).model_dump(mode="json"))
+
+
+def _read_when_terminal(job_id: uuid.UUID, tenant: str, wait_s: float) -> Job:
+    """The job once it is terminal or `wait_s` has passed: re-read when a worker's notification names it (or every
+    INFERQ_WAIT_POLL_INTERVAL_S, in case a notification is lost)."""
+    session, svc = db(), services()
+    deadline = time.monotonic() + wait_s
+    with svc.waiter.watch(job_id) as finished:  # registered before the first read: no notification slips between
+        while True:
+            job = jobstore.get_job(session, job_id, tenant_id=tenant)
+            remaining = deadline - time.monotonic()
+            if JobStatus(job.status).is_terminal() or remaining <= 0:
+                return job
+            finished.wait(min(remaining, svc.settings.wait_poll_interval_s))
+            finished.clear()
+            session.rollback()  # end the read transaction so the next read sees new commits (SQLite WAL too)
 
 
 @bp.get("/<job_id>/results", summary="Page through a job's predictions", responses={"200": ResultsPublic})
 def get_results(path: JobPath, query: ResultsQuery) -> Response:
     """Items in index order; pass `after` = the last index you saw (`next_cursor`)."""
     session = db()
-    job = jobstore.get_job(session, _job_id(path.job_id))
+    job = jobstore.get_job(session, _job_id(path.job_id), tenant_id=current_tenant())
     limit = min(query.limit, services().settings.page_size_max)
     items = jobstore.items_page(session, job.id, after=query.after, limit=limit)
     versions = {job.model_version.id: job.model_version.ref} if job.model_version else {}
@@ -166,6 +186,22 @@ def get_results(path: JobPath, query: ResultsQuery) -> Response:
 def cancel_job(path: JobPath) -> Response:
     """Queued or running jobs become `canceled`; finished jobs answer 409."""
     session = db()
-    job = jobstore.cancel_job(session, _job_id(path.job_id))
+    job = jobstore.cancel_job(session, _job_id(path.job_id), tenant_id=current_tenant())
     session.commit()
     return jsonify(JobPublic.of(job).model_dump(mode="json"))
+
+
+@bp.delete(
+    "/<job_id>",
+    summary="Delete a finished job with its inputs and results",
+    responses={"204": None, "409": Problem},
+)
+def delete_job(path: JobPath) -> tuple[str, int]:
+    """Deletes a succeeded, failed or canceled job: its stored input images, its predictions and errors, its
+    webhook deliveries and any uploaded model file or training logs. A queued or running job answers 409
+    `job-not-finished`: cancel it first. Afterwards the job is a 404, as if it never existed."""
+    session, svc = db(), services()
+    job = jobstore.get_job(session, _job_id(path.job_id), tenant_id=current_tenant())
+    retention.delete_job(session=session, store=svc.store, settings=svc.settings, job=job)
+    session.commit()
+    return "", 204

@@ -16,22 +16,26 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
+from api.auth import current_tenant
 from api.deps import db, services
+from api.models import model_public
 from api.webhooks import attach_job_webhook, read_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import TRAIN_TASK
 from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
 from shared.model_jobs import (
+    MNIST,
     UPLOAD_SUFFIXES,
     ExportCreate,
     Operation,
     OptimizeCreate,
     TrainingCreate,
+    check_training_dataset,
     create_model_job,
 )
 from shared.models import ModelVersion
-from shared.registry import get_version, list_versions, move_alias, parse_ref
-from shared.schemas import JobPublic, ModelPublic, ModelVersionPublic, Problem
+from shared.registry import check_name_usable, get_version, list_versions, move_alias, parse_ref
+from shared.schemas import JobPublic, JsonInt, ModelPublic, Problem
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,23 +49,28 @@ bp = APIBlueprint(
 
 
 class ModelPath(BaseModel):
-    name: str = Field(description="The model's name, e.g. mnist-cnn.")
+    name: str = Field(
+        description="The model's name, e.g. mnist-cnn.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"}
+    )
 
 
 class AliasPath(BaseModel):
-    name: str = Field(description="The model's name.")
-    alias: str = Field(description="The alias to create or move, e.g. production or canary.")
+    name: str = Field(description="The model's name.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"})
+    alias: str = Field(
+        description="The alias to create or move, e.g. production or canary.",
+        json_schema_extra={"pattern": "^[a-z0-9][a-z0-9_-]{0,59}$"},
+    )
 
 
 class VersionPath(BaseModel):
-    name: str = Field(description="The model's name.")
-    version: int = Field(ge=1, description="The version number.")
+    name: str = Field(description="The model's name.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"})
+    version: int = Field(ge=1, le=2**31 - 1, description="The version number.")
 
 
 class AliasMove(BaseModel):
     """Where an alias should point."""
 
-    version: int = Field(ge=1, description="An existing version of the model.")
+    version: JsonInt = Field(ge=1, le=2**31 - 1, description="An existing version of the model.")
 
 
 class ReportRow(BaseModel):
@@ -91,12 +100,8 @@ def _model_name(name: str) -> str:
 
 
 def _model_public(name: str) -> ModelPublic:
-    versions = list_versions(db(), name)
-    return ModelPublic(
-        name=name,
-        aliases={a.alias: mv.version for mv in versions for a in mv.aliases},
-        versions=[ModelVersionPublic.of(mv) for mv in versions],
-    )
+    session, tenant = db(), current_tenant()
+    return model_public(session, name, list_versions(session, name, tenant_id=tenant), tenant)
 
 
 @bp.put(
@@ -108,7 +113,7 @@ def put_alias(path: AliasPath, body: AliasMove) -> Response:
     """Creates or moves `name@alias`; workers use the new version from their next job (no restart)."""
     ref = parse_ref(f"{path.name}@{path.alias}")
     session = db()
-    move_alias(session, name=ref.name, alias=ref.alias or "", version=body.version)
+    move_alias(session, name=ref.name, alias=ref.alias or "", version=body.version, tenant_id=current_tenant())
     session.commit()
     log.info("alias %s now points at version %d", ref, body.version)
     return jsonify(_model_public(ref.name).model_dump(mode="json"))
@@ -118,7 +123,9 @@ def _queue(
     operation: Operation, model_ref: str, params: dict[str, Any], webhook: dict[str, Any] | None = None
 ) -> tuple[Response, int, dict[str, str]]:
     session = db()
-    job = create_model_job(session=session, operation=operation, model_ref=model_ref, params=params)
+    job = create_model_job(
+        session=session, operation=operation, model_ref=model_ref, params=params, tenant_id=current_tenant()
+    )
     attach_job_webhook(session, job, webhook)
     session.commit()
     _dispatch(job.id)
@@ -142,18 +149,29 @@ def _dispatch(job_id: uuid.UUID) -> None:
         jobstore.mark_dispatched(session, [job_id])
 
 
-@bp.post("/<name>/trainings", summary="Train a new version", responses={"202": JobPublic})
+@bp.post(
+    "/<name>/trainings",
+    summary="Train a new version",
+    responses={"202": JobPublic, "404": Problem, "413": Problem, "422": Problem},
+)
 def create_training(path: ModelPath, body: TrainingCreate) -> tuple[Response, int, dict[str, str]]:
     """Queues a training job; poll `GET /v1/jobs/{id}` for the live per-epoch history in `result.history`.
-    On success the new version is registered (with no alias: promote it with PUT .../aliases/{alias})."""
+    On success the new version is registered (with no alias: promote it with PUT .../aliases/{alias}).
+    `dataset` is `mnist` or an uploaded dataset's id: it must be labelled with two classes or more and hold
+    28x28 arrays or decodable image files (422 `dataset-not-trainable`), be this tenant's (404) and hold at most
+    INFERQ_TRAIN_MAX_ITEMS images (413). The new version's labels are the dataset's classes."""
     name = _model_name(path.name)
-    body.check_limits(services().settings)
-    webhook = read_job_webhook(request, services().settings)
+    check_name_usable(db(), name, current_tenant())  # another tenant's private model: 404, as if absent
+    settings = services().settings
+    body.check_limits(settings)
+    if body.dataset != MNIST:
+        check_training_dataset(session=db(), settings=settings, dataset_id=body.dataset, tenant_id=current_tenant())
+    webhook = read_job_webhook(request, settings)
     return _queue(Operation.TRAIN, name, body.model_dump(exclude={"webhook", "webhook_events_filter"}), webhook)
 
 
 def _source(path: VersionPath) -> ModelVersion:
-    return get_version(db(), _model_name(path.name), path.version)
+    return get_version(db(), _model_name(path.name), path.version, tenant_id=current_tenant())
 
 
 @bp.post(
@@ -201,6 +219,7 @@ def create_upload(path: ModelPath) -> tuple[Response, int, dict[str, str]]:
     output class) and optional `input_spec` (JSON; default MNIST 28x28x1 in [0, 1]). A worker loads it in safe
     mode (Keras Lambda layers are refused), smoke-tests it on one input and registers it as a new version."""
     name = _model_name(path.name)
+    check_name_usable(db(), name, current_tenant())  # another tenant's private model: 404, as if absent
     svc = services()
     upload = request.files.get("file")
     if upload is None or not upload.filename:
@@ -221,7 +240,9 @@ def create_upload(path: ModelPath) -> tuple[Response, int, dict[str, str]]:
     if spec is not None:
         params["input_spec"] = spec
     session = db()
-    job = create_model_job(session=session, operation=Operation.IMPORT, model_ref=name, params=params)
+    job = create_model_job(
+        session=session, operation=Operation.IMPORT, model_ref=name, params=params, tenant_id=current_tenant()
+    )
     key = f"model-uploads/{job.id}/model{suffix}"
     svc.store.put(key, data)
     job.params = {**job.params, "blob_key": key}
@@ -251,7 +272,7 @@ def _json_field(field: str, kind: type, required: bool = True) -> Any:
     return value
 
 
-def report_row(mv: ModelVersion, refs: dict[int, str]) -> ReportRow:
+def report_row(mv: ModelVersion, refs: dict[int, str], aliases: list[str]) -> ReportRow:
     """One version's size, accuracy and measured speed (None where not measured yet)."""
     bench = mv.metrics.get("benchmark") or {}
     return ReportRow(
@@ -259,7 +280,7 @@ def report_row(mv: ModelVersion, refs: dict[int, str]) -> ReportRow:
         format=mv.format,
         variant=mv.variant,
         parent=refs.get(mv.parent_id) if mv.parent_id else None,
-        aliases=sorted(a.alias for a in mv.aliases),
+        aliases=sorted(aliases),
         size_bytes=mv.size_bytes,
         test_accuracy=mv.metrics.get("test_accuracy"),
         latency_ms_batch1=bench.get("latency_ms_batch1"),
@@ -270,9 +291,12 @@ def report_row(mv: ModelVersion, refs: dict[int, str]) -> ReportRow:
 @bp.get("/<name>/report", summary="Compare a model's versions", responses={"200": ModelReport})
 def get_report(path: ModelPath) -> Response:
     """Every version with file size, test accuracy, and latency/throughput measured by a worker."""
-    versions = list_versions(db(), _model_name(path.name))
+    session, tenant = db(), current_tenant()
+    versions = list_versions(session, _model_name(path.name), tenant_id=tenant)
     if not versions:
         raise ModelNotFound(f"model {path.name!r} does not exist; GET /v1/models lists the models")
     refs = {mv.id: mv.ref for mv in versions}
-    rows = [report_row(mv, refs) for mv in sorted(versions, key=lambda v: v.version)]
+    shown = model_public(session, versions[0].name, versions, tenant)
+    aliases = {v.version: v.aliases for v in shown.versions}
+    rows = [report_row(mv, refs, aliases[mv.version]) for mv in sorted(versions, key=lambda v: v.version)]
     return jsonify(ModelReport(name=versions[0].name, rows=rows).model_dump(mode="json"))

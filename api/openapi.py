@@ -13,6 +13,7 @@ MULTIPART_SCHEMA = {
     "properties": {
         "images": {
             "type": "array",
+            "minItems": 1,
             "items": {"type": "string", "format": "binary"},
             "description": "One or more image files (PNG, JPEG, WebP, BMP, GIF). Any field name works.",
         },

@@ -38,7 +38,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InferqError)
     def _domain(exc: InferqError) -> Response:
-        return problem_response(exc.to_problem(request.path))
+        return problem_response(exc.to_problem(request.path), getattr(exc, "headers", None))
 
     @app.errorhandler(ValidationError)
     def _pydantic(exc: ValidationError) -> Response:
@@ -46,10 +46,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
-        detail = (
-            "the request body is larger than INFERQ_MAX_REQUEST_BYTES or has too many parts; "
-            "send fewer or smaller images"
-        )
+        limit, sent = request.max_content_length, request.content_length
+        if limit is not None and (sent is None or sent > limit):  # declared too long, or streamed past the limit
+            named = " (INFERQ_MAX_REQUEST_BYTES)" if limit == app.config["MAX_CONTENT_LENGTH"] else ""
+            detail = f"the request body is larger than {limit} bytes{named}; send less per request"
+        else:
+            detail = (
+                f"the multipart body has more than {request.max_form_parts} parts or a form field over "
+                f"{request.max_form_memory_size} bytes; send fewer images per request"
+            )
         return problem_response(PayloadTooLarge(detail).to_problem(request.path))
 
     @app.errorhandler(HTTPException)

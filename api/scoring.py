@@ -16,15 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import current_tenant
 from api.deps import db, services
+from api.outputs import parquet_stream
 from api.webhooks import attach_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import SCORE_CHUNK_TASK
 from shared.datasets import Dataset, get_dataset, iter_index
-from shared.errors import JobNotFound, OutputFormatUnavailable, ValidationFailed
+from shared.errors import JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
 from shared.registry import parse_ref, resolve
-from shared.schemas import JobPublic, Problem
+from shared.schemas import JobPublic, JsonInt, Problem
 from shared.settings import Settings
 from shared.status import ItemStatus, JobKind, JobStatus
 
@@ -51,7 +53,7 @@ class ScoreJobCreate(BaseModel):
     kind: Literal["score"]
     dataset: str = Field(description="The id of an uploaded dataset.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
-    top_k: int | None = Field(None, ge=1, description="How many ranked labels to keep per item.")
+    top_k: JsonInt | None = Field(None, ge=1, description="How many ranked labels to keep per item.")
     webhook: str | None = Field(None, description="URL that receives this job's events (see Webhooks).")
     webhook_events_filter: list[str] | str | None = Field(None, description="start, progress, completed.")
 
@@ -67,12 +69,13 @@ def create_score_job(
     if top_k > settings.max_top_k:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
     session = db()
-    ds = get_dataset(session, req.dataset, tenant_id="default")
+    tenant = current_tenant()
+    ds = get_dataset(session, req.dataset, tenant_id=tenant, lock="share")  # DELETE waits for the commit
     ref = parse_ref(req.model or settings.default_model)
-    resolve(session, ref, default_alias=settings.default_alias)
+    resolve(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
     job = Job(
         id=uuid.uuid4(),
-        tenant_id="default",
+        tenant_id=tenant,
         kind=JobKind.SCORE.value,
         status=JobStatus.QUEUED.value,
         model_ref=str(ref),
@@ -106,7 +109,9 @@ class FilePath(BaseModel):
 
 
 class FileQuery(BaseModel):
-    format: Literal["csv", "jsonl", "parquet"] = Field("csv", description="csv, jsonl, or parquet (needs pyarrow).")
+    format: Literal["csv", "jsonl", "parquet"] = Field(
+        "csv", description="csv, jsonl, or parquet (one row group per scoring chunk; top_k as a list of structs)."
+    )
 
 
 @bp.get("/<job_id>/output", summary="Download a score job's predictions (streamed)")
@@ -122,21 +127,21 @@ def get_errors(path: FilePath, query: FileQuery) -> Response:
 
 
 def _file(job_text: str, fmt: str, *, errors: bool) -> Response:
-    if fmt == "parquet":
-        raise OutputFormatUnavailable(
-            "parquet output needs pyarrow, which this server does not have; ask for format=csv or format=jsonl"
-        )
     try:
         job_id = uuid.UUID(job_text)
     except ValueError:
         raise JobNotFound(f"job {job_text!r} does not exist (job ids are UUIDs)") from None
-    job = jobstore.get_job(db(), job_id)
+    job = jobstore.get_job(db(), job_id, tenant_id=current_tenant())
     if job.kind != JobKind.SCORE.value:
         raise ValidationFailed(f"job {job_id} is a {job.kind} job; output files exist for score jobs only")
     ds = db().get(Dataset, uuid.UUID(job.params["dataset_id"]))
     svc = services()
     rows = _rows(svc.sessions, svc.settings, job_id, ds, errors=errors)
-    body = _csv(rows, ERROR_COLUMNS if errors else OUTPUT_COLUMNS) if fmt == "csv" else _jsonl(rows)
+    body: Iterator[Any]
+    if fmt == "parquet":
+        body = parquet_stream(rows, errors=errors, chunk_size=int(job.params["chunk_size"]))
+    else:
+        body = _csv(rows, ERROR_COLUMNS if errors else OUTPUT_COLUMNS) if fmt == "csv" else _jsonl(rows)
     name = f"{job_id}-{'errors' if errors else 'output'}.{fmt}"
     resp = Response(stream_with_context(body), mimetype=MEDIA[fmt])
     resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'

@@ -11,6 +11,7 @@ from flask import Request, Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import current_tenant
 from api.deps import db, services
 from shared import webhooks as hooks
 from shared.errors import ValidationFailed, WebhookDeliveryNotFound, WebhookEndpointNotFound
@@ -20,8 +21,6 @@ from shared.settings import Settings
 from shared.ssrf import check_url, parse_allow_cidrs
 from shared.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.webhooks import WebhookEvent
-
-TENANT = "default"  # no API keys yet: every endpoint belongs to the tenant "default"
 
 bp = APIBlueprint(
     "webhooks",
@@ -137,8 +136,10 @@ class DeliveryPath(BaseModel):
 
 
 class DeliveriesQuery(BaseModel):
-    job_id: str | None = Field(None, description="Only deliveries of this job.")
-    endpoint_id: str | None = Field(None, description="Only deliveries to this endpoint.")
+    job_id: str | None = Field(None, description="Only deliveries of this job.", json_schema_extra={"format": "uuid"})
+    endpoint_id: str | None = Field(
+        None, description="Only deliveries to this endpoint.", json_schema_extra={"format": "uuid"}
+    )
     limit: int = Field(50, ge=1, le=500)
 
 
@@ -203,7 +204,9 @@ def create_endpoint(body: EndpointCreate) -> tuple[Response, int]:
     """Every job's chosen events go to this URL, signed with the secret in this answer (shown only here)."""
     session = db()
     url = checked_url(body.url, services().settings)
-    ep = hooks.create_endpoint(session=session, tenant_id=TENANT, url=url, events=[e.value for e in body.events])
+    ep = hooks.create_endpoint(
+        session=session, tenant_id=current_tenant(), url=url, events=[e.value for e in body.events]
+    )
     session.commit()
     out = EndpointWithSecret.model_validate(ep)  # the one answer that carries the secret
     return jsonify(out.model_dump(mode="json")), 201
@@ -212,7 +215,7 @@ def create_endpoint(body: EndpointCreate) -> tuple[Response, int]:
 @bp.get("/endpoints", summary="List webhook endpoints", responses={"200": EndpointsPublic})
 def list_endpoints() -> Response:
     """The tenant's endpoints; secrets are never shown again."""
-    rows = hooks.list_endpoints(session=db(), tenant_id=TENANT)
+    rows = hooks.list_endpoints(session=db(), tenant_id=current_tenant())
     return jsonify(EndpointsPublic(data=[EndpointPublic.of(e) for e in rows]).model_dump(mode="json"))
 
 
@@ -220,7 +223,7 @@ def list_endpoints() -> Response:
 def get_endpoint(path: EndpointPath) -> Response:
     """One endpoint, without its secret."""
     eid = _uuid(path.endpoint_id, WebhookEndpointNotFound, "webhook endpoint")
-    ep = hooks.get_endpoint(session=db(), endpoint_id=eid, tenant_id=TENANT)
+    ep = hooks.get_endpoint(session=db(), endpoint_id=eid, tenant_id=current_tenant())
     return jsonify(EndpointPublic.of(ep).model_dump(mode="json"))
 
 
@@ -229,7 +232,7 @@ def delete_endpoint(path: EndpointPath) -> tuple[str, int]:
     """No further deliveries go to it; its pending ones are canceled; its log stays."""
     session = db()
     eid = _uuid(path.endpoint_id, WebhookEndpointNotFound, "webhook endpoint")
-    hooks.delete_endpoint(session=session, endpoint_id=eid, tenant_id=TENANT)
+    hooks.delete_endpoint(session=session, endpoint_id=eid, tenant_id=current_tenant())
     session.commit()
     return "", 204
 
@@ -240,7 +243,10 @@ def rotate_endpoint(path: EndpointPath) -> Response:
     session = db()
     eid = _uuid(path.endpoint_id, WebhookEndpointNotFound, "webhook endpoint")
     ep = hooks.rotate_endpoint_secret(
-        session=session, endpoint_id=eid, tenant_id=TENANT, overlap_s=services().settings.webhook_secret_overlap_s
+        session=session,
+        endpoint_id=eid,
+        tenant_id=current_tenant(),
+        overlap_s=services().settings.webhook_secret_overlap_s,
     )
     session.commit()
     return jsonify(
@@ -256,7 +262,7 @@ def rotate_endpoint(path: EndpointPath) -> Response:
 def reveal_signing_secret() -> Response:
     """The secret that signs jobs' own `webhook` deliveries; 409 after the first time (rotate for a new one)."""
     session = db()
-    key = hooks.reveal_signing_secret(session=session, tenant_id=TENANT)
+    key = hooks.reveal_signing_secret(session=session, tenant_id=current_tenant())
     session.commit()
     return jsonify(SecretPublic(secret=key.secret).model_dump(mode="json"))
 
@@ -266,7 +272,7 @@ def rotate_signing_secret() -> Response:
     """A new per-job secret (shown once); the old one still signs for the overlap period."""
     session = db()
     key = hooks.rotate_signing_secret(
-        session=session, tenant_id=TENANT, overlap_s=services().settings.webhook_secret_overlap_s
+        session=session, tenant_id=current_tenant(), overlap_s=services().settings.webhook_secret_overlap_s
     )
     session.commit()
     return jsonify(
@@ -279,9 +285,11 @@ def rotate_signing_secret() -> Response:
 @bp.get("/deliveries", summary="List webhook deliveries, newest first", responses={"200": DeliveriesPublic})
 def list_deliveries(query: DeliveriesQuery) -> Response:
     """Filter by job or endpoint; each delivery's attempts are at /v1/webhooks/deliveries/{id}."""
-    job_id = _uuid(query.job_id, ValidationFailed, "job") if query.job_id else None
-    ep_id = _uuid(query.endpoint_id, ValidationFailed, "webhook endpoint") if query.endpoint_id else None
-    rows = hooks.deliveries_page(session=db(), tenant_id=TENANT, job_id=job_id, endpoint_id=ep_id, limit=query.limit)
+    job_id = _uuid(query.job_id, ValidationFailed, "job") if query.job_id is not None else None
+    ep_id = _uuid(query.endpoint_id, ValidationFailed, "webhook endpoint") if query.endpoint_id is not None else None
+    rows = hooks.deliveries_page(
+        session=db(), tenant_id=current_tenant(), job_id=job_id, endpoint_id=ep_id, limit=query.limit
+    )
     return jsonify(DeliveriesPublic(data=[DeliveryPublic.of(d) for d in rows]).model_dump(mode="json"))
 
 
@@ -295,7 +303,7 @@ def get_delivery(path: DeliveryPath) -> Response:
     """The payload and every attempt: time, status code, latency, response excerpt, next attempt."""
     session = db()
     did = _uuid(path.delivery_id, WebhookDeliveryNotFound, "webhook delivery")
-    d = hooks.get_delivery(session=session, delivery_id=did, tenant_id=TENANT)
+    d = hooks.get_delivery(session=session, delivery_id=did, tenant_id=current_tenant())
     return jsonify(_detail(session, d).model_dump(mode="json"))
 
 
@@ -304,6 +312,6 @@ def redeliver(path: DeliveryPath) -> tuple[Response, int]:
     """The dispatcher sends it again soon, with the same webhook-id and payload and a fresh signature."""
     session = db()
     did = _uuid(path.delivery_id, WebhookDeliveryNotFound, "webhook delivery")
-    d = hooks.redeliver(session=session, delivery_id=did, tenant_id=TENANT)
+    d = hooks.redeliver(session=session, delivery_id=did, tenant_id=current_tenant())
     session.commit()
     return jsonify(_detail(session, d).model_dump(mode="json")), 202

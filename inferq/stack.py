@@ -14,6 +14,7 @@ import requests
 from rich.console import Console
 from rich.panel import Panel
 
+from inferq.access import ensure_local_key
 from shared.db import upgrade_database
 from shared.embedded import EmbeddedRedis, port_open
 from shared.settings import Settings
@@ -34,6 +35,7 @@ class Stack:
     train_epochs: int | None = None
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
+    api_key: str = ""
 
     def run(self) -> None:
         """Start everything, print where to look, and stop it all cleanly on Ctrl-C or a child's death."""
@@ -57,6 +59,10 @@ class Stack:
         env = dict(os.environ, INFERQ_DATA_DIR=str(s.data_dir.resolve()), PYTHONUNBUFFERED="1")
         upgrade_database(s)
         console.print(f"[green]database ready[/] ({s.resolved_database_url.split('@')[-1]})")
+        key, created = ensure_local_key(s)
+        masked = "_".join(key.split("_", 2)[:2]) + "_…  (shown in full when it was created)"
+        self.api_key = key if created else masked
+        console.print(f"[green]API key {'created' if created else 'ready'}[/] (in {s.api_key_file}, mode 0600)")
         if s.uses_embedded_redis:
             if port_open("127.0.0.1", s.embedded_redis_port):
                 raise SystemExit(f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one")
@@ -118,9 +124,12 @@ class Stack:
             f"API docs   {s.resolved_api_url}/docs\n"
             f"OpenAPI    {s.resolved_api_url}/openapi.json\n"
             f"Flower     http://{s.api_host}:{s.flower_port}\n"
-            f"Logs       {s.data_dir / 'logs'}\n\n"
+            f"Logs       {s.data_dir / 'logs'}\n"
+            f"API key    {self.api_key}\n"
+            f"           (saved in {s.api_key_file}; the CLI reads it, or set INFERQ_API_KEY)\n\n"
             f"Try it:\n"
-            f"  curl -s -F images=@{sample} {s.resolved_api_url}/v1/jobs\n"
+            f'  curl -s -H "Authorization: Bearer $(cat {s.api_key_file})" -F images=@{sample} '
+            f"{s.resolved_api_url}/v1/jobs\n"
             f"  {Path(sys.executable).parent / 'inferq'} classify {sample}\n\n"
             "Ctrl-C stops everything."
         )

@@ -3,7 +3,10 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import shared.apikeys  # noqa: F401
 import shared.datasets  # noqa: F401
+import shared.idempotency  # noqa: F401
+import shared.retention  # noqa: F401
 import shared.webhook_models  # noqa: F401
 from shared.models import Base
 from shared.settings import Settings

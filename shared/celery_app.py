@@ -15,14 +15,30 @@ TRAIN_TASK = "inferq.train"
 RECONCILE_TASK = "inferq.reconcile"
 WEBHOOK_DISPATCH_TASK = "inferq.webhooks.dispatch"
 SCORE_CHUNK_TASK = "inferq.score_chunk"
+RETENTION_TASK = "inferq.retention.purge"
+IDEMPOTENCY_PURGE_TASK = "inferq.idempotency.purge"
 
 ROUTES = {
     CLASSIFY_TASK: {"queue": INFERENCE_QUEUE},
     RECONCILE_TASK: {"queue": INFERENCE_QUEUE},
     WEBHOOK_DISPATCH_TASK: {"queue": INFERENCE_QUEUE},
     SCORE_CHUNK_TASK: {"queue": INFERENCE_QUEUE},
+    RETENTION_TASK: {"queue": INFERENCE_QUEUE},
+    IDEMPOTENCY_PURGE_TASK: {"queue": INFERENCE_QUEUE},
     TRAIN_TASK: {"queue": TRAINING_QUEUE},
 }
+
+
+def transport_options(settings: Settings) -> dict[str, int]:
+    """Redis transport options: the visibility timeout, and how often kombu sweeps for messages a dead worker held.
+    kombu's default sweeps every 10 s x throttle 10 = ~100 s; sweeping every visibility_timeout/10 (1-10 s) with
+    no throttle hands a killed worker's messages on within about 1.1 x the visibility timeout."""
+    interval = max(1, min(10, settings.visibility_timeout // 10))
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": interval,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -31,7 +47,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.broker_url(),
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": transport_options(settings),
         "broker_pool_limit": 10,
         "task_default_queue": INFERENCE_QUEUE,
         "task_queues": [Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)],
@@ -53,6 +69,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "beat_schedule": {
             "reconcile": {"task": RECONCILE_TASK, "schedule": settings.reconcile_interval_s},
             "webhooks": {"task": WEBHOOK_DISPATCH_TASK, "schedule": settings.webhook_dispatch_interval_s},
+            "retention": {"task": RETENTION_TASK, "schedule": settings.retention_interval_s},
+            "idempotency": {"task": IDEMPOTENCY_PURGE_TASK, "schedule": settings.idempotency_purge_interval_s},
         },
         "timezone": "UTC",
     }

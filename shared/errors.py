@@ -117,8 +117,8 @@ class InvalidDataset(InferqError):
     type_slug, title, status = "invalid-dataset", "The dataset could not be read", 422
 
 
-class OutputFormatUnavailable(InferqError):
-    type_slug, title, status = "output-format-unavailable", "That output format is not available", 415
+class DatasetNotTrainable(InferqError):
+    type_slug, title, status = "dataset-not-trainable", "The dataset cannot train a model", 422
 
 
 class ModelNotOptimizable(InferqError):
@@ -150,3 +150,57 @@ class UnsafeModel(InferqError):
 
 class InvalidModel(InferqError):
     type_slug, title, status = "invalid-model", "The uploaded model is not usable", 422
+
+
+# --- access: API keys, scopes, deletion ---------------------------------------------------------------------
+
+
+class Unauthenticated(InferqError):
+    type_slug, title, status = "unauthenticated", "A valid API key is required", 401
+
+
+class InsufficientScope(InferqError):
+    type_slug, title, status = "insufficient-scope", "The API key lacks a scope this request needs", 403
+
+
+class ApiKeyNotFound(InferqError):
+    type_slug, title, status = "api-key-not-found", "No such API key", 404
+
+
+class JobNotFinished(InferqError):
+    type_slug, title, status = "job-not-finished", "The job has not finished", 409
+
+
+class DatasetInUse(InferqError):
+    type_slug, title, status = "dataset-in-use", "A job still reads this dataset", 409
+
+
+# --- abuse limits: queue caps, rate limits, idempotency keys ----------------------------------------------------
+
+
+class RetryLater(InferqError):
+    """A 429: the body carries `retry_after_s` and the answer a Retry-After header."""
+
+    def __init__(self, detail: str, *, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s, **extra)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class QueueFull(RetryLater):
+    type_slug, title, status = "queue-full", "The tenant's queue is full", 429
+
+
+class RateLimited(RetryLater):
+    type_slug, title, status = "rate-limited", "Too many requests", 429
+
+
+class IdempotencyKeyInvalid(InferqError):
+    type_slug, title, status = "idempotency-key-invalid", "The Idempotency-Key header is not valid", 400
+
+
+class IdempotencyKeyReused(InferqError):
+    type_slug, title, status = "idempotency-key-reused", "The Idempotency-Key was used for another request", 422
+
+
+class IdempotencyKeyInUse(InferqError):
+    type_slug, title, status = "idempotency-key-in-use", "A request with this Idempotency-Key is in progress", 409

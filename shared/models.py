@@ -74,6 +74,7 @@ class ModelVersion(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100))
     version: Mapped[int] = mapped_column(Integer)
+    tenant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: public, seen by every tenant
     format: Mapped[str] = mapped_column(String(20))  # keras | tflite
     variant: Mapped[str] = mapped_column(String(40), default="float32")
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
@@ -92,13 +93,18 @@ class ModelVersion(Base):
         return f"{self.name}:{self.version}"
 
 
+PUBLIC_ALIAS = ""  # ModelAlias.tenant_id of an alias every tenant sees (part of the key, so not NULL)
+
+
 class ModelAlias(Base):
-    """A movable name (production, canary, ...) pointing at one version of a model."""
+    """A movable name (production, canary, ...) pointing at one version of a model, for every tenant (public) or
+    for one tenant, whose own alias of a name takes precedence over the public one."""
 
     __tablename__ = "model_aliases"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     alias: Mapped[str] = mapped_column(String(60), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=PUBLIC_ALIAS)
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

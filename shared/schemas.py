@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared.models import Job, JobItem, ModelVersion, utcnow
+from shared.models import PUBLIC_ALIAS, Job, JobItem, ModelVersion, utcnow
 from shared.status import JobKind, JobStatus
+
+
+def _json_number(value: Any) -> Any:
+    """A JSON number, not a boolean or a string: pydantic's lax mode would read true as 1 and "5" as 5, and its
+    strict mode would refuse 5.0, which JSON Schema counts as an integer."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]  # 5 or 5.0; not 5.5, "5" or true
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]  # 0.5 or 1; not "0.5" or true
 
 
 class ImageIn(BaseModel):
@@ -26,7 +38,7 @@ class JobCreate(BaseModel):
 
     images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
-    top_k: int | None = Field(None, ge=1, description="How many ranked labels to return per image.")
+    top_k: JsonInt | None = Field(None, ge=1, description="How many ranked labels to return per image.")
     webhook: str | None = Field(None, description="URL that receives this job's events, signed (see Webhooks).")
     webhook_events_filter: list[str] | None = Field(None, description="Events to send: start, progress, completed.")
 
@@ -178,15 +190,17 @@ class ModelVersionPublic(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, mv: ModelVersion) -> ModelVersionPublic:
-        """Render a model version."""
+    def of(cls, mv: ModelVersion, aliases: list[str] | None = None) -> ModelVersionPublic:
+        """Render a model version with the aliases its viewer sees (by default only the public ones)."""
+        if aliases is None:
+            aliases = [a.alias for a in mv.aliases if a.tenant_id == PUBLIC_ALIAS]
         return cls(
             name=mv.name,
             version=mv.version,
             ref=mv.ref,
             format=mv.format,
             variant=mv.variant,
-            aliases=sorted(a.alias for a in mv.aliases),
+            aliases=sorted(aliases),
             size_bytes=mv.size_bytes,
             labels=mv.labels,
             input_spec=mv.input_spec,

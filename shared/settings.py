@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED = "embedded"
+_S3_URL = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$")
 
 
 class Settings(BaseSettings):
@@ -20,6 +22,13 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite in WAL mode under data_dir.")
     redis_url: str = Field(EMBEDDED, description="Broker URL, or 'embedded' for the bundled redis-server.")
     embedded_redis_port: int = Field(6399, description="TCP port of the embedded redis-server.")
+    storage_url: str = Field(
+        "", description="Blob storage (inputs, uploads, datasets): empty = files under data_dir; s3://bucket/prefix."
+    )
+    s3_endpoint_url: str = Field("", description="Endpoint of an S3-compatible server (MinIO, Ceph...); empty = AWS.")
+    s3_region: str = Field("", description="Region of the bucket; empty = botocore's default (AWS_DEFAULT_REGION).")
+    s3_access_key_id: str = Field("", description="S3 key id; empty = the standard AWS chain (AWS_ACCESS_KEY_ID...).")
+    s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret; empty = the standard AWS chain.")
 
     # --- HTTP ---------------------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -36,7 +45,9 @@ class Settings(BaseSettings):
     default_top_k: int = Field(3, ge=1)
     page_size_max: int = Field(500, ge=1, description="Largest page of results or jobs.")
     max_wait_s: float = Field(60.0, ge=0, description="Longest long poll (GET /v1/jobs/{id}?wait=).")
-    wait_poll_interval_s: float = Field(0.02, gt=0, description="How often a long poll re-reads the job.")
+    wait_poll_interval_s: float = Field(
+        0.5, gt=0, description="Fallback re-read interval of a long poll (a Redis notification wakes it first)."
+    )
     api_threads: int = Field(32, ge=1, description="Threads per API process (long polls hold one each).")
 
     # --- batching ------------------------------------------------------------------------------------------
@@ -61,6 +72,9 @@ class Settings(BaseSettings):
     default_model: str = Field("mnist-cnn", description="Model used when a job names none.")
     default_alias: str = Field("production", description="Alias a bare model name resolves to.")
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept per worker process.")
+    model_ref_ttl_s: float = Field(
+        1.0, ge=0, description="How long a worker reuses its resolution of a job's model (an alias move takes effect)."
+    )
     gpu: str = Field("", description="GPU index for this worker ('' = CPU, or as CUDA_VISIBLE_DEVICES).")
     train_epochs: int = Field(12, ge=1, description="Epochs for the default model at first start.")
     mnist_cache: Path | None = Field(None, description="Path of mnist.npz if keras cannot download it.")
@@ -69,6 +83,9 @@ class Settings(BaseSettings):
     train_max_epochs: int = Field(100, ge=1, description="Most epochs one training job may ask for.")
     train_max_batch_size: int = Field(1024, ge=1, description="Largest batch size one training job may ask for.")
     train_cancel_check_batches: int = Field(1, ge=1, description="Training batches between two cancel checks.")
+    train_max_items: int = Field(
+        60_000, ge=1, description="Most images of an uploaded dataset one training job loads into memory."
+    )
     calibration_images: int = Field(500, ge=1, description="Training images used to calibrate int8 quantization.")
     benchmark_repeats: int = Field(30, ge=1, description="Timed calls per batch size when benchmarking a version.")
     model_upload_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes of one uploaded model file.")
@@ -104,6 +121,54 @@ class Settings(BaseSettings):
     webhook_max_url_length: int = Field(2048, ge=16, description="Longest webhook URL accepted.")
     webhook_allow_cidrs: str = Field("", description="Comma-separated CIDRs webhooks may reach although private.")
 
+    # --- abuse limits: queue caps, rate limits, idempotency keys ------------------------------------------------
+    max_queued_jobs_per_tenant: int = Field(
+        1000, ge=1, description="Queued or running jobs one tenant may have; past it new jobs get 429 queue-full."
+    )
+    max_queued_items_per_tenant: int = Field(
+        2_000_000, ge=1, description="Unfinished items (images) over a tenant's queued or running jobs (429 past it)."
+    )
+    queue_cap_exact_margin: int = Field(
+        64, ge=0, description="Within this many jobs of a queue cap the check locks the tenant (exact); 0 = always."
+    )
+    queue_full_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 queue-full answer.")
+    rate_limit_enabled: bool = Field(True, description="Limit requests per API key (per address without a key).")
+    rate_limit: str = Field(
+        "600/minute", description="Requests per key, e.g. '600/minute' or '20/second;600/minute' (Flask-Limiter)."
+    )
+    idempotency_ttl_s: float = Field(
+        86400.0, ge=86400.0, description="How long an Idempotency-Key and its answer are kept (at least 24 h)."
+    )
+    idempotency_lease_s: float = Field(
+        600.0, gt=0, description="A request holding a key this long without finishing (it died) frees the key."
+    )
+    idempotency_purge_interval_s: float = Field(3600.0, gt=0, description="How often expired keys are purged.")
+    idempotency_max_response_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest answer kept for replay (a larger one is not stored)."
+    )
+
+    # --- access and privacy ---------------------------------------------------------------------------------
+    auth_enabled: bool = Field(True, description="Every route but health, readiness and docs needs an API key.")
+    api_key: SecretStr = Field(
+        SecretStr(""), description="The CLI's API key; empty means the key `inferq up` saved in data_dir/api-key."
+    )
+    api_key_touch_interval_s: float = Field(
+        60.0, ge=0, description="Least seconds between two writes of a key's last_used_at."
+    )
+    retention_days: float = Field(
+        30.0, ge=0, description="Finished jobs and datasets older than this are deleted (0 keeps them forever)."
+    )
+    retention_interval_s: float = Field(3600.0, gt=0, description="How often the retention purge runs.")
+    retention_batch: int = Field(500, ge=1, description="Jobs or datasets one retention run deletes at most.")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not _S3_URL.match(value):
+            raise ValueError("INFERQ_STORAGE_URL must be empty (local files) or s3://bucket[/prefix]")
+        return value
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.visibility_timeout <= self.task_time_limit:
@@ -138,6 +203,11 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def api_key_file(self) -> Path:
+        """Where `inferq up` keeps the local API key (mode 0600) for the CLI and the README's curl examples."""
+        return self.data_dir / "api-key"
 
     @property
     def model_dir(self) -> Path:

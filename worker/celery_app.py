@@ -9,14 +9,20 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from shared.celery_app import make_celery
+from shared.imaging import configure_pillow
+from shared.redaction import install_log_redaction
 from shared.settings import Settings
 from worker import context
 
 
 def create_worker_app(settings: Settings) -> Celery:
     """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`."""
+    install_log_redaction()
     context.configure(settings)
+    configure_pillow(max_pixels=settings.max_image_pixels)
     app = make_celery(settings, name="inferq")
+    import worker.idempotency_tasks  # noqa: F401  (purges expired Idempotency-Keys)
+    import worker.retention_tasks  # noqa: F401  (the retention purge)
     import worker.scoring_tasks  # noqa: F401  (bulk scoring chunks)
     import worker.tasks  # noqa: F401  (registers the shared tasks)
     import worker.training_tasks  # noqa: F401  (train / optimize / benchmark on the training queue)

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from shared.db import session_scope, upgrade_database
+from tests.access import use_key
 from tests.factories import SentTasks, add_model_version, make_settings, services_of
 
 
@@ -30,7 +31,8 @@ AppFactory = Callable[..., Flask]
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[AppFactory]:
     """Build the app for settings overrides: migrated SQLite, mnist-cnn:1 @production, recording Celery
-    (or the real Celery client with real_celery=True)."""
+    (or the real Celery client with real_celery=True), and test clients that send an API key of the tenant
+    "default" with every scope."""
     built: list[Flask] = []
 
     def build(*, celery: Any | None = None, real_celery: bool = False, seed: bool = True, **overrides: Any) -> Flask:
@@ -43,6 +45,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
                 add_model_version(session, metrics={"accuracy": 0.991, "loss": 0.03})
         if not real_celery:
             svc.celery = celery if celery is not None else SentTasks()
+        use_key(app)  # every app.test_client() sends a key of tenant "default" with every scope
         built.append(app)
         return app
 

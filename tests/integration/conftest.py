@@ -17,6 +17,7 @@ import pytest
 from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
 from shared.registry import register_version
 from shared.settings import Settings
+from tests.access import use_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -161,9 +162,10 @@ def start_worker(stack_settings: Settings) -> Iterator[Callable[..., WorkerProce
 
 @pytest.fixture
 def api_client(stack_settings: Settings) -> Iterator[Any]:
-    """The real API app (in-process) on the test stack."""
+    """The real API app (in-process) on the test stack, with a client that sends an API key."""
     from api.app import create_app
 
     app = create_app(stack_settings)
+    use_key(app)  # the client sends an API key of the tenant "default" with every scope
     yield app.test_client()
     app.extensions["inferq"].engine.dispose()

@@ -28,13 +28,14 @@ def test_help_lists_every_command() -> None:
     """`inferq --help` names every command, and each command has its own help."""
     env = dict(os.environ)
     out = run_cli("--help", env=env).stdout
-    commands = ["up", "api", "worker", "flower", "migrate", "train-default", "classify", "jobs", "models"]
+    commands = ["up", "api", "worker", "flower", "migrate", "train-default", "classify", "jobs", "models", "keys"]
     assert all(f"  {c} " in out for c in commands), out
     assert "--gpu" in run_cli("worker", "--help", env=env).stdout
 
 
 def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """`inferq up` on embedded defaults trains a model, serves a classify, and Ctrl-C stops every process."""
+    """`inferq up` on embedded defaults trains a model, makes and prints a local API key (which the CLI then
+    sends), serves a classify, and Ctrl-C stops every process."""
     api_port, flower_port, redis_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
@@ -64,6 +65,10 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert up.poll() is None, (tmp_path / "up.log").read_text()
         banner = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{api_port}/docs" in banner and f"http://127.0.0.1:{flower_port}" in banner
+        key_file = tmp_path / "var" / "api-key"
+        key = key_file.read_text().strip()
+        assert key in banner and "Authorization: Bearer $(cat" in banner and key_file.stat().st_mode & 0o077 == 0
+        assert requests.get(f"http://127.0.0.1:{api_port}/v1/jobs", timeout=10).status_code == 401
         sample = tmp_path / "var" / "samples" / "digit-7.png"
         url = f"http://127.0.0.1:{api_port}"
         done = run_cli("classify", str(sample), "--api-url", url, env=env)
