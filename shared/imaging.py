@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from shared.settings import Settings
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 
@@ -33,6 +34,16 @@ _DECODE_ERRORS = (
     struct.error,
 )
 
+# Pillow's own decompression-bomb guard is process-wide: Image.open() warns past Image.MAX_IMAGE_PIXELS and raises
+# DecompressionBombError past twice that. It is lowered from Pillow's 89.5M to INFERQ_MAX_IMAGE_PIXELS (its default
+# at import; configure_pillow() at each entry point), and its warning is an error. Both are set once and never saved
+# and restored: warnings.catch_warnings() swaps the process-global filter list and races between worker threads.
+DEFAULT_MAX_PIXELS: int = Settings.model_fields["max_image_pixels"].default
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Pillow's notes on damaged metadata (corrupt EXIF, malformed MPO, invalid APNG): the image decodes or is refused.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
 _SIDE, _BOX, _CENTRE = 28, 20, 14.0  # MNIST: 28x28 canvas, digit fitted in 20x20, centre of mass at (14, 14)
 _WORK_SIDE = 1024  # longest side the analysis runs at; the output is 28x28 anyway
 _DENOISE_MIN_SIDE = 4 * _SIDE  # a 3x3 median filter removes specks only where strokes are wider than that
@@ -50,6 +61,11 @@ class ImageInfo:
     height: int
 
 
+def configure_pillow(*, max_pixels: int) -> None:
+    """Raise Pillow's process-wide pixel guard to `max_pixels` when it is above the default (never lower it)."""
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0, DEFAULT_MAX_PIXELS)
+
+
 def check_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     """Validate an upload: allowed format, pixel count from the header, then a full decode."""
     img, fmt = _decode(data, max_pixels)
@@ -59,12 +75,10 @@ def check_image(data: bytes, *, max_pixels: int) -> ImageInfo:
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode an upload with check_image's checks; first frame only, EXIF orientation applied."""
     img, _ = _decode(data, max_pixels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return ImageOps.exif_transpose(img)
-        except _DECODE_ERRORS:  # a damaged EXIF block: keep the image as stored rather than refuse it
-            return img.copy()
+    try:
+        return ImageOps.exif_transpose(img)
+    except _DECODE_ERRORS:  # a damaged EXIF block: keep the image as stored rather than refuse it
+        return img.copy()
 
 
 def preprocess(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -89,29 +103,27 @@ def to_mnist(img: Image.Image) -> np.ndarray:
 
 @contextmanager
 def _pillow_errors() -> Iterator[None]:
-    """Map Pillow's failures and decompression-bomb warning to inferq errors; mute its other warnings."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageTooLarge(f"{e} Scale the image down and send it again.") from e
-        except _DECODE_ERRORS as e:
-            detail = f"The image could not be decoded ({e}); it may be truncated or corrupt. "
-            raise InvalidImage(detail + _HINT) from e
+    """Map Pillow's failures and its decompression-bomb error (or warning, an error here) to inferq errors."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLarge(f"{e} Scale the image down and send it again.") from e
+    except _DECODE_ERRORS as e:
+        detail = f"The image could not be decoded ({e}); it may be truncated or corrupt. "
+        raise InvalidImage(detail + _HINT) from e
 
 
 def _decode(data: bytes, max_pixels: int) -> tuple[ImageFile.ImageFile, str]:
     """Identify from the header, refuse too many pixels before decoding, then decode the first frame."""
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)  # Pillow's warning band is refused too
     with _pillow_errors():
         img = _open(data)
         fmt = _ALIASES.get(img.format or "", img.format or "")
         if fmt not in ALLOWED_FORMATS:
             raise UnsupportedImageFormat(f"{fmt or 'This'} images are not supported. " + _HINT)
-        _check_pixels(img.size, max_pixels)
+        _check_pixels(img.size, limit)
         img.load()
-        _check_pixels(img.size, max_pixels)  # a GIF frame may grow the canvas while it loads
+        _check_pixels(img.size, limit)  # a GIF frame may grow the canvas while it loads
     return img, fmt
 
 
