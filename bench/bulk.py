@@ -37,6 +37,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from inferq.access import ensure_local_key  # noqa: E402
 from shared.db import upgrade_database  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
@@ -167,6 +168,7 @@ def main() -> None:
 
         app = create_app(settings)
         client = app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ensure_local_key(settings)[0]}"
         buf = io.BytesIO()
         np.save(buf, images)
         t_up = time.perf_counter()

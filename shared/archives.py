@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import stat
+import struct
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ FORMATS = ("zip", "tar", "npy", "npz", "jsonl")
 COPY_CHUNK = 1024 * 1024  # bytes read at a time when copying or extracting
 ARRAY_ROWS = 4096  # images converted at a time when normalizing an array
 RATIO_FLOOR_BYTES = 1024 * 1024  # ratios are only judged past this many expanded bytes (tiny files vary)
+OFFSET_PAIR = struct.Struct("<qq")  # one row of offsets.bin: (index.jsonl offset, items.bin offset)
 _FLOAT_KINDS = ("f",)
 
 
@@ -37,7 +39,7 @@ class _Readable(Protocol):
 class Staged:
     """What a reader wrote into the staging directory."""
 
-    layout: str  # files (items/NNNNNNN + index.jsonl) | array (images.npy [+ labels.npy])
+    layout: str  # packed (items.bin + index.jsonl + offsets.bin) | array (images.npy [+ labels.npy])
     item_count: int = 0
     stored_bytes: int = 0
     label_counts: dict[str, int] = field(default_factory=dict)
@@ -74,15 +76,22 @@ def read_into(fmt: str, src: Path, staging: Path, settings: Settings) -> Staged:
 
 
 class _FileSink:
-    """Writes items as files plus an index line each, enforcing the item and byte limits."""
+    """Writes items into one packed blob plus an index line each and their offsets, enforcing the limits.
+
+    The packed form is `items.bin` (every item's bytes, back to back), `index.jsonl` (`{"id", "label"}` per item)
+    and `offsets.bin` (N+1 little-endian int64 pairs: where item i's index line and bytes start), so a reader
+    fetches items lo..hi-1 with three range reads whatever the dataset's size."""
 
     def __init__(self, staging: Path, settings: Settings, compressed_bytes: int) -> None:
         self.settings = settings
         self.compressed = max(compressed_bytes, 1)
-        (staging / "items").mkdir(parents=True)
-        self.items_dir = staging / "items"
-        self.index: IO[str] = open(staging / "index.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-        self.staged = Staged(layout="files")
+        staging.mkdir(parents=True)
+        self.items: IO[bytes] = open(staging / "items.bin", "wb")  # noqa: SIM115 - closed in close()
+        self.index: IO[bytes] = open(staging / "index.jsonl", "wb")  # noqa: SIM115
+        self.offsets: IO[bytes] = open(staging / "offsets.bin", "wb")  # noqa: SIM115
+        self.index_pos = 0
+        self.offsets.write(OFFSET_PAIR.pack(0, 0))
+        self.staged = Staged(layout="packed")
 
     def add(self, name: str, label: str | None, stream: _Readable, declared: int | None = None) -> None:
         """Copy one entry, counting its real bytes against the declared size and the limits."""
@@ -90,15 +99,17 @@ class _FileSink:
         if st.item_count >= s.dataset_max_items:
             raise DatasetTooLarge(f"more than {s.dataset_max_items} items (INFERQ_DATASET_MAX_ITEMS)")
         written = 0
-        with open(self.items_dir / f"{st.item_count:07d}", "wb") as out:
-            while block := stream.read(COPY_CHUNK):
-                written += len(block)
-                if declared is not None and written > declared:
-                    raise UnsafeArchive(f"entry {name!r} expands past its declared size of {declared} bytes")
-                self._check_total(st.stored_bytes + written)
-                out.write(block)
+        while block := stream.read(COPY_CHUNK):
+            written += len(block)
+            if declared is not None and written > declared:
+                raise UnsafeArchive(f"entry {name!r} expands past its declared size of {declared} bytes")
+            self._check_total(st.stored_bytes + written)
+            self.items.write(block)
         st.stored_bytes += written
-        self.index.write(json.dumps({"id": name, "label": label}) + "\n")
+        line = (json.dumps({"id": name, "label": label}) + "\n").encode()
+        self.index.write(line)
+        self.index_pos += len(line)
+        self.offsets.write(OFFSET_PAIR.pack(self.index_pos, st.stored_bytes))
         if label is not None:
             st.label_counts[label] = st.label_counts.get(label, 0) + 1
         st.item_count += 1
@@ -116,7 +127,8 @@ class _FileSink:
             )
 
     def close(self) -> Staged:
-        self.index.close()
+        for fh in (self.items, self.index, self.offsets):
+            fh.close()
         return self.staged
 
 

@@ -132,13 +132,91 @@ def test_output_and_errors_stream_as_csv_and_jsonl(app: Flask) -> None:
     assert [json.loads(line)["index"] for line in lines] == [1, 3, 5]
 
 
-def test_parquet_without_pyarrow_is_a_problem(app: Flask) -> None:
-    """Parquet output without pyarrow installed is a 415 problem that says so."""
+def read_parquet(resp: Any) -> Any:
+    """The body of a Parquet download as a pyarrow ParquetFile (after checking the media type)."""
+    import pyarrow.parquet as pq
+
+    assert resp.status_code == 200, resp.get_data()
+    assert resp.mimetype == "application/vnd.apache.parquet"
+    return pq.ParquetFile(io.BytesIO(resp.get_data()))
+
+
+def test_parquet_output_has_the_csv_columns(app: Flask) -> None:
+    """format=parquet streams the same columns and rows as the CSV, with top_k as a list of structs."""
+    client = app.test_client()
     job_id = _score_job_with_rows(app)
-    body = assert_problem(
-        app.test_client().get(f"/v1/jobs/{job_id}/output?format=parquet"), 415, "output-format-unavailable"
-    )
-    assert "pyarrow" in body["detail"]
+    out = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True))))
+    table = read_parquet(client.get(f"/v1/jobs/{job_id}/output?format=parquet")).read()
+    assert table.column_names == list(out[0].keys())
+    rows = table.to_pylist()
+    assert [r["index"] for r in rows] == [int(r["index"]) for r in out] == [0, 2, 4]
+    assert [r["true_label"] for r in rows] == [r["true_label"] for r in out]
+    assert rows[0]["top_k"] == [{"label": rows[0]["label"], "confidence": 0.9}] and rows[0]["confidence"] == 0.9
+    errors = read_parquet(client.get(f"/v1/jobs/{job_id}/errors?format=parquet")).read().to_pylist()
+    assert [(e["index"], e["error_type"]) for e in errors] == [
+        (1, "invalid-image"),
+        (3, "invalid-image"),
+        (5, "invalid-image"),
+    ]
+
+
+def test_parquet_writes_one_row_group_per_chunk(make_app: AppFactory) -> None:
+    """Rows are written (and streamed) one row group per scoring chunk, never as one whole table."""
+    import pyarrow.parquet as pq
+
+    app = make_app(chunk_size=2)
+    job_id = _score_job_with_rows(app)
+    resp = app.test_client().get(f"/v1/jobs/{job_id}/output?format=parquet", buffered=False)
+    parts = [bytes(p) for p in resp.response if p]
+    pf = pq.ParquetFile(io.BytesIO(b"".join(parts)))
+    assert pf.metadata.num_rows == 3 and pf.metadata.num_row_groups == 3  # items 0, 2, 4 fall in chunks 0, 1, 2
+    assert len(parts) == 4  # header + first group, two more groups, then the footer
+
+
+def test_parquet_of_a_job_without_rows_is_an_empty_table(app: Flask) -> None:
+    """A job with no failed item still gives a readable Parquet error file with the columns and no rows."""
+    client = app.test_client()
+    ds = upload(client, "d.npy", npy_bytes(digits(3)[0])).get_json()
+    job_id = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}).get_json()["id"]
+    pf = read_parquet(client.get(f"/v1/jobs/{job_id}/errors?format=parquet"))
+    assert pf.metadata.num_rows == 0 and pf.schema_arrow.names == ["custom_id", "index", "error_type", "error"]
+
+
+def test_delete_dataset_removes_row_and_files(app: Flask, client: FlaskClient) -> None:
+    """DELETE answers 204, removes the row and the stored files; then the dataset is a 404 everywhere."""
+    ds = upload(client, "digits.zip", zip_bytes(class_folder_entries(2))).get_json()
+    root = settings_of(app).blob_dir / "datasets" / ds["id"]
+    assert sorted(p.name for p in root.iterdir()) == ["index.jsonl", "items.bin", "offsets.bin"]
+    resp = client.delete(f"/v1/datasets/{ds['id']}")
+    assert resp.status_code == 204 and resp.get_data() == b""
+    assert dataset_rows(app) == 0 and not root.exists()
+    assert_problem(client.get(f"/v1/datasets/{ds['id']}"), 404, "dataset-not-found")
+    assert_problem(client.delete(f"/v1/datasets/{ds['id']}"), 404, "dataset-not-found")
+    assert_problem(client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}), 404, "dataset-not-found")
+
+
+def test_delete_dataset_in_use_is_409(app: Flask, client: FlaskClient) -> None:
+    """While a score job on it is queued or running, DELETE is a 409 dataset-in-use naming the job; after cancel
+    it succeeds, and the finished job's output still downloads (without true labels)."""
+    x, y = digits(4)
+    ds = upload(client, "d.npz", npz_bytes(x=x, y=y)).get_json()
+    job_id = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}).get_json()["id"]
+    body = assert_problem(client.delete(f"/v1/datasets/{ds['id']}"), 409, "dataset-in-use")
+    assert body["jobs"] == [job_id] and job_id in body["detail"]
+    assert dataset_rows(app) == 1
+    with db_session(app) as s:
+        s.add(JobItem(job_id=uuid.UUID(job_id), idx=0, filename="0", status="succeeded", label="3", confidence=0.5))
+        s.commit()
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+    out = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job_id}/output").get_data(as_text=True))))
+    assert [(r["index"], r["label"], r["true_label"]) for r in out] == [("0", "3", "")]
+
+
+def test_delete_route_is_documented(app: Flask) -> None:
+    """The OpenAPI document lists DELETE /v1/datasets/{dataset_id} with its 204, 404 and 409 answers."""
+    op = app.api_doc["paths"]["/v1/datasets/{dataset_id}"]["delete"]
+    assert {"204", "404", "409"} <= set(op["responses"])
 
 
 def test_classify_job_has_no_score_fields(app: Flask) -> None:

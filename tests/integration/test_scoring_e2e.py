@@ -17,7 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from shared.settings import Settings
+from tests.access import use_key
 from tests.integration.conftest import REPO, env_for, wait_until
+from tests.s3_server import MotoS3
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ITEMS = 1500
@@ -82,6 +84,7 @@ def client(stack_settings: Settings) -> Iterator[Any]:
     from api.app import create_app
 
     app = create_app(stack_settings.model_copy(update={"chunk_size": 256}))
+    use_key(app)
     yield app.test_client()
     app.extensions["inferq"].engine.dispose()
 
@@ -122,18 +125,51 @@ def item_rows(settings: Settings, job_id: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def test_dataset_scored_in_chunks_with_output(stack_settings: Settings, client: Any, workers: list[Worker]) -> None:
-    """Every item is scored once, the CSV has one row per item, and the labelled job reports accuracy."""
-    start(stack_settings, workers)
-    job_id = submit(client)
-    done = wait_until(lambda: finished(client, job_id), 120, "the score job to finish")
-    assert done["status"] == "succeeded", done
-    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
-    assert done["result"]["accuracy"] > 0.5 and done["result"]["labelled_items"] == ITEMS
-    assert item_rows(stack_settings, job_id) == (ITEMS, ITEMS)
-    text = client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True)
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert len(rows) == ITEMS and rows[0]["true_label"] != ""
+@pytest.fixture
+def moto() -> Iterator[MotoS3]:
+    """A real S3-compatible server (moto's server mode) on a loopback port, reachable from the worker process."""
+    with MotoS3() as server:
+        yield server
+
+
+def test_dataset_scored_in_chunks_on_s3_storage(stack_settings: Settings, workers: list[Worker], moto: MotoS3) -> None:
+    """With INFERQ_STORAGE_URL=s3://bucket/prefix: the upload lands in the bucket, the worker subprocess reads its
+    chunks from S3 by range, every item is scored once, the labelled job reports accuracy, CSV and Parquet output
+    have one row per item with its true label, and deleting the dataset empties the bucket; nothing is on local
+    disk. (The kill test below runs on local storage.)"""
+    import pyarrow.parquet as pq
+
+    from api.app import create_app
+
+    bucket = moto.new_bucket()
+    settings = moto.settings(stack_settings, bucket, "prod/inferq").model_copy(update={"chunk_size": 256})
+    start(settings, workers, **moto.env(bucket, "prod/inferq"))
+    app = create_app(settings)
+    use_key(app)
+    client = app.test_client()
+    try:
+        job_id = submit(client)
+        ds_id = job(client, job_id)["dataset"]
+        assert moto.keys(bucket) == [f"prod/inferq/datasets/{ds_id}/{name}" for name in ("images.npy", "labels.npy")]
+        done = wait_until(lambda: finished(client, job_id), 120, "the score job to finish")
+        assert done["status"] == "succeeded", done
+        assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+        assert done["result"]["accuracy"] > 0.5 and done["result"]["labelled_items"] == ITEMS
+        assert item_rows(settings, job_id) == (ITEMS, ITEMS)
+        text = client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True)
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == ITEMS and all(r["true_label"] != "" for r in rows)
+        resp = client.get(f"/v1/jobs/{job_id}/output?format=parquet")
+        table = pq.ParquetFile(io.BytesIO(resp.get_data())).read().to_pylist()
+        assert [(r["index"], r["label"], r["true_label"]) for r in table] == [
+            (int(r["index"]), r["label"], r["true_label"]) for r in rows
+        ]
+        assert sum(r["label"] == r["true_label"] for r in table) / ITEMS == done["result"]["accuracy"]
+        assert not (stack_settings.blob_dir / "datasets").exists()
+        assert client.delete(f"/v1/datasets/{ds_id}").status_code == 204
+        assert moto.keys(bucket) == []
+    finally:
+        app.extensions["inferq"].engine.dispose()
 
 
 def test_worker_killed_mid_job_loses_and_duplicates_nothing(

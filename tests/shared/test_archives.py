@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.datasets import Dataset, dataset_dir, ingest, iter_index, read_items
+from shared.datasets import Dataset, dataset_prefix, ingest, iter_index, read_items
 from shared.errors import DatasetTooLarge, InferqError, InvalidDataset, UnsafeArchive, UnsupportedDatasetFormat
 from shared.settings import Settings
 from tests.dataset_factories import (
@@ -38,6 +38,8 @@ def _refused(session: Session, settings: Settings, tmp_path: Path, name: str, da
     assert session.scalar(select(func.count()).select_from(Dataset)) == 0
     root = settings.blob_dir / "datasets"
     assert not root.exists() or list(root.iterdir()) == []
+    staging = settings.data_dir / "tmp"
+    assert not staging.exists() or list(staging.iterdir()) == []
     return str(info.value)
 
 
@@ -159,4 +161,4 @@ def test_refused_upload_keeps_earlier_datasets(tmp_path: Path, session: Session,
     good = _ingest(session, settings, tmp_path, "ok.npy", npy_bytes(digits(3)[0]))
     with pytest.raises(UnsafeArchive):
         _ingest(session, settings, tmp_path, "bad.zip", zip_bytes([("../x.png", b"x")]))
-    assert dataset_dir(settings, good.id).is_dir()
+    assert (settings.blob_dir / dataset_prefix(good.id) / "images.npy").is_file()
