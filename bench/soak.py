@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.settings import Settings  # noqa: E402
-from tests.faults.conftest import FaultStack, PgServer, build_stack, drop_stack, fault_env  # noqa: E402
+from tests.faults.conftest import FaultStack, PgServer, build_stack, drop_stack, fault_env, make_template  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -100,14 +100,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="How long to keep the load on.")
     parser.add_argument("--rate", type=float, default=20.0, help="Single-image jobs submitted per second.")
     parser.add_argument("--kill-every", type=float, default=60.0, help="Seconds between two worker kill -9s.")
-    parser.add_argument("--model", type=Path, default=None, help="A trained .keras file (else train 1 epoch).")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="A trained .keras or .tflite file (else train 1 epoch)."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="inferq-soak-") as tmp:
         root = Path(tmp)
         model = args.model or trained_model(root)
         pg = PgServer()
         try:
-            stack, name = build_stack(root / "stack", pg, model)
+            stack, name = build_stack(root / "stack", pg, model, make_template(pg, model))
             try:
                 soak(stack, args.minutes, args.rate, args.kill_every)
             finally:

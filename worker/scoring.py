@@ -152,7 +152,9 @@ def _plan(ctx: WorkerContext, session: Session, job_id: uuid.UUID) -> _JobPlan |
     try:
         if ds is None:
             raise ValidationFailed(f"dataset {job.params['dataset_id']} no longer exists")
-        mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
+        mv = resolve(
+            session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias, tenant_id=job.tenant_id
+        )
     except (ModelNotFound, ValidationFailed) as exc:
         jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
         return ChunkOutcome(str(job_id), -1, JobStatus.FAILED.value)
@@ -346,11 +348,14 @@ def summarize(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
     summary: dict[str, Any] = {"dataset_id": job.params["dataset_id"]}
     if ds is None or not ds.labelled:
         return summary
-    truth = {idx: label for idx, _, label in iter_index(settings, ds.id, ds.layout)}
+    truth = iter_index(settings, ds.id, ds.layout)  # merge-joined in index order: memory stays flat
+    pending: tuple[int, str, str | None] = (-1, "", None)
     matrix: dict[str, dict[str, int]] = {}
     correct = scored = 0
     for idx, status, pred in _predicted(session, job.id):
-        true = truth.get(idx)
+        while pending[0] < idx:
+            pending = next(truth, (1 << 62, "", None))
+        true = pending[2] if pending[0] == idx else None
         if status != ItemStatus.SUCCEEDED.value or true is None or pred is None:
             continue
         scored += 1
@@ -366,7 +371,9 @@ def summarize(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
     return summary
 
 
-def fail_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int, detail: str) -> None:
+def fail_chunk(
+    ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int, detail: str, *, error_type: str = "worker-error"
+) -> None:
     """Record every item of a chunk that kept failing as an error row (the job can still finish)."""
     with session_scope(ctx.sessions) as session:
         job = session.get(Job, job_id)
@@ -375,7 +382,7 @@ def fail_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int, detail: 
         lo, hi = chunk_bounds(job.total_items, int(job.params["chunk_size"]), chunk_index)
         now = utcnow()
         rows = [
-            _row(job_id, StoredItem(i, str(i), None), now, error_type="worker-error", error=detail[:1000])
+            _row(job_id, StoredItem(i, str(i), None), now, error_type=error_type, error=detail[:1000])
             for i in range(lo, hi)
         ]
         for r in rows:

@@ -10,13 +10,17 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from shared import jobs as jobstore
-from shared.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE, RECONCILE_TASK
+from shared.celery_app import CLASSIFY_TASK, RECONCILE_TASK
 from shared.db import session_scope
 from shared.schemas import ClassifyTask
+from worker import broker
 from worker.context import get_context
-from worker.inference import reconcile, run_classify
+from worker.inference import run_classify
+from worker.reconcile import celery_backlog, celery_publisher, connect_heartbeat, reconcile
 
 log = logging.getLogger(__name__)
+connect_heartbeat()  # training and score-chunk tasks renew their job's running lease while they run
+broker.install()  # a worker reconnects after Redis goes away instead of exiting (see worker.broker)
 
 
 @shared_task(name=CLASSIFY_TASK, bind=True, max_retries=None)
@@ -48,20 +52,6 @@ def classify(self: Task, job_id: str) -> dict[str, Any]:
 
 @shared_task(name=RECONCILE_TASK, ignore_result=True)
 def reconcile_queued() -> int:
-    """Re-dispatch queued and running jobs whose message may have been lost."""
+    """Re-dispatch classify, score and training jobs whose messages may have been lost (see worker.reconcile)."""
     app = reconcile_queued.app
-
-    def publish(job_id: uuid.UUID) -> None:
-        app.send_task(CLASSIFY_TASK, args=[str(job_id)])
-
-    def backlog() -> int:
-        """Messages waiting in the inference queue (all priorities); unknown counts as a backlog."""
-        try:
-            with app.connection_for_read() as conn:
-                # not passive: Redis deletes an empty list, and a passive declare of a missing queue raises
-                return int(conn.default_channel.queue_declare(INFERENCE_QUEUE).message_count)
-        except Exception:  # noqa: BLE001 - the broker is unreachable: no queued job is judged lost now
-            log.warning("could not read the inference queue's length", exc_info=True)
-            return 1
-
-    return reconcile(get_context(), publish, backlog)
+    return reconcile(get_context(), celery_publisher(app), celery_backlog(app))

@@ -63,12 +63,13 @@ class Checker:
             self.snapshots.append({r.id: r.completed_at for r in rows})
 
     def verdict(self, fault: str, accepted: Sequence[uuid.UUID], recovery_s: float) -> Verdict:
-        """lost = accepted jobs not terminal + items left pending in finished jobs; duplicates = extra item rows
-        + results whose completed_at changed after a snapshot."""
+        """lost = accepted jobs not terminal + items of finished jobs left pending or without a row (score jobs
+        write their rows per chunk) + succeeded training jobs without their version; duplicates = extra item rows
+        + results whose completed_at changed after a snapshot + extra versions registered by one training job."""
         ids = list(set(accepted))
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.text("SELECT id, status, total_items, attempts, error_type FROM jobs WHERE id = ANY(:ids)"),
+                sa.text("SELECT id, kind, status, total_items, attempts, error_type FROM jobs WHERE id = ANY(:ids)"),
                 {"ids": ids},
             )
             jobs = {r.id: r for r in rows}
@@ -78,15 +79,31 @@ class Checker:
                     {"ids": ids},
                 )
             )
+            versions = dict(
+                conn.execute(  # type: ignore[arg-type]
+                    sa.text(
+                        "SELECT CAST(params->>'job_id' AS uuid), count(*) FROM model_versions "
+                        "WHERE params->>'job_id' = ANY(:ids) GROUP BY 1"
+                    ),
+                    {"ids": [str(j) for j in ids]},
+                ).all()
+            )
         terminal = sum(1 for j in jobs.values() if j.status in TERMINAL)
-        pending_in_done = sum(
-            1 for i in items if i.status == "pending" and jobs[i.job_id].status in ("succeeded", "failed")
-        )
+        finished = ("succeeded", "failed")
+        pending_in_done = sum(1 for i in items if i.status == "pending" and jobs[i.job_id].status in finished)
         per_job: dict[uuid.UUID, int] = {}
         for i in items:
             per_job[i.job_id] = per_job.get(i.job_id, 0) + 1
+        distinct = {(i.job_id, i.idx) for i in items}
+        indices: dict[uuid.UUID, int] = {}
+        for job_id, _ in distinct:
+            indices[job_id] = indices.get(job_id, 0) + 1
+        rowless = sum(max(0, j.total_items - indices.get(j.id, 0)) for j in jobs.values() if j.status in finished)
+        trains = [j for j in jobs.values() if j.kind == "train"]
+        unregistered = sum(1 for j in trains if j.status == "succeeded" and versions.get(j.id, 0) == 0)
         extra_rows = sum(max(0, n - jobs[j].total_items) for j, n in per_job.items())
-        extra_rows += len(items) - len({(i.job_id, i.idx) for i in items})
+        extra_rows += len(items) - len(distinct)
+        extra_rows += sum(max(0, versions.get(j.id, 0) - 1) for j in trains)
         now = {i.id: i.completed_at for i in items}
         rewritten = sum(1 for snap in self.snapshots for k, at in snap.items() if k in now and now[k] != at)
         failed_jobs = [j for j in jobs.values() if j.status == "failed"]
@@ -98,7 +115,7 @@ class Checker:
             fault=fault,
             accepted=len(ids),
             terminal=terminal,
-            lost=len(ids) - terminal + pending_in_done,
+            lost=len(ids) - terminal + pending_in_done + rowless + unregistered,
             duplicates=extra_rows + rewritten,
             failed=len(failed_jobs),
             recovery_s=recovery_s,

@@ -1,7 +1,13 @@
-"""Fault-injection stack: our own PostgreSQL and redis-server (append-only) on spare ports, real worker processes."""
+"""Fault-injection stack: our own PostgreSQL and redis-server (append-only) on spare ports, real worker processes.
+
+Speed without skipping anything: one PostgreSQL cluster per session and a migrated template database (each test
+gets a copy in ~0.2 s), a tiny TFLite model (tiny_model.py) so workers start without TensorFlow (~2 s instead of
+~10 s), and short leases, limits and intervals through the settings (FAST).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -12,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +26,46 @@ import pytest
 import sqlalchemy as sa
 
 from shared import jobs as jobstore
-from shared.celery_app import CLASSIFY_TASK, make_celery
+from shared.celery_app import CLASSIFY_TASK, celery_config, make_celery
 from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
 from shared.embedded import EmbeddedRedis, free_port, wait_port
+from shared.models import utcnow
 from shared.registry import parse_ref, register_version
 from shared.settings import Settings
 from shared.storage import LocalBlobStore
 from tests.faults.checker import Checker
-from tests.integration.conftest import REPO, model_artifact, wait_until  # noqa: F401  (fixture re-export)
+from tests.faults.tiny_model import write as write_tiny_model
+from tests.integration.conftest import REPO, wait_until
 from worker.inference import FAULT_POISON_MODEL
 
 # Short limits so each fault heals in seconds: visibility > hard limit > soft limit, running lease > hard limit.
-FAST = {
-    "visibility_timeout": 20,
-    "task_time_limit": 10,
-    "task_soft_time_limit": 8,
-    "queued_lease_s": 3.0,
-    "reconcile_interval_s": 1.0,
-    "running_lease_s": 15.0,
+FAST: dict[str, Any] = {
+    "visibility_timeout": 10,
+    "task_time_limit": 5,
+    "task_soft_time_limit": 4,
+    "queued_lease_s": 2.0,
+    "reconcile_interval_s": 0.5,
+    "running_lease_s": 6.0,
     "max_attempts": 3,
     "worker_concurrency": 8,
     "max_batch": 64,
     "max_batch_wait_ms": 5.0,
+    "chunk_size": 100,
+    "benchmark_repeats": 1,
     "fault_injection": True,  # test-only hook: the poison model kills its worker
+    "auth_enabled": False,  # the API test client submits as the default tenant
 }
 ENV_FIELDS = (
     "data_dir", "visibility_timeout", "task_time_limit", "task_soft_time_limit", "queued_lease_s",
     "reconcile_interval_s", "running_lease_s", "max_attempts", "worker_concurrency", "max_batch",
-    "max_batch_wait_ms", "fault_injection",
+    "max_batch_wait_ms", "chunk_size", "benchmark_repeats", "train_time_limit", "fault_injection",
 )  # fmt: skip
+MODEL_DIR = "models/mnist-cnn/1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register `fault_settings`: settings overrides for one test's stack."""
+    config.addinivalue_line("markers", "fault_settings(**overrides): settings of this fault test's stack")
 
 
 def fault_env(settings: Settings) -> dict[str, str]:
@@ -89,7 +107,11 @@ class PgServer:
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        return self.url("postgres")
+
+    def url(self, database: str) -> str:
+        """SQLAlchemy URL of one database of this cluster."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
@@ -103,10 +125,14 @@ class PgServer:
     def stop(self, mode: str = "fast") -> None:
         self._ctl("-w", "-m", mode, "stop")
 
-    def restart_immediate(self) -> None:
-        """Crash-stop (no checkpoint, like a power cut of the server process) and start again (crash recovery)."""
-        self.stop("immediate")
-        self.start()
+    def admin(self, sql: str) -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
+        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text(sql))
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +142,41 @@ def pg_server() -> Iterator[PgServer]:
     yield server
     server.stop("fast")
     shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fault_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny TFLite model every fault worker serves (written without TensorFlow)."""
+    return write_tiny_model(tmp_path_factory.mktemp("fault-model") / "model.tflite")
+
+
+def make_template(pg: PgServer, model: Path) -> str:
+    """A migrated database with `model` (.tflite or .keras) registered as mnist-cnn and fault-poison, for stacks
+    to copy; returns its name."""
+    name = f"faults_template_{uuid.uuid4().hex[:8]}"
+    pg.admin(f'CREATE DATABASE "{name}"')
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="inferq-faulttpl-")), database_url=pg.url(name))
+    upgrade_database(settings)
+    engine = make_engine(settings)
+    with session_scope(make_sessionmaker(engine)) as session:
+        for registered in ("mnist-cnn", FAULT_POISON_MODEL):
+            register_version(
+                session,
+                name=registered,
+                format=model.suffix.lstrip("."),
+                artifact_uri=f"{MODEL_DIR}/model{model.suffix}",
+                size_bytes=model.stat().st_size,
+                aliases=("production",),
+            )
+    engine.dispose()
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    return name
+
+
+@pytest.fixture(scope="session")
+def fault_template(pg_server: PgServer, fault_model: Path) -> str:
+    """The session's template database (the tiny TFLite model registered): each test copies it."""
+    return make_template(pg_server, fault_model)
 
 
 class RedisServer(EmbeddedRedis):
@@ -144,12 +205,14 @@ class RedisServer(EmbeddedRedis):
 
 
 class FaultWorker:
-    """`python -m inferq worker --queues inference --beat` as a subprocess in its own process group."""
+    """`inferq worker --queues ... --beat` as a subprocess in its own process group; without TensorFlow unless
+    the worker must train."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, *, queues: str, tensorflow: bool) -> None:
         self.settings, self.log_path = settings, settings.data_dir / f"worker-{name}.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "inferq", "worker", "--queues", "inference", "--beat", "--loglevel", "INFO"]
+        entry = ["-m", "inferq"] if tensorflow else ["-m", "tests.faults.worker_main"]
+        cmd = [sys.executable, *entry, "worker", "--queues", queues, "--beat", "--loglevel", "INFO"]
         self.proc = subprocess.Popen(
             cmd, env=fault_env(settings), cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -161,7 +224,9 @@ class FaultWorker:
         return self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
-        if self.alive():
+        """Signal the worker's whole process group: its embedded beat is a forked child that outlives a crashed
+        worker process (the poison model's os._exit), so the group is signalled even when the worker is gone."""
+        with contextlib.suppress(ProcessLookupError):  # every process of the group has exited
             os.killpg(self.proc.pid, sig)
 
     def kill9(self) -> None:
@@ -170,21 +235,21 @@ class FaultWorker:
         self.proc.wait()
         self.log.close()
 
-    def stop(self, timeout: float = 30) -> None:
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+
+@dataclass
+class Outage:
+    """When a fault was injected and how many items were done by then."""
+
+    at: float
+    done: int
 
 
 class FaultStack:
     """PostgreSQL database + redis-server + workers + submission helpers for one fault test."""
 
-    def __init__(self, settings: Settings, pg: PgServer, redis: RedisServer) -> None:
+    def __init__(self, settings: Settings, pg: PgServer, redis: RedisServer, *, keras: bool = False) -> None:
         self.settings, self.pg, self.redis = settings, pg, redis
+        self.keras = keras  # the model is a .keras file: workers need TensorFlow
         self.engine = make_engine(settings)
         self.sessions = make_sessionmaker(self.engine)
         self.store = LocalBlobStore(settings.blob_dir)
@@ -195,8 +260,9 @@ class FaultStack:
         self.image = _png()
 
     # --- workers ------------------------------------------------------------------------------------------
-    def start_worker(self, wait: bool = True) -> FaultWorker:
-        w = FaultWorker(self.settings, f"{len(self.workers)}")
+    def start_worker(self, wait: bool = True, *, queues: str = "inference", tensorflow: bool = False) -> FaultWorker:
+        tensorflow = tensorflow or self.keras
+        w = FaultWorker(self.settings, f"{len(self.workers)}", queues=queues, tensorflow=tensorflow)
         self.workers.append(w)
         if wait:
             self.wait_worker_ready(w)
@@ -208,7 +274,7 @@ class FaultStack:
                 raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.output()[-3000:]}")
             return " ready." in w.output()
 
-        wait_until(ready, timeout, "the worker to be ready", interval=0.1)
+        wait_until(ready, timeout, "the worker to be ready", interval=0.05)
 
     @property
     def worker(self) -> FaultWorker:
@@ -216,29 +282,32 @@ class FaultStack:
 
     # --- submission -----------------------------------------------------------------------------------------
     def submit(self, n: int, *, model: str = "mnist-cnn", chunk: int = 250) -> list[uuid.UUID]:
-        """The fast path of POST /v1/jobs: store input, insert job+item, commit, then publish and mark dispatched."""
+        """The fast path of POST /v1/jobs: store input, insert job+item stamped dispatched, commit, then publish;
+        a failed publish clears the stamp (the reconciler takes the job at once)."""
         ref, ids = str(parse_ref(model)), []
         for start in range(0, n, chunk):
             with session_scope(self.sessions) as session:
-                batch = [
+                jobs = [
                     jobstore.create_classify_job(
                         session=session,
                         store=self.store,
                         uploads=[jobstore.Upload("d.png", self.image)],
                         model_ref=ref,
                         top_k=1,
-                    ).id
+                    )
                     for _ in range(min(chunk, n - start))
                 ]
+                for job in jobs:
+                    job.dispatched_at = utcnow()
+                batch = [job.id for job in jobs]
             self.accepted.extend(batch)  # committed: accepted (a 202 would be answered now)
             ids.extend(batch)
-            for job_id in batch:  # like the API: publish after commit, then record the dispatch (one row each)
+            for job_id in batch:  # like the API: publish after commit
                 try:
                     self.celery.send_task(CLASSIFY_TASK, args=[str(job_id)])
                 except Exception:  # the reconciler dispatches it
-                    continue
-                with session_scope(self.sessions) as session:
-                    jobstore.mark_dispatched(session, [job_id])
+                    with session_scope(self.sessions) as session:
+                        jobstore.mark_undispatched(session, job_id)
         return ids
 
     # --- observation --------------------------------------------------------------------------------------
@@ -246,39 +315,43 @@ class FaultStack:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.text("SELECT count(*) FROM job_items WHERE status <> 'pending'")).scalar_one())
 
-    def fault_mark(self) -> tuple[float, int]:
-        """Call right before injecting a fault: (when, items done so far)."""
-        return time.monotonic(), self.done_items()
+    def fault_mark(self) -> Outage:
+        """Call right before injecting a fault: when, and items done so far."""
+        return Outage(time.monotonic(), self.done_items())
 
-    def recovery_after(self, mark: tuple[float, int], timeout: float = 180) -> float:
+    @property
+    def in_flight(self) -> int:
+        """Messages one worker may hold at once (running and prefetched): work that can finish without recovery."""
+        return int(celery_config(self.settings)["worker_prefetch_multiplier"]) * self.settings.worker_concurrency
+
+    def recovery_after(self, mark: Outage, timeout: float = 120) -> float:
         """Seconds from the fault until the stack completes work it must have started after the fault: more items
-        done than were in flight (worker concurrency), or every accepted job terminal (a probe job makes sure)."""
-        t_fault, before = mark
+        done than a worker held at the fault (running and prefetched), or every accepted job terminal (a probe job
+        makes sure)."""
         self.submit(1)  # a probe: new work after the fault
 
         def recovered() -> bool:
             try:
-                return self.done_items() > before + self.settings.worker_concurrency or not self.checker.nonterminal(
-                    self.accepted
-                )
+                return self.done_items() > mark.done + self.in_flight or not self.checker.nonterminal(self.accepted)
             except sa.exc.OperationalError:  # the database is still coming back
                 return False
 
-        wait_until(recovered, timeout, "the stack to serve again after the fault", interval=0.1)
-        return time.monotonic() - t_fault
+        wait_until(recovered, timeout, "the stack to serve again after the fault", interval=0.05)
+        return time.monotonic() - mark.at
 
     def wait_progress(self, at_least: int, timeout: float = 120) -> None:
-        wait_until(lambda: self.done_items() >= at_least, timeout, f"{at_least} items done", interval=0.05)
+        wait_until(lambda: self.done_items() >= at_least, timeout, f"{at_least} items done", interval=0.02)
 
-    def quiesce(self, timeout: float = 240) -> None:
+    def quiesce(self, timeout: float = 180) -> None:
         """Wait (with a deadline, without failing) until every accepted job is terminal."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.checker.nonterminal(self.accepted):
-            time.sleep(0.25)
+            time.sleep(0.1)
 
     def close(self) -> None:
+        """The test is over: kill -9 what is left of the workers and their beats (a graceful stop only costs time)."""
         for w in self.workers:
-            w.stop()
+            w.kill9()
         self.engine.dispose()
 
 
@@ -290,38 +363,23 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-def build_stack(root: Path, pg: PgServer, artifact: Path, **overrides: Any) -> tuple[FaultStack, str]:
-    """A new database on `pg`, a fresh redis-server (append-only) and the model registered as mnist-cnn and
-    fault-poison; returns the stack and the database name (workers are started by the caller)."""
+def build_stack(root: Path, pg: PgServer, model: Path, template: str, **overrides: Any) -> tuple[FaultStack, str]:
+    """A copy of the template database on `pg` (made by make_template with the same model), a fresh redis-server
+    (append-only) and the model file in place; returns the stack and the database name (workers are started by
+    the caller)."""
     name = f"faults_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    redis = RedisServer(root / "redis", free_port(), appendonly=True).start()
-    settings = Settings(
-        data_dir=root,
-        database_url=pg.admin_url.rsplit("/", 1)[0] + "/" + name,
-        redis_url=redis.url,
-        **{**FAST, **overrides},  # type: ignore[arg-type]
-    )
-    upgrade_database(settings)
-    target = root / "models" / "mnist-cnn" / "1" / "model.keras"
+    redis = RedisServer(root / "redis", free_port(), appendonly=True)
+    settings = Settings(data_dir=root, database_url=pg.url(name), redis_url=redis.url, **{**FAST, **overrides})
+    target = root / MODEL_DIR / f"model{model.suffix}"
     target.parent.mkdir(parents=True)
-    shutil.copy(artifact, target)
-    engine = make_engine(settings)
-    with session_scope(make_sessionmaker(engine)) as session:
-        for model in ("mnist-cnn", FAULT_POISON_MODEL):
-            register_version(
-                session,
-                name=model,
-                format="keras",
-                artifact_uri="models/mnist-cnn/1/model.keras",
-                size_bytes=target.stat().st_size,
-                aliases=("production",),
-            )
-    engine.dispose()
-    return FaultStack(settings, pg, redis), name
+    shutil.copy(model, target)
+    pg.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    redis.start()
+    try:
+        return FaultStack(settings, pg, redis, keras=model.suffix == ".keras"), name
+    except BaseException:  # no stray redis-server when the stack cannot be built
+        redis.stop()
+        raise
 
 
 def drop_stack(stack: FaultStack, name: str) -> None:
@@ -330,16 +388,17 @@ def drop_stack(stack: FaultStack, name: str) -> None:
     stack.redis.stop()
     if not wait_port("127.0.0.1", stack.pg.port, 1):
         stack.pg.start()
-    admin = sa.create_engine(stack.pg.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    stack.pg.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def fault_stack(tmp_path: Path, pg_server: PgServer, model_artifact: Path) -> Iterator[FaultStack]:  # noqa: F811
-    """A new database and a fresh redis-server (append-only) for one test; workers are started by the test."""
-    stack, name = build_stack(tmp_path, pg_server, model_artifact)
+def fault_stack(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_server: PgServer, fault_model: Path, fault_template: str
+) -> Iterator[FaultStack]:
+    """A copy of the template database and a fresh redis-server (append-only) for one test; workers are started
+    by the test. Settings overrides come from `@pytest.mark.fault_settings(...)`."""
+    marker = request.node.get_closest_marker("fault_settings")
+    stack, name = build_stack(tmp_path, pg_server, fault_model, fault_template, **(marker.kwargs if marker else {}))
     yield stack
     drop_stack(stack, name)
 

@@ -12,16 +12,16 @@ from tests.faults.conftest import FaultStack
 from tests.integration.conftest import wait_until
 from worker.inference import FAULT_POISON_MODEL
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 
 def test_poison_job_fails_after_max_attempts(fault_stack: FaultStack, report: Any) -> None:
-    """The poison job ends failed (too-many-attempts) after 3 deliveries; 300 ordinary jobs all succeed."""
+    """The poison job ends failed (too-many-attempts) after 3 deliveries; 200 ordinary jobs all succeed."""
     s = fault_stack
     s.start_worker()
-    s.submit(150)
+    s.submit(100)
     poison = s.submit(1, model=FAULT_POISON_MODEL)[0]
-    s.submit(150)
+    s.submit(100)
     crashes, worst, deadline = 0, 0.0, time.monotonic() + 300
     while not s.checker.is_terminal(poison) and time.monotonic() < deadline:  # a supervisor: restart the dead
         if not s.worker.alive():

@@ -9,14 +9,14 @@ import pytest
 
 from tests.faults.conftest import FaultStack
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 
 def test_postgres_immediate_restart_mid_run(fault_stack: FaultStack, report: Any) -> None:
     """Workers ride out a PostgreSQL crash-restart: retried transactions, re-dispatch of interrupted jobs."""
     s = fault_stack
     s.start_worker()
-    s.submit(800)
+    s.submit(300)
     s.wait_progress(50)
     s.checker.snapshot()
     mark = s.fault_mark()

@@ -13,9 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 import api.jobs
+from tests.access import use_key
 from tests.faults.conftest import FaultStack
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 
 def post_job(client: Any, image: bytes) -> Any:
@@ -31,6 +32,7 @@ def test_rollback_before_commit_leaves_no_row_and_no_message(
 
     s = fault_stack
     app = create_app(s.settings)
+    use_key(app)
     client = app.test_client()
 
     def boom(*_: Any, **__: Any) -> None:
@@ -53,6 +55,7 @@ def test_publish_fails_for_20_percent(fault_stack: FaultStack, report: Any, monk
 
     s = fault_stack
     app = create_app(s.settings)
+    use_key(app)
     client = app.test_client()
     celery = app.extensions["inferq"].celery
     real, rng, failed = celery.send_task, random.Random(20), []

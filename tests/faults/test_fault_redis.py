@@ -9,7 +9,7 @@ import pytest
 
 from tests.faults.conftest import FaultStack
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 
 @pytest.mark.parametrize("empty", [False, True], ids=["with-aof", "empty"])
@@ -17,7 +17,7 @@ def test_redis_killed_and_restarted(fault_stack: FaultStack, report: Any, empty:
     """Workers reconnect and keep consuming; jobs whose messages Redis lost are re-dispatched by the reconciler."""
     s = fault_stack
     s.start_worker()
-    s.submit(800)
+    s.submit(300)
     s.wait_progress(50)
     s.checker.snapshot()
     mark = s.fault_mark()

@@ -23,7 +23,7 @@ from tests.factories import make_job
 from tests.worker.conftest import ContextFactory
 from worker import context as worker_context
 from worker.context import WorkerContext
-from worker.inference import reconcile
+from worker.reconcile import Dispatch, reconcile
 
 
 @pytest.fixture
@@ -48,10 +48,10 @@ def test_reconcile_redispatches_a_stale_running_job_once(ctx: WorkerContext) -> 
     """A running job idle past INFERQ_RUNNING_LEASE_S is published once; a busy running job is left alone."""
     stale = running_job(ctx, idle_s=ctx.settings.running_lease_s + 5)
     running_job(ctx, idle_s=1)
-    sent: list[uuid.UUID] = []
+    sent: list[Dispatch] = []
     assert reconcile(ctx, sent.append) == 1
     assert reconcile(ctx, sent.append) == 0  # the claim renewed the lease
-    assert sent == [stale]
+    assert [m.job_id for m in sent] == [stale]
     with session_scope(ctx.sessions) as session:
         job = session.get(Job, stale)
         assert job is not None and job.status == JobStatus.RUNNING.value and job.attempts == 1
@@ -106,8 +106,8 @@ def test_a_backlog_defers_redispatch_of_published_queued_jobs(ctx: WorkerContext
         store = LocalBlobStore(ctx.settings.blob_dir)
         published = make_job(session, store, n_images=1, created_at=old, dispatched_at=old).id
         unpublished = make_job(session, store, n_images=1, created_at=old).id
-    sent: list[uuid.UUID] = []
-    assert reconcile(ctx, sent.append, backlog=lambda: 100) == 1
-    assert sent == [unpublished]
-    assert reconcile(ctx, sent.append, backlog=lambda: 0) == 1
-    assert sent == [unpublished, published]
+    sent: list[Dispatch] = []
+    assert reconcile(ctx, sent.append, backlog=lambda _queue: 100) == 1
+    assert [m.job_id for m in sent] == [unpublished]
+    assert reconcile(ctx, sent.append, backlog=lambda _queue: 0) == 1
+    assert [m.job_id for m in sent] == [unpublished, published]
