@@ -33,6 +33,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inferq.access import ensure_local_key  # noqa: E402
 from inferq.samples import as_user_photo, mnist_sample  # noqa: E402
 from shared.db import upgrade_database  # noqa: E402
 from shared.embedded import EmbeddedRedis, free_port, port_open  # noqa: E402
@@ -113,8 +114,12 @@ def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untype
     raise SystemExit(f"timed out waiting for {what}")
 
 
+HEADERS: dict[str, str] = {}  # the API key's header, set once the database exists
+
+
 def client_loop(url: str, images: list[bytes], deadline: float, lat: list[float], lock: threading.Lock) -> None:
     s = requests.Session()
+    s.headers.update(HEADERS)
     i = 0
     while time.monotonic() < deadline:
         t0 = time.perf_counter()
@@ -207,10 +212,12 @@ def main() -> None:
         INFERQ_API_PORT=str(settings.api_port),
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
+        INFERQ_RATE_LIMIT_ENABLED="false",  # the benchmark measures capacity, not the per-key request policy
     )
     api = None
     try:
         upgrade_database(settings)
+        HEADERS["Authorization"] = f"Bearer {ensure_local_key(settings)[0]}"
         if args.database_url.startswith("postgresql"):
             with sa.create_engine(settings.resolved_database_url).begin() as c:
                 c.execute(sa.text("TRUNCATE job_items, jobs, model_aliases, model_versions CASCADE"))

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
 from shared.status import ItemStatus, JobKind, JobStatus
 from shared.storage import BlobStore
-from shared.webhooks import on_progress, on_started, on_status_change
+from shared.webhooks import jobs_with_receivers, on_progress, on_started, on_status_change, tenants_listening
 
 
 @dataclass(frozen=True)
@@ -122,34 +122,98 @@ def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | N
     return started
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A first delivery of a classify job, taken in one statement: what the worker needs to run it."""
+
+    job_id: uuid.UUID
+    model_ref: str
+    tenant_id: str
+    top_k: int
+    items: list[tuple[int, str | None]]  # (item id, input key) of the pending items, in index order
+
+
+def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
+    """queued -> running for a job never attempted before (counting the attempt), plus its pending items.
+    None when the job is missing, terminal or was attempted before: the caller takes the careful path."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0)
+        .values(status=JobStatus.RUNNING.value, attempts=1, started_at=now, updated_at=now)
+        .returning(Job.model_ref, Job.tenant_id, Job.params)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    model_ref, tenant_id, params = row
+    if (params or {}).get("webhook") or tenants_listening(session, {tenant_id}):
+        on_started(session, job_id)  # webhook outbox row, in this same transaction
+    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), pending_inputs(session, job_id))
+
+
+def pending_inputs(session: Session, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
+    """(item id, input key) of the job's items that have no result yet, in index order."""
+    q = (
+        select(JobItem.id, JobItem.input_key)
+        .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
+        .order_by(JobItem.idx)
+    )
+    return [(item_id, key) for item_id, key in session.execute(q)]
+
+
 def mark_dispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     """Record when the jobs' messages were published (the reconciler's lease starts here)."""
     session.execute(update(Job).where(Job.id.in_(job_ids)).values(dispatched_at=utcnow()))
 
 
+def mark_undispatched(session: Session, job_id: uuid.UUID) -> None:
+    """Clear the dispatch stamp of a queued job whose publish failed, so the reconciler takes it at once."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value).values(dispatched_at=None)
+    )
+
+
 def write_results(session: Session, results: Sequence[ItemResult], model_version_id: int | None) -> int:
-    """Write predictions/errors of pending items only, so a redelivered batch changes nothing twice."""
-    now, written = utcnow(), 0
-    for r in results:
-        status = ItemStatus.FAILED if r.error_type else ItemStatus.SUCCEEDED
-        res = session.execute(
-            update(JobItem)
-            .where(JobItem.id == r.item_id, JobItem.status == ItemStatus.PENDING.value)
-            .values(
-                status=status.value,
-                label=r.label,
-                confidence=r.confidence,
-                top_k=r.top_k,
-                error_type=r.error_type,
-                error=r.error,
-                batch_size=r.batch_size,
-                model_version_id=model_version_id,
-                completed_at=now,
-            )
-            .execution_options(synchronize_session=False)
+    """Write predictions/errors of pending items only, so a redelivered batch changes nothing twice (one
+    executemany round trip for the whole batch); returns how many items were written."""
+    if not results:
+        return 0
+    items = JobItem.__table__
+    assert isinstance(items, Table)
+    stmt = (
+        update(items)
+        .where(items.c.id == bindparam("b_id"), items.c.status == ItemStatus.PENDING.value)
+        .values(
+            status=bindparam("b_status"),
+            label=bindparam("b_label"),
+            confidence=bindparam("b_confidence"),
+            top_k=bindparam("b_top_k"),
+            error_type=bindparam("b_error_type"),
+            error=bindparam("b_error"),
+            batch_size=bindparam("b_batch_size"),
+            model_version_id=bindparam("b_model_version_id"),
+            completed_at=bindparam("b_completed_at"),
         )
-        written += res.rowcount  # type: ignore[attr-defined]
-    return written
+    )
+    now = utcnow()
+    rows = [
+        {
+            "b_id": r.item_id,
+            "b_status": (ItemStatus.FAILED if r.error_type else ItemStatus.SUCCEEDED).value,
+            "b_label": r.label,
+            "b_confidence": r.confidence,
+            "b_top_k": r.top_k,
+            "b_error_type": r.error_type,
+            "b_error": r.error,
+            "b_batch_size": r.batch_size,
+            "b_model_version_id": model_version_id,
+            "b_completed_at": now,
+        }
+        for r in results
+    ]
+    res = session.connection().execute(stmt, rows)
+    return int(res.rowcount)
 
 
 def refresh_counts(session: Session, job_id: uuid.UUID) -> tuple[int, int, int]:
@@ -183,6 +247,58 @@ def finish_if_done(session: Session, job_id: uuid.UUID) -> JobStatus | None:
         )
         return JobStatus.FAILED if moved else None
     return JobStatus.SUCCEEDED if set_status(session, job_id, JobStatus.SUCCEEDED) else None
+
+
+def settle_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], model_version_id: int | None
+) -> dict[uuid.UUID, JobStatus]:
+    """After a batch's results are written: recount its jobs and finish the done ones, in a fixed number of
+    statements for the whole batch (jobs with webhook receivers take the per-job path, which records events).
+    Returns the jobs that reached a terminal state here."""
+    ids = sorted(set(job_ids))
+    finished: dict[uuid.UUID, JobStatus] = {}
+    hooked = jobs_with_receivers(session, ids)
+    for job_id in ids:
+        if job_id in hooked and (status := finish_if_done(session, job_id)) is not None:
+            finished[job_id] = status
+    plain = [j for j in ids if j not in hooked]
+    if model_version_id is not None:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.model_version_id.is_(None))
+            .values(model_version_id=model_version_id)
+            .execution_options(synchronize_session=False)
+        )
+    if not plain:
+        return finished
+    counted = select(func.count()).where(JobItem.job_id == Job.id).correlate(Job)
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(plain))
+        .values(
+            completed_items=counted.where(JobItem.status == ItemStatus.SUCCEEDED.value).scalar_subquery(),
+            failed_items=counted.where(JobItem.status == ItemStatus.FAILED.value).scalar_subquery(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    all_failed = and_(Job.completed_items == 0, Job.total_items > 0)
+    now = utcnow()
+    done = session.execute(
+        update(Job)
+        .where(Job.id.in_(plain), Job.status == JobStatus.RUNNING.value)
+        .where(Job.completed_items + Job.failed_items >= Job.total_items)
+        .values(
+            status=case((all_failed, JobStatus.FAILED.value), else_=JobStatus.SUCCEEDED.value),
+            error_type=case((all_failed, "all-items-failed"), else_=Job.error_type),
+            error=case((all_failed, "none of the images could be classified; see each item's error"), else_=Job.error),
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(Job.id, Job.status)
+        .execution_options(synchronize_session=False)
+    )
+    finished.update((job_id, JobStatus(status)) for job_id, status in done)
+    return finished
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) -> bool:
@@ -255,9 +371,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def stale_queued_jobs(
-    session: Session, *, lease_s: float, limit: int = 500, include_dispatched: bool = True
+    session: Session,
+    *,
+    lease_s: float,
+    limit: int = 500,
+    include_dispatched: bool = True,
+    kind: JobKind = JobKind.CLASSIFY,
 ) -> list[uuid.UUID]:
-    """Queued jobs whose dispatch is older than the lease (or never happened), oldest first; with
+    """Queued jobs of one kind whose dispatch is older than the lease (or never happened), oldest first; with
     include_dispatched=False only the never-published ones (a backlog in the broker is not a lost message)."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
     stale = (
@@ -267,7 +388,7 @@ def stale_queued_jobs(
     )
     q = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED.value, Job.kind == JobKind.CLASSIFY.value)
+        .where(Job.status == JobStatus.QUEUED.value, Job.kind == kind.value)
         .where(stale, Job.created_at < cutoff)
         .order_by(Job.created_at)
         .limit(limit)
@@ -277,23 +398,38 @@ def stale_queued_jobs(
 
 def claim_for_redispatch(session: Session, job_id: uuid.UUID, *, lease_s: float) -> bool:
     """Take the re-dispatch lease of one stale queued job (compare-and-set on dispatched_at)."""
+    return bool(claim_stale_queued(session, [job_id], lease_s=lease_s))
+
+
+def claim_stale_queued(session: Session, job_ids: Sequence[uuid.UUID], *, lease_s: float) -> list[uuid.UUID]:
+    """Take the re-dispatch lease of stale queued jobs in one compare-and-set statement (on dispatched_at); returns
+    the ones taken, in the order given (another reconciler may have taken the others)."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
-    res = session.execute(
+    stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED.value)
         .where(or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff))
         .values(dispatched_at=utcnow())
-        .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return _taken(session, stmt, job_ids)
 
 
-def stale_running_jobs(session: Session, *, lease_s: float, limit: int = 500) -> list[uuid.UUID]:
-    """Running classify jobs untouched for longer than the lease (their message or worker is gone), oldest first."""
+def _taken(session: Session, stmt: Any, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    if not job_ids:
+        return []
+    taken = set(session.scalars(stmt.returning(Job.id).execution_options(synchronize_session=False)))
+    return [job_id for job_id in job_ids if job_id in taken]
+
+
+def stale_running_jobs(
+    session: Session, *, lease_s: float, limit: int = 500, kind: JobKind = JobKind.CLASSIFY
+) -> list[uuid.UUID]:
+    """Running jobs of one kind untouched for longer than the lease (their message or worker is gone), oldest
+    first."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
     q = (
         select(Job.id)
-        .where(Job.status == JobStatus.RUNNING.value, Job.kind == JobKind.CLASSIFY.value)
+        .where(Job.status == JobStatus.RUNNING.value, Job.kind == kind.value)
         .where(or_(Job.updated_at.is_(None), Job.updated_at < cutoff))
         .order_by(Job.updated_at)
         .limit(limit)
@@ -303,13 +439,71 @@ def stale_running_jobs(session: Session, *, lease_s: float, limit: int = 500) ->
 
 def claim_running_for_redispatch(session: Session, job_id: uuid.UUID, *, lease_s: float) -> bool:
     """Take the re-dispatch lease of one stale running job (compare-and-set on updated_at)."""
+    return bool(claim_stale_running(session, [job_id], lease_s=lease_s))
+
+
+def claim_stale_running(
+    session: Session, job_ids: Sequence[uuid.UUID], *, lease_s: float, count_attempt: bool = False
+) -> list[uuid.UUID]:
+    """Take the re-dispatch lease of stale running jobs in one compare-and-set statement (on updated_at); returns
+    the ones taken. With count_attempt the stall counts as an attempt (score jobs: their chunk tasks count none)."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
     now = utcnow()
+    values: dict[str, Any] = {"updated_at": now, "dispatched_at": now}
+    if count_attempt:
+        values["attempts"] = Job.attempts + 1
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING.value)
+        .where(or_(Job.updated_at.is_(None), Job.updated_at < cutoff))
+        .values(**values)
+    )
+    return _taken(session, stmt, job_ids)
+
+
+def undispatched_running_jobs(session: Session, *, lease_s: float, kind: JobKind, limit: int = 500) -> list[uuid.UUID]:
+    """Running jobs of one kind created over the lease ago whose publishing never finished (no dispatched_at): a
+    score job whose chunk publishing failed part-way runs the chunks that were sent and waits for the others."""
+    cutoff = utcnow() - timedelta(seconds=lease_s)
+    q = (
+        select(Job.id)
+        .where(Job.status == JobStatus.RUNNING.value, Job.kind == kind.value)
+        .where(Job.dispatched_at.is_(None), Job.created_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(q))
+
+
+def claim_undispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Take the re-dispatch lease of running jobs that were never marked dispatched (compare-and-set on
+    dispatched_at); returns the ones taken."""
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING.value, Job.dispatched_at.is_(None))
+        .values(dispatched_at=utcnow())
+    )
+    return _taken(session, stmt, job_ids)
+
+
+def touch_running(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
+    """Renew the running lease of jobs whose tasks are alive in this process (a heartbeat); returns how many."""
+    if not job_ids:
+        return 0
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-        .where(or_(Job.updated_at.is_(None), Job.updated_at < cutoff))
-        .values(updated_at=now, dispatched_at=now)
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.RUNNING.value)
+        .values(updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+def written_indices(session: Session, job_id: uuid.UUID, idxs: Sequence[int]) -> set[int]:
+    """Which of these item indices of a job already have a row (score jobs: a chunk's rows are written at once,
+    so its first index tells whether the chunk is done)."""
+    found: set[int] = set()
+    for start in range(0, len(idxs), 1000):
+        part = list(idxs[start : start + 1000])
+        found.update(session.scalars(select(JobItem.idx).where(JobItem.job_id == job_id, JobItem.idx.in_(part))))
+    return found

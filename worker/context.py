@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,10 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.db import make_engine, make_sessionmaker, session_scope
-from shared.jobs import ItemResult, finish_if_done, write_results
+from shared.jobs import ItemResult, settle_jobs, write_results
 from shared.models import ModelVersion
+from shared.notify import FinishedPublisher
+from shared.registry import parse_ref, resolve
 from shared.settings import Settings
-from shared.storage import LocalBlobStore
+from shared.status import JobStatus
+from shared.storage import make_store
 from worker.batcher import MicroBatcher, Request, SinkFn
 from worker.runtime import LoadedModel, ModelCache, load_model
 
@@ -41,10 +45,24 @@ class WorkerContext:
         self.settings = settings
         self.engine: Engine = make_engine(settings)
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
-        self.store = LocalBlobStore(settings.blob_dir)
+        self.store = make_store(settings)
         self.models = ModelCache(settings.model_cache_size)
         self._batchers: OrderedDict[int, MicroBatcher] = OrderedDict()  # LRU, at most model_cache_size
         self._lock = threading.Lock()
+        self._resolved: dict[tuple[str, str], tuple[float, ModelVersion]] = {}
+        self.finished = FinishedPublisher(settings.broker_url())
+
+    def resolve(self, model_ref: str, tenant_id: str) -> ModelVersion:
+        """The version a job's model reference points at, remembered for INFERQ_MODEL_REF_TTL_S (so an alias move
+        reaches running workers within that time, and jobs don't pay a registry query each)."""
+        key, now = (model_ref, tenant_id), time.monotonic()
+        hit = self._resolved.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self.sessions() as session:
+            mv = resolve(session, parse_ref(model_ref), default_alias=self.settings.default_alias, tenant_id=tenant_id)
+        self._resolved[key] = (now + self.settings.model_ref_ttl_s, mv)
+        return mv
 
     def artifact_path(self, mv: ModelVersion) -> Path:
         """The local file of a version's artifact (relative URIs live under data_dir)."""
@@ -113,7 +131,10 @@ class WorkerContext:
                 for item_id, row in zip(req.tag.item_ids, out, strict=True)
                 for t in [top_k(row, labels, req.tag.top_k)]
             ]
-            self.commit_results(results, version_id, {req.tag.job_id for req in requests})
+            finished = self.commit_results(results, version_id, {req.tag.job_id for req in requests})
+            for req in requests:
+                if req.tag.job_id in finished:
+                    req.tag.finished.append(finished[req.tag.job_id].value)
 
         return sink
 
@@ -123,16 +144,21 @@ class WorkerContext:
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
     )
-    def commit_results(self, results: Sequence[ItemResult], version_id: int | None, job_ids: set[uuid.UUID]) -> None:
-        """Write a batch's results and finish the jobs it completed, in one transaction (retried if the DB blips)."""
+    def commit_results(
+        self, results: Sequence[ItemResult], version_id: int | None, job_ids: set[uuid.UUID]
+    ) -> dict[uuid.UUID, JobStatus]:
+        """Write a batch's results and finish the jobs it completed, in one transaction (retried if the DB blips),
+        then wake the long polls waiting for those jobs; returns the jobs that finished."""
         with session_scope(self.sessions) as session:
             write_results(session, results, version_id)
-            for job_id in sorted(job_ids):
-                finish_if_done(session, job_id)
+            finished = settle_jobs(session, sorted(job_ids), version_id)
+        self.finished.publish(finished)
+        return finished
 
     def close(self) -> None:
         for b in self._batchers.values():
             b.close()
+        self.finished.close()
         self.engine.dispose()
 
 
@@ -165,8 +191,6 @@ def get_context() -> WorkerContext:
 
 def warm_up() -> None:
     """Load the default model and start its batcher (failures are logged: jobs will report them)."""
-    from shared.registry import parse_ref, resolve
-
     ctx = get_context()
     try:
         with ctx.sessions() as session:

@@ -6,20 +6,18 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from shared import jobs as jobstore
 from shared.db import session_scope
 from shared.errors import InferqError, ModelNotFound, ModelNotReady, ValidationFailed
 from shared.imaging import preprocess
-from shared.models import Job, JobItem, ModelVersion
+from shared.models import Job, ModelVersion
 from shared.registry import parse_ref, resolve
-from shared.status import ItemStatus, JobStatus
+from shared.status import JobStatus
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -38,6 +36,7 @@ class BatchTag:
     job_id: uuid.UUID
     item_ids: tuple[int, ...]
     top_k: int
+    finished: list[str] = field(default_factory=list, compare=False)  # the job's terminal status, set by the sink
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,24 @@ class Outcome:
 
     def as_dict(self) -> dict[str, str | int]:
         return {"job_id": self.job_id, "status": self.status, "images": self.images}
+
+
+def run_classify(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+    """Run one classify job through the micro-batcher; safe to run again for the same job.
+
+    A first delivery is claimed in one transaction (count the attempt, read the pending items); anything else —
+    a redelivery, a missing or finished job — takes the careful path of start_job."""
+    with session_scope(ctx.sessions) as session:
+        claim = jobstore.claim_first_attempt(session, job_id)
+    if claim is None:
+        return _run_again(ctx, job_id)
+    try:
+        mv = ctx.resolve(claim.model_ref, claim.tenant_id)
+    except (ModelNotFound, ValidationFailed) as exc:
+        with session_scope(ctx.sessions) as session:
+            jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
+        return Outcome(str(job_id), JobStatus.FAILED.value)
+    return _classify(ctx, job_id, mv, claim.items, claim.top_k)
 
 
 def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion] | Outcome:
@@ -70,7 +87,8 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
             )
             return Outcome(str(job_id), JobStatus.FAILED.value)
         try:
-            mv = resolve(session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias)
+            ref = parse_ref(job.model_ref)
+            mv = resolve(session, ref, default_alias=ctx.settings.default_alias, tenant_id=job.tenant_id)
         except (ModelNotFound, ValidationFailed) as exc:
             jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
             return Outcome(str(job_id), JobStatus.FAILED.value)
@@ -80,110 +98,69 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
         return job, mv
 
 
-def load_inputs(ctx: WorkerContext, job: Job) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
+def load_inputs(
+    ctx: WorkerContext, items: list[tuple[int, str | None]]
+) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
     """Preprocess the pending items; undecodable ones become error results instead of failing the job."""
-    with session_scope(ctx.sessions) as session:
-        items = list(
-            session.scalars(
-                select(JobItem)
-                .where(JobItem.job_id == job.id, JobItem.status == ItemStatus.PENDING.value)
-                .order_by(JobItem.idx)
-            )
-        )
     ids, arrays, errors = [], [], []
-    for item in items:
+    for item_id, key in items:
         try:
-            arrays.append(preprocess(ctx.store.get(item.input_key or ""), max_pixels=ctx.settings.max_image_pixels))
-            ids.append(item.id)
+            arrays.append(preprocess(ctx.store.get(key or ""), max_pixels=ctx.settings.max_image_pixels))
+            ids.append(item_id)
         except InferqError as exc:
-            errors.append(jobstore.ItemResult(item_id=item.id, error_type=exc.type_slug, error=exc.detail))
+            errors.append(jobstore.ItemResult(item_id=item_id, error_type=exc.type_slug, error=exc.detail))
         except FileNotFoundError:
             errors.append(
                 jobstore.ItemResult(
-                    item_id=item.id, error_type="input-missing", error="the stored input of this item is gone"
+                    item_id=item_id, error_type="input-missing", error="the stored input of this item is gone"
                 )
             )
     return ids, arrays, errors
 
 
-def run_classify(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
-    """Run one classify job through the micro-batcher; safe to run again for the same job."""
+def _run_again(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+    """The careful path: a redelivered job may be the one that crashed its last worker, so it runs alone."""
     with session_scope(ctx.sessions) as session:
         redelivered = (session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0) > 0
     if redelivered:  # take the lock before counting the attempt: waiting here costs a suspect no attempt
         with _redelivered:
-            return _run(ctx, job_id)
-    return _run(ctx, job_id)
+            return _run_started(ctx, job_id)
+    return _run_started(ctx, job_id)
 
 
-def _run(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
+def _run_started(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     started = start_job(ctx, job_id)
     if isinstance(started, Outcome):
         return started
-    return _classify(ctx, *started)
+    job, mv = started
+    with session_scope(ctx.sessions) as session:
+        items = jobstore.pending_inputs(session, job_id)
+    outcome = _classify(ctx, job_id, mv, items, int(job.params.get("top_k", 1)))
+    if outcome.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        return outcome
+    with session_scope(ctx.sessions) as session:  # every item was written before a crash: finish it now
+        jobstore.finish_if_done(session, job_id)
+        status = session.scalar(select(Job.status).where(Job.id == job_id)) or "missing"
+    return Outcome(str(job_id), status, images=outcome.images)
 
 
-def _classify(ctx: WorkerContext, job: Job, mv: ModelVersion) -> Outcome:
-    job_id = job.id
+def _classify(
+    ctx: WorkerContext, job_id: uuid.UUID, mv: ModelVersion, items: list[tuple[int, str | None]], top_k: int
+) -> Outcome:
     if ctx.settings.fault_injection and mv.name == FAULT_POISON_MODEL:  # never on in production
         log.critical("fault injection: job %s names %s; the worker process exits now", job_id, FAULT_POISON_MODEL)
         os._exit(9)
-    ids, arrays, errors = load_inputs(ctx, job)
+    ids, arrays, errors = load_inputs(ctx, items)
+    tag = BatchTag(job_id=job_id, item_ids=tuple(ids), top_k=top_k)
     if errors:
-        ctx.commit_results(errors, mv.id, {job.id})
+        tag.finished.extend(s.value for s in ctx.commit_results(errors, mv.id, {job_id}).values())
     if ids:
         try:
             batcher = ctx.batcher(mv)
         except ModelNotReady as exc:
             with session_scope(ctx.sessions) as session:
-                jobstore.fail_job(session, job.id, exc.type_slug, exc.detail)
+                jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
             return Outcome(str(job_id), JobStatus.FAILED.value)
-        tag = BatchTag(job_id=job.id, item_ids=tuple(ids), top_k=int(job.params.get("top_k", 1)))
         batcher.submit(np.stack(arrays), tag=tag).result(timeout=ctx.settings.task_soft_time_limit)
-    with session_scope(ctx.sessions) as session:
-        jobstore.finish_if_done(session, job.id)
-        status = session.scalar(select(Job.status).where(Job.id == job.id)) or "missing"
+    status = tag.finished[-1] if tag.finished else JobStatus.RUNNING.value
     return Outcome(str(job_id), status, images=len(ids) + len(errors))
-
-
-def reconcile(ctx: WorkerContext, publish: Callable[[uuid.UUID], None], backlog: Callable[[], int] = lambda: 0) -> int:
-    """Re-dispatch queued and running jobs whose message may be lost (leased per job, so reconcilers don't collide).
-
-    A queued job is stale after INFERQ_QUEUED_LEASE_S without a dispatch; a running job after
-    INFERQ_RUNNING_LEASE_S without progress (longer than the task time limit, so its task is gone). The redelivered
-    task continues idempotently and counts an attempt; after INFERQ_MAX_ATTEMPTS the job fails with a reason.
-    A published queued job is only re-dispatched while the broker's queue is empty (`backlog()` == 0): behind a
-    backlog it is waiting, not lost, and re-publishing it would multiply the queue.
-    """
-    include_dispatched = backlog() == 0
-    lease_q = ctx.settings.queued_lease_s
-
-    def queued(session: Session, *, lease_s: float) -> list[uuid.UUID]:
-        return jobstore.stale_queued_jobs(session, lease_s=lease_s, include_dispatched=include_dispatched)
-
-    running, lease_r = jobstore.stale_running_jobs, ctx.settings.running_lease_s
-    sent_q = _redispatch(ctx, publish, queued, jobstore.claim_for_redispatch, lease_q)
-    sent_r = _redispatch(ctx, publish, running, jobstore.claim_running_for_redispatch, lease_r)
-    if sent_q or sent_r:
-        log.warning("reconciler re-dispatched %d queued and %d running job(s)", sent_q, sent_r)
-    return sent_q + sent_r
-
-
-def _redispatch(
-    ctx: WorkerContext,
-    publish: Callable[[uuid.UUID], None],
-    find: Callable[..., list[uuid.UUID]],
-    claim: Callable[..., bool],
-    lease_s: float,
-) -> int:
-    """Claim each stale job's lease (compare-and-set), then publish its message again."""
-    sent = 0
-    with session_scope(ctx.sessions) as session:
-        stale = find(session, lease_s=lease_s)
-    for job_id in stale:
-        with session_scope(ctx.sessions) as session:
-            if not claim(session, job_id, lease_s=lease_s):
-                continue
-        publish(job_id)
-        sent += 1
-    return sent

@@ -30,7 +30,7 @@ def test_visibility_timeout_and_time_limits_follow_settings(tmp_path: Path) -> N
     """The broker's visibility timeout and the task limits are the settings' values, in the right order."""
     s = make_settings(tmp_path, visibility_timeout=900, task_time_limit=600, task_soft_time_limit=500)
     conf = celery_config(s)
-    assert conf["broker_transport_options"] == {"visibility_timeout": 900}
+    assert conf["broker_transport_options"]["visibility_timeout"] == 900
     assert (conf["task_time_limit"], conf["task_soft_time_limit"]) == (600, 500)
 
 
@@ -74,7 +74,7 @@ def test_make_celery_applies_config_without_connecting(tmp_path: Path) -> None:
     """make_celery returns an app carrying the configuration and routes a classify task to inference."""
     app = make_celery(make_settings(tmp_path, visibility_timeout=900))
     assert app.conf.task_acks_late is True
-    assert app.conf.broker_transport_options == {"visibility_timeout": 900}
+    assert app.conf.broker_transport_options["visibility_timeout"] == 900
     assert app.amqp.router.route({}, CLASSIFY_TASK)["queue"].name == INFERENCE_QUEUE
     assert app.amqp.router.route({}, TRAIN_TASK)["queue"].name == TRAINING_QUEUE
 
@@ -83,3 +83,14 @@ def test_reconcile_is_scheduled(tmp_path: Path) -> None:
     """Beat runs the reconciler every reconcile_interval_s."""
     conf = celery_config(make_settings(tmp_path, reconcile_interval_s=12.5))
     assert conf["beat_schedule"]["reconcile"] == {"task": RECONCILE_TASK, "schedule": 12.5}
+
+
+@pytest.mark.parametrize(("visibility", "sweep"), [(10, 1), (35, 3), (120, 10), (3600, 10)])
+def test_dead_workers_messages_are_swept_within_a_tenth_of_the_visibility_timeout(
+    tmp_path: Path, visibility: int, sweep: int
+) -> None:
+    """kombu sweeps for a dead worker's unacked messages every visibility/10 s (1-10 s), unthrottled, instead of its
+    default ~100 s, so they come back soon after the visibility timeout."""
+    limits = {"task_time_limit": 8, "task_soft_time_limit": 6, "train_time_limit": 9}
+    opts = celery_config(make_settings(tmp_path, visibility_timeout=visibility, **limits))["broker_transport_options"]
+    assert opts == {"visibility_timeout": visibility, "unacked_restore_interval": sweep, "unacked_restore_throttle": 1}

@@ -16,7 +16,7 @@ from shared.models import Job, JobItem, ModelVersion
 from shared.registry import register_version
 from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext, top_k
-from worker.inference import reconcile, run_classify
+from worker.inference import run_classify
 
 
 class FakeModel:
@@ -148,19 +148,6 @@ def test_too_many_attempts_fail_the_job(ctx: WorkerContext, model: tuple[ModelVe
     assert run_classify(ctx, job_id).status == "failed"
     job, items = load(ctx, job_id)
     assert job.error_type == "too-many-attempts" and items[0].status == "failed"
-
-
-def test_reconcile_publishes_stale_queued_jobs_once(ctx: WorkerContext) -> None:
-    """Queued jobs past the lease are published once; a second pass within the lease publishes nothing."""
-    job_id = new_job(ctx, [png()])
-    with session_scope(ctx.sessions) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.created_at = job.created_at.replace(year=2000)
-    sent: list[uuid.UUID] = []
-    assert reconcile(ctx, sent.append) == 1
-    assert reconcile(ctx, sent.append) == 0
-    assert sent == [job_id]
 
 
 def test_top_k_is_ranked_and_labelled() -> None:
