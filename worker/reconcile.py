@@ -34,7 +34,7 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from sqlalchemy.orm import Session
 
-from shared import jobs as jobstore
+from shared import leases
 from shared.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE, SCORE_CHUNK_TASK, TRAIN_TASK, TRAINING_QUEUE
 from shared.db import session_scope
 from shared.models import Job
@@ -152,7 +152,7 @@ def _train(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
         return [Dispatch(TRAIN_TASK, (str(job_id),), time_limit=train_time_limit(s))]
 
     with session_scope(ctx.sessions) as session:  # the training queue is read only when a training job waits
-        waiting = bool(jobstore.stale_queued_jobs(session, lease_s=s.queued_lease_s, limit=1, kind=kind))
+        waiting = bool(leases.stale_queued_jobs(session, lease_s=s.queued_lease_s, limit=1, kind=kind))
     include_dispatched = waiting and idle(TRAINING_QUEUE)
     sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, include_dispatched), _claim_queued(s), plan)
     return sent + _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s), plan)
@@ -176,7 +176,7 @@ def _score(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
     sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, idle(INFERENCE_QUEUE)), _claim_queued(s), missing)
     if idle(INFERENCE_QUEUE):  # chunk publishing failed part-way: send the chunks that have no rows
         find = _find_undispatched(s.queued_lease_s, kind)
-        sent += _sweep(ctx, publish, find, jobstore.claim_undispatched, missing)
+        sent += _sweep(ctx, publish, find, leases.claim_undispatched, missing)
     sent += _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s, count=True), stalled)
     for job_id, chunks in failing:
         detail = f"the job stalled {s.max_attempts} times with these items unscored (INFERQ_MAX_ATTEMPTS)"
@@ -194,30 +194,30 @@ def missing_chunks(session: Session, job_id: uuid.UUID) -> list[int]:
         return []
     size = int(job.params["chunk_size"])
     starts = [i * size for i in range(chunk_count(job.total_items, size))]
-    done = jobstore.written_indices(session, job_id, starts)
+    done = leases.written_indices(session, job_id, starts)
     return [i for i, lo in enumerate(starts) if lo not in done]
 
 
 def _find_queued(lease_s: float, kind: JobKind, include_dispatched: bool) -> Callable[[Session], list[uuid.UUID]]:
-    return lambda session: jobstore.stale_queued_jobs(
+    return lambda session: leases.stale_queued_jobs(
         session, lease_s=lease_s, include_dispatched=include_dispatched, kind=kind
     )
 
 
 def _find_running(lease_s: float, kind: JobKind) -> Callable[[Session], list[uuid.UUID]]:
-    return lambda session: jobstore.stale_running_jobs(session, lease_s=lease_s, kind=kind)
+    return lambda session: leases.stale_running_jobs(session, lease_s=lease_s, kind=kind)
 
 
 def _find_undispatched(lease_s: float, kind: JobKind) -> Callable[[Session], list[uuid.UUID]]:
-    return lambda session: jobstore.undispatched_running_jobs(session, lease_s=lease_s, kind=kind)
+    return lambda session: leases.undispatched_running_jobs(session, lease_s=lease_s, kind=kind)
 
 
 def _claim_queued(s: Settings) -> Claim:
-    return lambda session, job_ids: jobstore.claim_stale_queued(session, job_ids, lease_s=s.queued_lease_s)
+    return lambda session, job_ids: leases.claim_stale_queued(session, job_ids, lease_s=s.queued_lease_s)
 
 
 def _claim_running(s: Settings, count: bool = False) -> Claim:
-    return lambda session, job_ids: jobstore.claim_stale_running(
+    return lambda session, job_ids: leases.claim_stale_running(
         session, job_ids, lease_s=s.running_lease_s, count_attempt=count
     )
 
@@ -318,7 +318,7 @@ class Heartbeat:
         if not jobs:
             return 0
         with session_scope(ctx.sessions) as session:
-            return jobstore.touch_running(session, jobs)
+            return leases.touch_running(session, jobs)
 
     def _run(self) -> None:
         ctx = get_context()

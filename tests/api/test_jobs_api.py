@@ -17,6 +17,7 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from shared import jobs as jobstore
+from shared import leases
 from shared.jobs import ItemResult
 from shared.models import Job, JobItem, ModelVersion, utcnow
 from tests.factories import (
@@ -250,7 +251,7 @@ def test_undispatched_job_is_found_by_the_reconciler(make_app: AppFactory) -> No
     with services_of(app).sessions.begin() as s:
         s.get(Job, job_id).created_at = utcnow() - timedelta(minutes=5)  # type: ignore[union-attr]
     with db_session(app) as s:
-        assert jobstore.stale_queued_jobs(s, lease_s=60) == [job_id]
+        assert leases.stale_queued_jobs(s, lease_s=60) == [job_id]
 
 
 # --- reading jobs -----------------------------------------------------------------------------------------

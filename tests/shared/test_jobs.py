@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import jobs as jobstore
+from shared import leases
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
 from shared.jobs import ItemResult
 from shared.models import Job, JobItem, utcnow
@@ -368,8 +369,8 @@ def test_stale_queued_jobs_selects_only_expired_leases(session: Session, store: 
     make_job(session, store, n_images=1, created_at=old, status="running")
     make_job(session, store, n_images=1, created_at=old, status="canceled")
     session.commit()
-    assert jobstore.stale_queued_jobs(session, lease_s=60) == [never_sent.id, lease_over.id]
-    assert jobstore.stale_queued_jobs(session, lease_s=60, limit=1) == [never_sent.id]
+    assert leases.stale_queued_jobs(session, lease_s=60) == [never_sent.id, lease_over.id]
+    assert leases.stale_queued_jobs(session, lease_s=60, limit=1) == [never_sent.id]
 
 
 def test_claim_for_redispatch_is_a_lease(sessions: sessionmaker[Session], store: LocalBlobStore) -> None:
@@ -378,26 +379,26 @@ def test_claim_for_redispatch_is_a_lease(sessions: sessionmaker[Session], store:
     with sessions.begin() as s:
         job_id = make_job(s, store, n_images=1, created_at=old).id
     with sessions.begin() as a:
-        assert jobstore.claim_for_redispatch(a, job_id, lease_s=60)
+        assert leases.claim_for_redispatch(a, job_id, lease_s=60)
     with sessions.begin() as b:
-        assert not jobstore.claim_for_redispatch(b, job_id, lease_s=60)
-        assert jobstore.stale_queued_jobs(b, lease_s=60) == []
+        assert not leases.claim_for_redispatch(b, job_id, lease_s=60)
+        assert leases.stale_queued_jobs(b, lease_s=60) == []
         # once the lease has passed again, the job can be claimed again
         b.execute(update(Job).where(Job.id == job_id).values(dispatched_at=old))
-        assert jobstore.claim_for_redispatch(b, job_id, lease_s=60)
+        assert leases.claim_for_redispatch(b, job_id, lease_s=60)
 
 
 def test_claim_refuses_non_queued_job(session: Session, store: LocalBlobStore) -> None:
     """A job that already runs is never claimed for re-dispatch."""
     job = make_job(session, store, n_images=1, created_at=utcnow() - timedelta(hours=1), status="running")
-    assert not jobstore.claim_for_redispatch(session, job.id, lease_s=60)
+    assert not leases.claim_for_redispatch(session, job.id, lease_s=60)
 
 
 def test_mark_dispatched_starts_the_lease(session: Session, store: LocalBlobStore) -> None:
     """mark_dispatched stamps dispatched_at, which takes the job out of the stale set."""
     job = make_job(session, store, n_images=1, created_at=utcnow() - timedelta(hours=1))
-    assert jobstore.stale_queued_jobs(session, lease_s=60) == [job.id]
+    assert leases.stale_queued_jobs(session, lease_s=60) == [job.id]
     jobstore.mark_dispatched(session, [job.id])
     session.refresh(job)
     assert job.dispatched_at is not None
-    assert jobstore.stale_queued_jobs(session, lease_s=60) == []
+    assert leases.stale_queued_jobs(session, lease_s=60) == []

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from shared import jobs as jobstore
+from shared import leases
 from shared.celery_app import (
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
@@ -226,7 +227,7 @@ def test_the_heartbeat_renews_the_lease_of_live_tasks_only_within_their_limit(ct
     assert beat.jobs() == [live]
     assert beat.beat(ctx) == 1
     with session_scope(ctx.sessions) as session:
-        stale = jobstore.stale_running_jobs(session, lease_s=ctx.settings.running_lease_s, kind=JobKind.TRAIN)
+        stale = leases.stale_running_jobs(session, lease_s=ctx.settings.running_lease_s, kind=JobKind.TRAIN)
     assert sorted(stale) == sorted([hung, done])
 
 
@@ -276,6 +277,6 @@ def test_a_batch_claim_takes_each_stale_job_once(ctx: WorkerContext) -> None:
         fresh = make_job(session, store, n_images=1, dispatched_at=utcnow()).id
     lease = ctx.settings.queued_lease_s
     with session_scope(ctx.sessions) as session:
-        assert jobstore.claim_stale_queued(session, [*stale, fresh], lease_s=lease) == stale
+        assert leases.claim_stale_queued(session, [*stale, fresh], lease_s=lease) == stale
     with session_scope(ctx.sessions) as session:
-        assert jobstore.claim_stale_queued(session, [*stale, fresh], lease_s=lease) == []
+        assert leases.claim_stale_queued(session, [*stale, fresh], lease_s=lease) == []

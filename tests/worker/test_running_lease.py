@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from inferq.cli import main
 from shared import jobs as jobstore
+from shared import leases
 from shared.db import session_scope
 from shared.models import Job, utcnow
 from shared.settings import Settings
@@ -62,9 +63,9 @@ def test_claim_of_a_running_job_is_compare_and_set(ctx: WorkerContext) -> None:
     job_id = running_job(ctx, idle_s=ctx.settings.running_lease_s + 5)
     lease = ctx.settings.running_lease_s
     with session_scope(ctx.sessions) as session:
-        assert jobstore.claim_running_for_redispatch(session, job_id, lease_s=lease)
+        assert leases.claim_running_for_redispatch(session, job_id, lease_s=lease)
     with session_scope(ctx.sessions) as session:
-        assert not jobstore.claim_running_for_redispatch(session, job_id, lease_s=lease)
+        assert not leases.claim_running_for_redispatch(session, job_id, lease_s=lease)
 
 
 def test_running_lease_must_exceed_the_task_time_limit() -> None:
