@@ -16,7 +16,7 @@ from tests.fuzz import fuzz_imaging
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(fuzz_imaging.__file__)
-RUN_SECONDS = 20  # the short run of the default test suite; the README documents the long one
+RUN_SECONDS = 10  # the short run of the default test suite; the README documents the long one
 MIN_RUNS = 1000  # ~500 inputs/s on one idle core of a 2-core machine; a tenth of that for a busy machine
 
 
@@ -52,7 +52,7 @@ def test_target_lets_only_inferq_errors_through(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.timeout(180)
 def test_short_fuzz_run_finds_nothing_and_its_limits_bite(tmp_path: Path) -> None:
-    """A 20-second run of the real target ends clean after thousands of inputs; meanwhile broken targets under the
+    """A 10-second run of the real target ends clean after thousands of inputs; meanwhile broken targets under the
     same limits are stopped: an unexpected exception, a hang (-timeout) and a memory blow-up (-rss_limit_mb)."""
     limits = ["-timeout=2", "-rss_limit_mb=768"]
     runs = {
