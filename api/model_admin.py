@@ -201,12 +201,14 @@ def create_benchmark(path: VersionPath) -> tuple[Response, int, dict[str, str]]:
 
 @bp.post(
     "/<name>/versions/<version>/export",
-    summary="Export a version for TF Serving",
+    summary="Export a version for TF Serving or as ONNX",
     responses={"202": JobPublic, "409": Problem},
 )
 def create_export(path: VersionPath, body: ExportCreate) -> tuple[Response, int, dict[str, str]]:
-    """Queues an export of a Keras version as a SavedModel in TF Serving's `<name>/<version>/` layout, written
-    under `data_dir/exports/tf-serving/` (the job's `result.path`)."""
+    """Queues an export of a Keras version: `tf-serving` writes a SavedModel in TF Serving's `<name>/<version>/`
+    layout under `data_dir/exports/tf-serving/`; `onnx` writes `data_dir/exports/onnx/<name>/<version>/model.onnx`
+    (tf2onnx, opset 17), checked with onnx.checker and compared with Keras on a few inputs (`result.max_abs_diff`,
+    at most 1e-4, and `result.size_bytes`). The file's path relative to data_dir is the job's `result.path`."""
     mv = _source(path)
     if mv.format != "keras":
         raise ModelNotOptimizable(f"{mv.ref} is a {mv.format} model; only keras versions can be exported")

@@ -152,6 +152,10 @@ class InvalidModel(InferqError):
     type_slug, title, status = "invalid-model", "The uploaded model is not usable", 422
 
 
+class ExportFailed(InferqError):
+    type_slug, title, status = "export-failed", "The export did not pass its checks", 500
+
+
 # --- access: API keys, scopes, deletion ---------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ class Operation(StrEnum):
 
 
 UPLOAD_SUFFIXES = (".keras", ".tflite", ".zip")  # .zip: a zipped TensorFlow SavedModel directory
-EXPORT_FORMATS = ("tf-serving",)
+EXPORT_FORMATS = ("tf-serving", "onnx")
 MNIST = "mnist"  # the built-in dataset; any other `dataset` is the id of an uploaded one
 MODEL_SIDE = 28  # the CNN takes 28x28 single-channel images
 MIN_TRAINING_ITEMS = 10  # fewer labelled images cannot fill a test, a validation and a training split
@@ -110,8 +110,11 @@ class ExportCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal["tf-serving"] = Field(
-        "tf-serving", description="A SavedModel in TF Serving's <name>/<version>/ layout under data_dir/exports."
+    format: Literal["tf-serving", "onnx"] = Field(
+        "tf-serving",
+        description="tf-serving: a SavedModel in TF Serving's <name>/<version>/ layout under data_dir/exports; "
+        "onnx: exports/onnx/<name>/<version>/model.onnx (tf2onnx, opset 17), checked with onnx.checker and "
+        "compared with the Keras outputs (max_abs_diff in the job's result, at most 1e-4).",
     )
 
 

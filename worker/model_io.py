@@ -1,4 +1,4 @@
-"""Bring your own model (import an uploaded .keras / .tflite / zipped SavedModel) and export for TF Serving.
+"""Bring your own model (import an uploaded .keras / .tflite / zipped SavedModel) and export (TF Serving, ONNX).
 
 Imports are loaded in Keras safe mode (a Lambda layer is refused with `unsafe-model`), must take the 28x28x1
 inputs inferq's preprocessing produces and give one output per label, are smoke-tested on one input, benchmarked,
@@ -19,8 +19,9 @@ import numpy as np
 
 from shared import jobs as jobstore
 from shared.db import session_scope
-from shared.errors import InvalidModel, ModelNotReady, UnsafeModel
-from shared.models import Job
+from shared.errors import ExportFailed, InvalidModel, ModelNotReady, UnsafeModel
+from shared.model_jobs import ExportCreate
+from shared.models import Job, ModelVersion
 from shared.registry import MNIST_INPUT_SPEC
 from shared.status import JobStatus
 from worker.context import WorkerContext
@@ -29,6 +30,9 @@ from worker.training_tasks import _artifact, _bench, _register_and_succeed, _sou
 
 MODEL_INPUT_VALUES = 28 * 28  # what shared.imaging.preprocess produces per image
 UNSAFE_HINTS = ("Lambda", "safe_mode", "unsafe")
+ONNX_OPSET = 17
+ONNX_MAX_ABS_DIFF = 1e-4  # an ONNX export whose outputs differ more from Keras fails the job
+ONNX_CHECK_INPUTS = 4  # deterministic inputs the reference evaluator runs beside Keras
 
 
 def _extract_saved_model(archive: Path, into: Path, max_bytes: int) -> Path:
@@ -125,11 +129,10 @@ def run_import(ctx: WorkerContext, job: Job) -> str:
     return status
 
 
-def run_export(ctx: WorkerContext, job: Job) -> str:
-    """Write a Keras version as a SavedModel at exports/tf-serving/<name>/<version>/ (TF Serving's layout)."""
+def _write_saved_model(ctx: WorkerContext, job: Job, mv: ModelVersion) -> dict[str, Any]:
+    """Write the SavedModel at exports/tf-serving/<name>/<version>/ unless it is there already."""
     import keras
 
-    mv = _source_version(ctx, job)
     relative = f"exports/tf-serving/{mv.name}/{mv.version}"
     target = ctx.settings.data_dir / relative
     if not (target / "saved_model.pb").is_file():
@@ -138,7 +141,55 @@ def run_export(ctx: WorkerContext, job: Job) -> str:
         staging = target.parent / f".{mv.version}.{job.id}.tmp"
         model.export(str(staging), format="tf_saved_model", verbose=False)
         os.replace(staging, target)
-    result = {"operation": "export", "format": "tf-serving", "path": relative, "model_version": mv.ref}
+    return {"path": relative}
+
+
+def _write_onnx(ctx: WorkerContext, job: Job, mv: ModelVersion) -> dict[str, Any]:
+    """Convert to exports/onnx/<name>/<version>/model.onnx via tf2onnx, then check it and compare it with Keras."""
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = keras.models.load_model(ctx.artifact_path(mv), compile=False, safe_mode=True)
+    shape = tuple(model.input_shape)
+    if any(dim is None for dim in shape[1:]):
+        raise ExportFailed(f"the model's input shape {shape} has unknown dimensions besides the batch")
+    relative = f"exports/onnx/{mv.name}/{mv.version}/model.onnx"
+    target = ctx.settings.data_dir / relative
+    if not target.is_file():
+        spec = (tf.TensorSpec((None, *shape[1:]), tf.float32, name="input"),)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=spec)
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=ONNX_OPSET)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".model.onnx.{job.id}.tmp"
+        staging.write_bytes(proto.SerializeToString())
+        os.replace(staging, target)
+    try:
+        written = onnx.load(str(target))
+        onnx.checker.check_model(written)
+        x = np.random.default_rng(0).random((ONNX_CHECK_INPUTS, *shape[1:]), dtype=np.float32)
+        outputs: Any = ReferenceEvaluator(written).run(None, {written.graph.input[0].name: x})
+        diff = float(np.max(np.abs(np.asarray(outputs[0]) - np.asarray(model(x, training=False)))))
+        if not diff <= ONNX_MAX_ABS_DIFF:  # also catches NaN
+            raise ExportFailed(
+                f"the ONNX outputs differ from Keras by up to {diff:.3g} (more than {ONNX_MAX_ABS_DIFF:g}) on "
+                f"{ONNX_CHECK_INPUTS} inputs; the file was removed"
+            )
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return {"path": relative, "max_abs_diff": diff, "size_bytes": target.stat().st_size}
+
+
+def run_export(ctx: WorkerContext, job: Job) -> str:
+    """Write a Keras version as a SavedModel at exports/tf-serving/<name>/<version>/ (TF Serving's layout) or as
+    exports/onnx/<name>/<version>/model.onnx (checked and compared with Keras)."""
+    fmt = ExportCreate.model_validate({"format": job.params.get("format", "tf-serving")}).format
+    mv = _source_version(ctx, job)
+    written = _write_onnx(ctx, job, mv) if fmt == "onnx" else _write_saved_model(ctx, job, mv)
+    result = {"operation": "export", "format": fmt, **written, "model_version": mv.ref}
     with session_scope(ctx.sessions) as session:
         if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=result):
             return JobStatus.CANCELED.value

@@ -206,6 +206,20 @@ def test_export_is_queued_for_keras_versions_only(app: Flask, sent: SentTasks) -
     assert_problem(export, 409, "model-not-optimizable")
 
 
+def test_export_takes_onnx_and_refuses_unknown_formats(app: Flask, sent: SentTasks) -> None:
+    """{"format": "onnx"} is queued (202) with the format in the job's params; an unknown format is 422."""
+    client = app.test_client()
+    resp = client.post("/v1/models/mnist-cnn/versions/1/export", json={"format": "onnx"})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    assert len(sent.sent) == 1
+    with db_session(app) as s:
+        row = s.get(Job, uuid.UUID(resp.get_json()["id"]))
+        assert row is not None and row.params["format"] == "onnx" and row.params["operation"] == "export"
+    bad = client.post("/v1/models/mnist-cnn/versions/1/export", json={"format": "tflite"})
+    assert_problem(bad, 422, "validation-error")
+    assert len(sent.sent) == 1
+
+
 def test_training_takes_a_webhook(make_app: Callable[..., Flask]) -> None:
     """A training job accepts `webhook` like any job: stored as the job's webhook, not as a hyperparameter."""
     app = make_app(webhook_allow_cidrs="127.0.0.0/8")

@@ -1,4 +1,4 @@
-"""Bring your own model (.keras, .tflite, zipped SavedModel; Lambda refused) and the TF Serving export."""
+"""Bring your own model (.keras, .tflite, zipped SavedModel; Lambda refused) and the TF Serving / ONNX exports."""
 
 from __future__ import annotations
 
@@ -137,3 +137,50 @@ def test_export_writes_tf_serving_layout(ctx: WorkerContext, files: dict[str, by
     target = ctx.settings.data_dir / "exports" / "tf-serving" / "byom" / "1"
     assert (target / "saved_model.pb").is_file()
     assert "serving_default" in tf.saved_model.load(str(target)).signatures
+
+
+def test_export_writes_a_verified_onnx_file(ctx: WorkerContext, files: dict[str, bytes]) -> None:
+    """Exporting byom:1 as onnx writes a checked model.onnx whose reference-evaluator argmax matches Keras."""
+    import keras
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    import_job(ctx, files[".keras"], ".keras")
+    with session_scope(ctx.sessions) as session:
+        job_id = create_model_job(
+            session=session, operation=Operation.EXPORT, model_ref="byom:1", params={"format": "onnx"}
+        ).id
+    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    target = ctx.settings.data_dir / "exports" / "onnx" / "byom" / "1" / "model.onnx"
+    assert target.is_file() and not list(target.parent.glob(".*.tmp"))
+    with session_scope(ctx.sessions) as session:
+        result = session.get(Job, job_id).result  # type: ignore[union-attr]
+    assert result["format"] == "onnx" and result["path"] == "exports/onnx/byom/1/model.onnx"
+    assert 0 <= result["max_abs_diff"] < 1e-5 and result["size_bytes"] == target.stat().st_size
+    proto = onnx.load(str(target))
+    onnx.checker.check_model(proto)
+    x = np.random.default_rng(7).random((3, 28, 28, 1), dtype=np.float32)
+    got = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x})[0]
+    with ctx.sessions() as session:
+        mv = session.scalars(select(ModelVersion).where(ModelVersion.name == "byom")).one()
+        keras_model = keras.models.load_model(ctx.artifact_path(mv), compile=False, safe_mode=True)
+    assert np.array_equal(np.argmax(got, axis=1), np.argmax(keras_model.predict(x, verbose=0), axis=1))
+
+
+def test_an_onnx_export_that_differs_from_keras_fails(
+    ctx: WorkerContext, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ONNX output further from Keras than the tolerance fails the job with export-failed and keeps no file."""
+    import worker.model_io
+
+    monkeypatch.setattr(worker.model_io, "ONNX_MAX_ABS_DIFF", -1.0)
+    import_job(ctx, files[".keras"], ".keras")
+    with session_scope(ctx.sessions) as session:
+        job_id = create_model_job(
+            session=session, operation=Operation.EXPORT, model_ref="byom:1", params={"format": "onnx"}
+        ).id
+    assert run_model_job(ctx, job_id)["status"] == "failed"
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.error_type == "export-failed" and "differ from Keras" in (job.error or "")
+    assert not (ctx.settings.data_dir / "exports" / "onnx" / "byom" / "1" / "model.onnx").exists()
