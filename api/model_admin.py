@@ -21,7 +21,7 @@ from api.deps import db, services
 from api.models import model_public
 from api.webhooks import attach_job_webhook, read_job_webhook
 from shared import jobs as jobstore
-from shared.celery_app import TRAIN_TASK
+from shared.celery_app import TRAIN_TASK, train_time_limit
 from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
 from shared.model_jobs import (
     MNIST,
@@ -36,7 +36,6 @@ from shared.model_jobs import (
 from shared.models import ModelVersion
 from shared.registry import check_name_usable, get_version, list_versions, move_alias, parse_ref
 from shared.schemas import JobPublic, JsonInt, ModelPublic, Problem
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(
@@ -131,11 +130,6 @@ def _queue(
     _dispatch(job.id)
     session.refresh(job)
     return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
-
-
-def train_time_limit(settings: Settings) -> int:
-    """INFERQ_TRAIN_TIME_LIMIT, kept below the visibility timeout so Redis does not redeliver a running task."""
-    return max(1, min(settings.train_time_limit, settings.visibility_timeout - 1))
 
 
 def _dispatch(job_id: uuid.UUID) -> None:

@@ -29,6 +29,12 @@ ROUTES = {
 }
 
 
+def train_time_limit(settings: Settings) -> int:
+    """The time limit a training-queue task is published with (by the API and the reconciler): INFERQ_TRAIN_TIME_LIMIT,
+    kept below the visibility timeout so Redis does not redeliver a running task."""
+    return max(1, min(settings.train_time_limit, settings.visibility_timeout - 1))
+
+
 def transport_options(settings: Settings) -> dict[str, int]:
     """Redis transport options: the visibility timeout, and how often kombu sweeps for messages a dead worker held.
     kombu's default sweeps every 10 s x throttle 10 = ~100 s; sweeping every visibility_timeout/10 (1-10 s) with

@@ -35,7 +35,14 @@ from celery.signals import task_postrun, task_prerun
 from sqlalchemy.orm import Session
 
 from shared import leases
-from shared.celery_app import CLASSIFY_TASK, INFERENCE_QUEUE, SCORE_CHUNK_TASK, TRAIN_TASK, TRAINING_QUEUE
+from shared.celery_app import (
+    CLASSIFY_TASK,
+    INFERENCE_QUEUE,
+    SCORE_CHUNK_TASK,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    train_time_limit,
+)
 from shared.db import session_scope
 from shared.models import Job
 from shared.settings import Settings
@@ -65,12 +72,6 @@ class Dispatch:
 
 Publish = Callable[[Dispatch], None]
 Backlog = Callable[[str], int]
-
-
-def train_time_limit(settings: Settings) -> int:
-    """The time limit a training-queue task is published with (as the API does): INFERQ_TRAIN_TIME_LIMIT, kept
-    below the visibility timeout so Redis does not redeliver a running task."""
-    return max(1, min(settings.train_time_limit, settings.visibility_timeout - 1))
 
 
 def reconcile(ctx: WorkerContext, publish: Publish, backlog: Backlog = lambda _queue: 0) -> int:

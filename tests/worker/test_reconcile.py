@@ -21,6 +21,7 @@ from shared.celery_app import (
     TRAINING_QUEUE,
     WEBHOOK_DISPATCH_TASK,
     make_celery,
+    train_time_limit,
 )
 from shared.datasets import ingest
 from shared.db import session_scope
@@ -35,7 +36,7 @@ from tests.factories import make_job
 from tests.worker.conftest import ContextFactory
 from worker import reconcile as reconcile_module
 from worker.context import WorkerContext
-from worker.reconcile import Dispatch, Heartbeat, celery_backlog, job_messages, reconcile, train_time_limit
+from worker.reconcile import Dispatch, Heartbeat, celery_backlog, job_messages, reconcile
 from worker.scoring import run_chunk
 
 CHUNK = 40
