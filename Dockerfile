@@ -48,4 +48,4 @@ USER inferq
 
 EXPOSE 8000 5555
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "api.app:create_app()"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "api.wsgi:app"]

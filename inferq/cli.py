@@ -72,7 +72,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
             str(settings.api_threads),
             "--access-logfile",
             "-",
-            "api.app:create_app()",
+            "api.wsgi:app",
         ],
     )
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.db import make_engine, make_sessionmaker, session_scope
+from shared.heap import freeze_startup_heap
 from shared.jobs import ItemResult, settle_jobs, write_results
 from shared.models import ModelVersion
 from shared.notify import FinishedPublisher
@@ -199,3 +200,4 @@ def warm_up() -> None:
         log.info("default model %s loaded", mv.ref)
     except Exception as exc:  # no model yet, or a broken artifact: not fatal for the worker
         log.warning("could not preload the default model: %s", exc)
+    freeze_startup_heap()  # TensorFlow's objects and the model's, out of every later full collection

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from shared.errors import ModelNotReady
+from shared.heap import thaw
 
 log = logging.getLogger(__name__)
 FORMATS = ("keras", "tflite")
@@ -132,9 +133,12 @@ def load_model(path: Path, fmt: str) -> LoadedModel:
         raise ModelNotReady(f"model artifact {path} is missing")
     try:
         model = _open(path, fmt)
-        probe = model.predict(np.zeros((1, *model.input_shape), dtype=np.float32))
-        if probe.shape != (1, model.num_classes):
-            raise ValueError(f"output shape {probe.shape} is not (1, {model.num_classes})")
+        # two probes: Keras traces the forward pass again for a second batch size, then keeps one trace for any
+        # size; without the second, the first real batch pays ~0.3 s for that tracing
+        for n in (1, 2):
+            probe = model.predict(np.zeros((n, *model.input_shape), dtype=np.float32))
+            if probe.shape != (n, model.num_classes):
+                raise ValueError(f"output shape {probe.shape} is not ({n}, {model.num_classes})")
     except Exception as exc:
         raise ModelNotReady(f"cannot load {fmt} model {path.name}: {type(exc).__name__}: {exc}"[:500]) from exc
     log.info("loaded %s model %s (%d classes)", fmt, path, model.num_classes)
@@ -182,6 +186,7 @@ class ModelCache:
         while len(self._models) > self.max_size:
             evicted, _ = self._models.popitem(last=False)
             log.info("evicted model %s from the cache (max %d)", evicted, self.max_size)
+            thaw()  # the evicted model may be in the frozen start-up heap: let the collector free it
 
     def discard(self, key: Hashable) -> None:
         """Drop `key` from the cache if present (the next get loads it again)."""
