@@ -97,9 +97,9 @@ class Settings(BaseSettings):
     chunk_size: int = Field(512, ge=1, description="Dataset items per scoring task (one Celery message).")
     score_batch: int = Field(256, ge=1, description="Images per forward pass when scoring a dataset.")
     score_parallel_chunks: int = Field(
-        2,
+        3,
         ge=1,
-        description="Chunks a worker process scores at once (2: one chunk's write overlaps the next forward pass).",
+        description="Chunks a worker process scores at once (3: reading, forward passes and writing all overlap).",
     )
     dataset_max_upload_bytes: int = Field(1024**3, ge=1024, description="Bytes of one uploaded dataset file.")
     dataset_max_items: int = Field(1_000_000, ge=1, description="Items (images) one dataset may hold.")

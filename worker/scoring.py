@@ -30,7 +30,6 @@ from worker.context import WorkerContext
 from worker.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
-_PREDICT_LOCK = threading.Lock()  # one forward pass at a time per process; other threads read and write meanwhile
 _SIDE = 28
 _SLOTS: threading.BoundedSemaphore | None = None
 _SLOTS_LOCK = threading.Lock()
@@ -67,7 +66,8 @@ def run_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> ChunkO
 
 
 def _slots(n: int) -> threading.BoundedSemaphore:
-    """The per-process limit on chunks in progress (more threads only contend for the GIL and the cores)."""
+    """The per-process limit on chunks in progress, forward passes included (two overlap well: one pass leaves
+    gaps the other fills; more threads only contend for the GIL and the cores)."""
     global _SLOTS
     with _SLOTS_LOCK:
         if _SLOTS is None:
@@ -100,8 +100,7 @@ def _run_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> Chunk
     with session_scope(ctx.sessions) as session:
         status = write_chunk(session, ctx.settings, job_id, rows)
     log.info(
-        "job %s chunk %d: %d items; start %.3fs, read %.3fs, score %.3fs (forward passes %.3fs, waited %.3fs for "
-        "the model), write %.3fs",
+        "job %s chunk %d: %d items; start %.3fs, read %.3fs, score %.3fs (forward passes %.3fs), write %.3fs",
         job_id,
         chunk_index,
         len(rows),
@@ -109,7 +108,6 @@ def _run_chunk(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> Chunk
         t2 - t1,
         t3 - t2,
         timings.get("predict", 0.0),
-        timings.get("wait", 0.0),
         time.perf_counter() - t3,
     )
     return ChunkOutcome(str(job_id), chunk_index, status, len(rows))
@@ -233,18 +231,15 @@ def score_items(
 ) -> list[dict[str, Any]]:
     """One JobItem row (as a dict) per item: a prediction, or the reason it could not be decoded.
 
-    `timings`, if given, receives the seconds spent in forward passes ("predict") and waiting for the model ("wait")."""
+    `timings`, if given, receives the seconds spent in forward passes ("predict")."""
     spent = timings if timings is not None else {}
     now = utcnow()
     x, ok_items, bad = to_inputs(items, settings)
     rows = [_row(job_id, item, now, error_type=exc.type_slug, error=exc.detail[:1000]) for item, exc in bad]
     for start in range(0, len(ok_items), batch):
-        asked = time.perf_counter()
-        with _PREDICT_LOCK:
-            got = time.perf_counter()
-            probs = model.predict(x[start : start + batch])
-        spent["wait"] = spent.get("wait", 0.0) + got - asked
-        spent["predict"] = spent.get("predict", 0.0) + time.perf_counter() - got
+        began = time.perf_counter()
+        probs = model.predict(x[start : start + batch])
+        spent["predict"] = spent.get("predict", 0.0) + time.perf_counter() - began
         names = [_name(labels, i) for i in range(probs.shape[1])]
         order = np.argsort(-probs, axis=1)[:, :top_k]
         confidences = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, as json would write them
