@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_sessionmaker
 from shared.notify import FinishedWaiter
+from shared.registry import KnownRefs
 from shared.settings import Settings
 from shared.storage import BlobStore, make_store
 
@@ -25,6 +26,7 @@ class Services:
     store: BlobStore
     celery: Celery
     waiter: FinishedWaiter
+    known_refs: KnownRefs
 
 
 def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
@@ -37,6 +39,7 @@ def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
         store=make_store(settings),
         celery=celery,
         waiter=FinishedWaiter(settings.broker_url()),
+        known_refs=KnownRefs(settings.model_ref_ttl_s),
     )
 
     @app.teardown_appcontext

@@ -20,7 +20,7 @@ from shared import retention
 from shared.celery_app import CLASSIFY_TASK
 from shared.errors import JobNotFound, ValidationFailed
 from shared.models import Job, utcnow
-from shared.registry import parse_ref, resolve
+from shared.registry import parse_ref
 from shared.schemas import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
 from shared.status import JobStatus
 
@@ -78,7 +78,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     session = db()
     ref = parse_ref(parsed.model or settings.default_model)
     tenant = current_tenant()
-    resolve(session, ref, default_alias=settings.default_alias, tenant_id=tenant)  # 404 now, not a failed job later
+    svc.known_refs.check(
+        session, ref, default_alias=settings.default_alias, tenant_id=tenant
+    )  # 404 now, not a failed job later
     job = jobstore.create_classify_job(
         session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k, tenant_id=tenant
     )

@@ -25,7 +25,7 @@ from shared.celery_app import SCORE_CHUNK_TASK
 from shared.datasets import Dataset, get_dataset, iter_index
 from shared.errors import JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
-from shared.registry import parse_ref, resolve
+from shared.registry import parse_ref
 from shared.schemas import JobPublic, JsonInt, Problem
 from shared.settings import Settings
 from shared.status import ItemStatus, JobKind, JobStatus
@@ -72,7 +72,7 @@ def create_score_job(
     tenant = current_tenant()
     ds = get_dataset(session, req.dataset, tenant_id=tenant, lock="share")  # DELETE waits for the commit
     ref = parse_ref(req.model or settings.default_model)
-    resolve(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
+    svc.known_refs.check(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
     job = Job(
         id=uuid.uuid4(),
         tenant_id=tenant,

@@ -68,12 +68,11 @@ def create_classify_job(
     for idx, up in enumerate(uploads):
         store.put(input_key(job.id, idx), up.data)
     session.add(job)
-    session.flush()
     session.add_all(
         JobItem(job_id=job.id, idx=idx, filename=up.filename, input_key=input_key(job.id, idx))
         for idx, up in enumerate(uploads)
     )
-    session.flush()
+    session.flush()  # one flush: the unit of work inserts the job before its items (their foreign key)
     return job
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,30 @@ def resolve(session: Session, ref: ModelRef, *, default_alias: str, tenant_id: s
     if mv is None:
         raise ModelNotFound(f"model {str(ref)!r} does not exist; GET /v1/models lists the models and versions")
     return mv
+
+
+class KnownRefs:
+    """Model references recently seen to resolve, per tenant, so a submission need not query the registry each time
+    it checks that its model exists. Only successes are remembered, each for `ttl_s`: a new model is usable at once,
+    and one removed within the last `ttl_s` may still be accepted (its job then fails with model-not-found in the
+    worker, as it would had the model gone right after the check)."""
+
+    def __init__(self, ttl_s: float, max_size: int = 1024) -> None:
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self._until: dict[tuple[str, str | None], float] = {}
+
+    def check(self, session: Session, ref: ModelRef, *, default_alias: str, tenant_id: str | None) -> None:
+        """ModelNotFound unless `ref` resolves for the tenant (from memory when it did within `ttl_s`)."""
+        key, now = (str(ref), tenant_id), time.monotonic()
+        if self._until.get(key, 0.0) > now:
+            return
+        resolve(session, ref, default_alias=default_alias, tenant_id=tenant_id)
+        if len(self._until) >= self.max_size:
+            self._until = {k: t for k, t in self._until.items() if t > now}
+            if len(self._until) >= self.max_size:
+                self._until.clear()
+        self._until[key] = now + self.ttl_s
 
 
 def check_name_usable(session: Session, name: str, tenant_id: str | None) -> None:

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     default_alias: str = Field("production", description="Alias a bare model name resolves to.")
     model_cache_size: int = Field(4, ge=1, description="Loaded models kept per worker process.")
     model_ref_ttl_s: float = Field(
-        1.0, ge=0, description="How long a worker reuses its resolution of a job's model (an alias move takes effect)."
+        1.0,
+        ge=0,
+        description="How long a worker reuses its resolution of a job's model (until an alias move takes effect), "
+        "and the API its check that a submitted model exists.",
     )
     gpu: str = Field("", description="GPU index for this worker ('' = CPU, or as CUDA_VISIBLE_DEVICES).")
     train_epochs: int = Field(12, ge=1, description="Epochs for the default model at first start.")

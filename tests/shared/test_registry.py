@@ -125,3 +125,28 @@ def test_register_with_existing_alias_moves_it(session: Session) -> None:
     aliases = {mv.version: sorted(a.alias for a in mv.aliases) for mv in list_versions(session, "mnist-cnn")}
     assert aliases == {2: ["production"], 1: ["canary"]}
     assert resolve(session, parse_ref("mnist-cnn"), default_alias="production").id == v2.id
+
+
+def test_known_refs_remember_successes_for_their_ttl(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reference that resolved is not queried again within the TTL; a missing one is never remembered, so a model
+    registered right after a 404 is usable at once; past the TTL the registry is asked again."""
+    from shared import registry
+    from shared.registry import KnownRefs
+
+    calls: list[str] = []
+    real = registry.resolve
+    monkeypatch.setattr(registry, "resolve", lambda s, ref, **kw: calls.append(str(ref)) or real(s, ref, **kw))
+    clock = [100.0]
+    monkeypatch.setattr(registry.time, "monotonic", lambda: clock[0])
+    known = KnownRefs(ttl_s=1.0)
+    ref = parse_ref("mnist-cnn@production")
+    with pytest.raises(ModelNotFound):
+        known.check(session, ref, default_alias="production", tenant_id=None)
+    add_model_version(session)
+    known.check(session, ref, default_alias="production", tenant_id=None)
+    known.check(session, ref, default_alias="production", tenant_id=None)
+    known.check(session, ref, default_alias="production", tenant_id="acme")  # per tenant
+    assert calls == ["mnist-cnn@production"] * 3
+    clock[0] += 1.5
+    known.check(session, ref, default_alias="production", tenant_id=None)
+    assert len(calls) == 4
