@@ -31,7 +31,8 @@ def unfrozen() -> Iterator[None]:
 
 def test_freeze_then_thaw() -> None:
     """Everything alive is frozen (and so never collected); thaw returns it to the collector."""
-    assert freeze_startup_heap() == gc.get_freeze_count() > 0
+    frozen = freeze_startup_heap()
+    assert frozen > 0 and gc.get_freeze_count() > 0  # (frozen objects freed by reference counting leave the count)
     thaw()
     assert gc.get_freeze_count() == 0
 
