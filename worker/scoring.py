@@ -146,7 +146,7 @@ def _start(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> tuple[_Jo
             return ChunkOutcome(str(job_id), chunk_index, plan.status)
         lo, hi = chunk_bounds(plan.total, plan.chunk_size, chunk_index)
         if known is None:
-            done = session.scalar(select(_has_row(job_id, lo)))
+            done = bool(session.scalar(select(_has_row(job_id, lo))))
         if hi <= lo or done:
             return ChunkOutcome(str(job_id), chunk_index, "already-done")
         if status == JobStatus.QUEUED.value:
@@ -247,20 +247,15 @@ def score_items(
         for item, o, c in zip(ok_items[start : start + batch], order.tolist(), confidences, strict=True):
             ranked = [{"label": names[i], "confidence": conf} for i, conf in zip(o, c, strict=True)]
             rows.append(
-                {
-                    "job_id": job_id,
-                    "idx": item.idx,
-                    "filename": item.custom_id[:255],
-                    "input_key": None,
-                    "status": ItemStatus.SUCCEEDED.value,
-                    "label": ranked[0]["label"],
-                    "confidence": ranked[0]["confidence"],
-                    "top_k": ranked,
-                    "error_type": None,
-                    "error": None,
-                    "batch_size": size,
-                    "completed_at": now,
-                }
+                _row(
+                    job_id,
+                    item,
+                    now,
+                    label=ranked[0]["label"],
+                    confidence=ranked[0]["confidence"],
+                    top_k=ranked,
+                    batch_size=size,
+                )
             )
     for r in rows:
         r["model_version_id"] = version_id
