@@ -48,21 +48,19 @@ bp = APIBlueprint(
 
 
 class ModelPath(BaseModel):
-    name: str = Field(
-        description="The model's name, e.g. mnist-cnn.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"}
-    )
+    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
 class AliasPath(BaseModel):
-    name: str = Field(description="The model's name.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"})
+    name: str = Field(description="The model's name.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
     alias: str = Field(
         description="The alias to create or move, e.g. production or canary.",
-        json_schema_extra={"pattern": "^[a-z0-9][a-z0-9_-]{0,59}$"},
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$",
     )
 
 
 class VersionPath(BaseModel):
-    name: str = Field(description="The model's name.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"})
+    name: str = Field(description="The model's name.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
     version: int = Field(ge=1, le=2**31 - 1, description="The version number.")
 
 

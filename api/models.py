@@ -22,9 +22,7 @@ bp = APIBlueprint(
 
 
 class ModelPath(BaseModel):
-    name: str = Field(
-        description="The model's name, e.g. mnist-cnn.", json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,99}$"}
-    )
+    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
 def model_public(session: Session, name: str, versions: list[ModelVersion], tenant_id: str) -> ModelPublic:

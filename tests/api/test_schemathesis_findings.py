@@ -78,3 +78,25 @@ def test_the_document_says_what_the_code_checks(app: Flask) -> None:
     assert multipart["properties"]["images"]["minItems"] == 1
     assert schemas["SecretPublic"]["properties"]["secret"]["type"] == ["string", "null"]
     assert schemas["KeyWithSecret"]["properties"]["key"]["type"] == ["string", "null"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/models/U/trainings", {}),
+        ("get", "/v1/models/Mnist-CNN", None),
+        ("put", "/v1/models/mnist-cnn/aliases/Canary", {"version": 1}),
+        ("post", "/v1/models/%20u/trainings", {}),
+    ],
+    ids=["training-uppercase", "model-uppercase", "alias-uppercase", "leading-space"],
+)
+def test_path_names_follow_their_documented_pattern(app: Flask, method: str, path: str, body: Any) -> None:
+    """A model or alias name in the path that breaks the documented pattern is refused (the stateful phase found
+    POST /v1/models/U/trainings accepted, lowercased, with 202), and no job is created."""
+    from shared.models import Job
+    from tests.factories import db_session
+
+    resp = getattr(app.test_client(), method)(path, json=body)
+    assert_problem(resp, 422, "validation-error")
+    with db_session(app) as session:
+        assert session.query(Job).count() == 0
