@@ -34,7 +34,15 @@ from shared.model_jobs import (
     create_model_job,
 )
 from shared.models import ModelVersion
-from shared.registry import check_name_usable, get_version, list_versions, move_alias, parse_ref
+from shared.registry import (
+    ALIAS_PATTERN,
+    NAME_PATTERN,
+    check_name_usable,
+    get_version,
+    list_versions,
+    move_alias,
+    parse_ref,
+)
 from shared.schemas import JobPublic, JsonInt, ModelPublic, Problem
 
 log = logging.getLogger(__name__)
@@ -48,19 +56,19 @@ bp = APIBlueprint(
 
 
 class ModelPath(BaseModel):
-    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=NAME_PATTERN)
 
 
 class AliasPath(BaseModel):
-    name: str = Field(description="The model's name.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    name: str = Field(description="The model's name.", pattern=NAME_PATTERN)
     alias: str = Field(
         description="The alias to create or move, e.g. production or canary.",
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$",
+        pattern=ALIAS_PATTERN,
     )
 
 
 class VersionPath(BaseModel):
-    name: str = Field(description="The model's name.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    name: str = Field(description="The model's name.", pattern=NAME_PATTERN)
     version: int = Field(ge=1, le=2**31 - 1, description="The version number.")
 
 

@@ -13,7 +13,7 @@ from api.auth import current_tenant
 from api.deps import db
 from shared.errors import ModelNotFound
 from shared.models import ModelVersion
-from shared.registry import aliases_of, list_versions
+from shared.registry import NAME_PATTERN, aliases_of, list_versions
 from shared.schemas import ModelPublic, ModelsPublic, ModelVersionPublic, Problem
 
 bp = APIBlueprint(
@@ -22,7 +22,7 @@ bp = APIBlueprint(
 
 
 class ModelPath(BaseModel):
-    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")
+    name: str = Field(description="The model's name, e.g. mnist-cnn.", pattern=NAME_PATTERN)
 
 
 def model_public(session: Session, name: str, versions: list[ModelVersion], tenant_id: str) -> ModelPublic:

@@ -14,7 +14,10 @@ from shared.errors import ModelNotFound, ValidationFailed
 from shared.models import PUBLIC_ALIAS, ModelAlias, ModelVersion
 
 _NAME = r"[a-z0-9][a-z0-9._-]{0,99}"
-_REF = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>[a-z0-9][a-z0-9_-]{{0,59}}))?$")
+_ALIAS = r"[a-z0-9][a-z0-9_-]{0,59}"
+_REF = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[0-9]{{1,9}})|@(?P<alias>{_ALIAS}))?$")
+NAME_PATTERN = rf"^{_NAME}$"  # a model name on its own, as in URL paths
+ALIAS_PATTERN = rf"^{_ALIAS}$"
 
 MNIST_LABELS = [str(i) for i in range(10)]
 MNIST_INPUT_SPEC = {

@@ -134,7 +134,7 @@ def _start(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> tuple[_Jo
     with session_scope(ctx.sessions) as session:
         known = _PLANS.get(job_id)
         # once the job's plan is known, the done check rides along with the status read (one round trip)
-        lo_known = chunk_index * known.chunk_size if known else -1
+        lo_known = chunk_bounds(known.total, known.chunk_size, chunk_index)[0] if known else -1
         found = session.execute(select(Job.status, _has_row(job_id, lo_known)).where(Job.id == job_id)).one_or_none()
         if found is None:
             return ChunkOutcome(str(job_id), chunk_index, "missing")
