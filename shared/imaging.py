@@ -52,6 +52,43 @@ _TRIM = 0.005  # ink mass cut from each side when locating the digit: specks and
 _FLOOR = 0.1  # ink fainter than this share of the strongest ink is noise, as is anything the border reaches
 
 
+# What preprocessing (and the model's confidence) says about one picture, in every prediction's `warnings`.
+NO_INK = "no-ink"  # nothing stands out from the paper: blank, uniform or too faint; the label is null
+NO_DIGIT = "no-digit"  # marks, but nothing shaped like a handwritten character (noise, texture); the label is null
+LOW_CONTRAST = "low-contrast"  # the ink is faint against the paper: the reading may be wrong
+SEVERAL_DIGITS = "several-digits"  # more than one separate character side by side: only the largest was read
+LOW_CONFIDENCE = "low-confidence"  # the model's top confidence is below INFERQ_LOW_CONFIDENCE_THRESHOLD
+WARNINGS: dict[str, str] = {
+    NO_INK: "Nothing stands out from the paper (blank, uniform or too faint): label is null.",
+    NO_DIGIT: "Marks were found, but nothing shaped like a handwritten character (noise, texture): label is null.",
+    LOW_CONTRAST: "The ink is faint against the paper; the reading may be wrong.",
+    SEVERAL_DIGITS: "More than one separate character side by side; the largest one was read.",
+    LOW_CONFIDENCE: "The model's top confidence is below INFERQ_LOW_CONFIDENCE_THRESHOLD.",
+}
+UNREADABLE: frozenset[str] = frozenset({NO_INK, NO_DIGIT})  # the model is not asked; the label is null
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One picture made ready for the model: the 28x28 input (zeros when unreadable) and what was noticed."""
+
+    image: np.ndarray
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def readable(self) -> bool:
+        """Whether there is a character to read (no `no-ink` / `no-digit` warning)."""
+        return not UNREADABLE.intersection(self.warnings)
+
+
+def confidence_warnings(prepared: tuple[str, ...], confidence: float | None, threshold: float) -> list[str]:
+    """A prediction's warnings: preprocessing's, plus `low-confidence` when the top confidence is under `threshold`."""
+    found = list(prepared)
+    if confidence is not None and confidence < threshold and LOW_CONFIDENCE not in found:
+        found.append(LOW_CONFIDENCE)
+    return found
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What check_image learned about an upload: its format and its size as stored (before EXIF rotation)."""
@@ -81,21 +118,31 @@ def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
         return img.copy()
 
 
-def preprocess(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """Decode an upload and normalize it like MNIST: float32 (28, 28) in [0, 1]."""
+def prepare(data: bytes, *, max_pixels: int) -> Prepared:
+    """Decode an upload and normalize it like MNIST, saying what was noticed (see WARNINGS)."""
     img = open_image(data, max_pixels=max_pixels)
     with _pillow_errors():
-        return to_mnist(img)
+        return prepare_image(img)
+
+
+def preprocess(data: bytes, *, max_pixels: int) -> np.ndarray:
+    """Decode an upload and normalize it like MNIST: float32 (28, 28) in [0, 1] (zeros when unreadable)."""
+    return prepare(data, max_pixels=max_pixels).image
 
 
 def to_mnist(img: Image.Image) -> np.ndarray:
     """Normalize like MNIST was made: light digit on dark, fitted in 20x20, centre of mass at (14, 14)."""
+    return prepare_image(img).image
+
+
+def prepare_image(img: Image.Image) -> Prepared:
+    """Normalize a decoded picture like MNIST and say what was noticed."""
     if img.width == 0 or img.height == 0:
-        return np.zeros((_SIDE, _SIDE), np.float32)
+        return Prepared(np.zeros((_SIDE, _SIDE), np.float32), (NO_INK,))
     ink = _ink(_grey(img))
     if not ink.any():
-        return np.zeros((_SIDE, _SIDE), np.float32)
-    return _centre(_fit_box(ink[_span(ink, axis=1), _span(ink, axis=0)]))
+        return Prepared(np.zeros((_SIDE, _SIDE), np.float32), (NO_INK,))
+    return Prepared(_centre(_fit_box(ink[_span(ink, axis=1), _span(ink, axis=0)])))
 
 
 # --- decoding ---------------------------------------------------------------------------------------------

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="How long a worker reuses its resolution of a job's model (until an alias move takes effect), "
         "and the API its check that a submitted model exists.",
     )
+    low_confidence_threshold: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="A prediction whose top confidence is below this gets the `low-confidence` warning.",
+    )
     gpu: str = Field("", description="GPU index for this worker ('' = CPU, or as CUDA_VISIBLE_DEVICES).")
     train_epochs: int = Field(12, ge=1, description="Epochs for the default model at first start.")
     mnist_cache: Path | None = Field(None, description="Path of mnist.npz if keras cannot download it.")
