@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
@@ -14,7 +15,11 @@ from shared.models import ModelVersion
 from shared.registry import register_version
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from worker.training import TrainResult
+
 log = logging.getLogger(__name__)
+DEFAULT_AUGMENT = "realistic"  # the default model learns pictures as users send them (worker.augment)
 
 
 def has_model(settings: Settings, name: str) -> bool:
@@ -27,6 +32,22 @@ def has_model(settings: Settings, name: str) -> bool:
         engine.dispose()
 
 
+def train_default(
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train the default CNN on MNIST (the offline sample when the real set is not cached); register nothing."""
+    from worker.datasets import load_mnist
+    from worker.training import train_cnn
+
+    digits = load_mnist(seed=seed, cache=settings.mnist_cache)
+    epochs = epochs or settings.train_epochs
+    return train_cnn(digits, epochs=epochs, seed=seed, on_epoch=on_epoch, augment=DEFAULT_AUGMENT)
+
+
 def train_default_model(
     settings: Settings,
     *,
@@ -35,12 +56,10 @@ def train_default_model(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ModelVersion:
     """Train the default CNN, save its artifact and register it with the default alias."""
-    from worker.datasets import load_mnist
-    from worker.training import save_keras, train_cnn
+    from worker.training import save_keras
 
-    digits = load_mnist(seed=seed, cache=settings.mnist_cache)
     started = time.monotonic()
-    result = train_cnn(digits, epochs=epochs or settings.train_epochs, seed=seed, on_epoch=on_epoch)
+    result = train_default(settings, epochs=epochs, seed=seed, on_epoch=on_epoch)
     seconds = time.monotonic() - started
     engine = make_engine(settings)
     try:

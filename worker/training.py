@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.augment import mode as augment_mode
+from worker.augment import realistic_copies
 from worker.cnn import augmentation_layers, augmentation_params, build_cnn
 from worker.datasets import Digits
 
@@ -159,14 +161,14 @@ def _imbalance(imbalance: str, class_weight: str | None) -> str:
     return imbalance
 
 
-def _fixed_params(augment: bool) -> dict[str, Any]:
+def _fixed_params(augment: str) -> dict[str, Any]:
     return {
         "loss": LOSS,
         "lr_schedule": f"cosine decay to {COSINE_ALPHA} x over all epochs",
         "early_stopping_monitor": MONITOR,
         "restore_best_weights": True,
         "dropout": DROPOUT,
-        "augmentation": augmentation_params() if augment else None,
+        "augmentation": None if augment == "none" else {**augmentation_params(), "mode": augment},
         "architecture": "mnist_cnn",
     }
 
@@ -179,7 +181,7 @@ def train_cnn(
     learning_rate: float = 2e-3,
     validation_split: float = 0.1,
     patience: int = 3,
-    augment: bool = True,
+    augment: bool | str = True,
     seed: int = 0,
     on_epoch: EpochHook | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -187,12 +189,16 @@ def train_cnn(
     class_weight: str | None = None,
     imbalance: str = "none",
     callbacks: Sequence[Any] = (),
+    on_augment: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train the CNN on `digits` (cosine decay, early stopping restoring the best weights) and test it.
-    `imbalance`: "none", "class_weight" (also `class_weight="balanced"`) or "oversample" (training part only)."""
+    `imbalance`: "none", "class_weight" (also `class_weight="balanced"`) or "oversample" (training part only).
+    `augment`: "none" (False), "basic" (True: random shifts, rotations, zooms) or "realistic" (basic, plus every
+    training image rendered as users send pictures and preprocessed, worker.augment)."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be between 0 and 1, got {validation_split}")
     imbalance = _imbalance(imbalance, class_weight)
+    augment = augment_mode(augment)
     keras = _keras()
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
@@ -202,6 +208,11 @@ def train_cnn(
     x_train, y_train = x_all[split.train], digits.y_train[split.train]
     x_val, y_val = x_all[split.validation], digits.y_train[split.validation]
     del x_all
+    rendered = 0
+    if augment == "realistic":
+        x_real, y_real = realistic_copies(digits.x_train[split.train], y_train, seed=seed, on_progress=on_augment)
+        x_train, y_train = np.concatenate([x_train, to_model_input(x_real)]), np.concatenate([y_train, y_real])
+        rendered = len(y_real)
     model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size), optimizer, len(names))
     weights = balanced_class_weight(y_train) if imbalance == "class_weight" else None
     history: list[dict[str, float]] = []
@@ -209,7 +220,7 @@ def train_cnn(
     stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=patience, restore_best_weights=True)
     hooks = _hooks(history, on_epoch, should_stop, state)
     model.fit(
-        training_pipeline(x_train, y_train, batch_size, augment, seed),
+        training_pipeline(x_train, y_train, batch_size, augment != "none", seed),
         epochs=epochs,
         verbose=0,
         validation_data=(x_val, y_val),
@@ -233,7 +244,8 @@ def train_cnn(
         **_fixed_params(augment),
         "num_classes": len(names),
         "train_images": len(trained_on),
-        "epoch_images": len(y_train),  # with oversampling, repeats included
+        "epoch_images": len(y_train),  # with oversampling, repeats included; with realistic augmentation, copies
+        "realistic_copies": rendered,
         "validation_images": len(y_val),
         "test_images": len(digits.y_test),
         "train_class_counts": class_counts(digits.y_train[trained_on], names),
