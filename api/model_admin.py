@@ -1,4 +1,4 @@
-"""/v1/models/... administration: move aliases (promote, roll back), train, optimize, benchmark, report.
+"""/v1/models/... administration: move aliases (promote, roll back), train, optimize, benchmark, evaluate, report.
 
 Training, optimizing and benchmarking are `train` jobs executed on the `training` queue by workers; the API only
 validates, stores the job and publishes its id (it never imports TensorFlow).
@@ -26,6 +26,7 @@ from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, V
 from shared.model_jobs import (
     MNIST,
     UPLOAD_SUFFIXES,
+    EvaluateCreate,
     ExportCreate,
     Operation,
     OptimizeCreate,
@@ -90,6 +91,11 @@ class ReportRow(BaseModel):
     test_accuracy: float | None
     latency_ms_batch1: float | None = Field(description="Median ms of one forward pass of 1 image, on a worker.")
     throughput_batch64: float | None = Field(description="Images per second at batch 64, on a worker.")
+    realworld_accuracy: float | None = Field(
+        None,
+        description="Accuracy on held-out digits rendered as users send them (POST .../evaluate; `overall`), "
+        "None until evaluated.",
+    )
 
 
 class ModelReport(BaseModel):
@@ -200,6 +206,21 @@ def create_benchmark(path: VersionPath) -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post(
+    "/<name>/versions/<version>/evaluate",
+    summary="Measure a version's accuracy on pictures as users send them",
+    responses={"202": JobPublic},
+)
+def create_evaluation(path: VersionPath, body: EvaluateCreate) -> tuple[Response, int, dict[str, str]]:
+    """Queues the real-world evaluation: held-out test digits (never a training image) rendered through named
+    corruptions (edge crops, 8x8 bitmaps, photos, JPEG, ruled lines, ...) and blank or noise pictures, each as
+    PNG/JPEG bytes read by the same preprocessing and served model as a classify job. The job's `result` holds
+    accuracy per corruption, `overall` and `non_digits_labelled` (should be 0); the version's metrics keep it as
+    `realworld` and the report shows `realworld_accuracy`."""
+    mv = _source(path)
+    return _queue(Operation.EVALUATE, mv.ref, body.model_dump())
+
+
+@bp.post(
     "/<name>/versions/<version>/export",
     summary="Export a version for TF Serving or as ONNX",
     responses={"202": JobPublic, "409": Problem},
@@ -287,6 +308,7 @@ def report_row(mv: ModelVersion, refs: dict[int, str], aliases: list[str]) -> Re
         test_accuracy=mv.metrics.get("test_accuracy"),
         latency_ms_batch1=bench.get("latency_ms_batch1"),
         throughput_batch64=bench.get("throughput_batch64"),
+        realworld_accuracy=(mv.metrics.get("realworld") or {}).get("overall"),
     )
 
 

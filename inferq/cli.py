@@ -214,7 +214,8 @@ def jobs(status: str | None, limit: int, api_url: str | None) -> None:
 @click.option("--api-url", default=None)
 @click.pass_context
 def models(ctx: click.Context, api_url: str | None) -> None:
-    """List models, versions, aliases and metrics (subcommands: list, report, promote, optimize, benchmark)."""
+    """List models, versions, aliases and metrics (subcommands: list, report, promote, optimize, benchmark,
+    evaluate)."""
     ctx.obj = api_url or Settings().resolved_api_url
     if ctx.invoked_subcommand is None:
         from inferq.client import show_models
@@ -265,6 +266,35 @@ def models_optimize(api_url: str, name: str, version: int, method: str, wait: bo
     from inferq.models_client import optimize
 
     _or_exit(lambda: optimize(api_url, name, version, method, wait=wait, timeout=timeout))
+
+
+@models.command("evaluate")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--corruptions",
+    default=None,
+    metavar="A,B,...",
+    help="Comma-separated corruptions (default: all): clean, inverted, edge-crop, small-on-canvas, lowres-8, "
+    "lowres-16, lowres-32, thick-marker, thin-pen, jpeg, blur, photo, colour-ink, lines, rotation, salt-pepper, "
+    "transparent.",
+)
+@click.option("--per-corruption", type=int, default=300, show_default=True, help="Held-out test digits each.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--timeout", type=float, default=1800, show_default=True)
+@click.pass_obj
+def models_evaluate(
+    api_url: str, ref: str, corruptions: str | None, per_corruption: int, wait: bool, timeout: float
+) -> None:
+    """Measure NAME[:VERSION] on held-out digits rendered as users send them (default version: production).
+
+    Every picture goes through the same preprocessing and served model as a classify job, on a worker; the table
+    lands in the version's metrics and in `inferq models report`."""
+    from inferq.models_client import evaluate
+
+    names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
+    _or_exit(
+        lambda: evaluate(api_url, ref, corruptions=names, per_corruption=per_corruption, wait=wait, timeout=timeout)
+    )
 
 
 @models.command("benchmark")

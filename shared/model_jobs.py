@@ -1,4 +1,5 @@
-"""Model jobs on the training queue (train, optimize, benchmark): their typed parameters and how they are queued.
+"""Model jobs on the training queue (train, optimize, benchmark, evaluate, import, export): their typed parameters
+and how they are queued.
 
 All three are `Job(kind="train")` rows whose `params["operation"]` says which; they travel as the one task
 `inferq.train` with the job id as its only argument, and write their live progress and outcome to `Job.result`.
@@ -29,6 +30,7 @@ class Operation(StrEnum):
     BENCHMARK = "benchmark"
     IMPORT = "import"
     EXPORT = "export"
+    EVALUATE = "evaluate"
 
 
 UPLOAD_SUFFIXES = (".keras", ".tflite", ".zip")  # .zip: a zipped TensorFlow SavedModel directory
@@ -38,6 +40,26 @@ MODEL_SIDE = 28  # the CNN takes 28x28 single-channel images
 MIN_TRAINING_ITEMS = 10  # fewer labelled images cannot fill a test, a validation and a training split
 CHECKED_ITEMS = 16  # image files the API decodes before queueing (the worker skips and lists later bad ones)
 Imbalance = Literal["none", "class_weight", "oversample"]
+# The evaluation suite's corruptions (worker/corruptions.py renders them; a test keeps the two lists equal).
+REALWORLD_CORRUPTIONS = (
+    "clean",
+    "inverted",
+    "edge-crop",
+    "small-on-canvas",
+    "lowres-8",
+    "lowres-16",
+    "lowres-32",
+    "thick-marker",
+    "thin-pen",
+    "jpeg",
+    "blur",
+    "photo",
+    "colour-ink",
+    "lines",
+    "rotation",
+    "salt-pepper",
+    "transparent",
+)
 
 
 class TrainingCreate(BaseModel):
@@ -61,7 +83,13 @@ class TrainingCreate(BaseModel):
     learning_rate: JsonFloat = Field(2e-3, gt=0, le=1, description="Start of the cosine-decayed learning rate.")
     validation_split: JsonFloat = Field(0.1, gt=0, lt=1, description="Fraction of training images held out.")
     patience: JsonInt = Field(3, ge=1, description="Epochs without val_loss improvement before stopping early.")
-    augment: StrictBool = Field(True, description="Random shifts, rotations and zooms of the training images.")
+    augment: StrictBool | Literal["none", "basic", "realistic"] = Field(
+        True,
+        description="'basic' (or true): random shifts, rotations and zooms of the training images; 'realistic': "
+        "basic, plus every training image rendered as users send pictures (edge crops, low-resolution scans, "
+        "photos, JPEG, coloured ink, ruled lines, noise...) and preprocessed like an upload (slower to train, "
+        "reads real pictures far better: the default model uses it); 'none' (or false): no augmentation.",
+    )
     imbalance: Imbalance = Field(
         "none",
         description="Class imbalance: 'class_weight' weighs each class by 1/frequency in the loss; 'oversample' "
@@ -116,6 +144,30 @@ class ExportCreate(BaseModel):
         "onnx: exports/onnx/<name>/<version>/model.onnx (tf2onnx, opset 17), checked with onnx.checker and "
         "compared with the Keras outputs (max_abs_diff in the job's result, at most 1e-4).",
     )
+
+
+class EvaluateCreate(BaseModel):
+    """Which real-world corruptions to evaluate a version on, and on how many held-out test digits each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corruptions: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Names of corruptions (default: all). GET /v1/models/{name}/report lists the result; the names "
+        "are: " + ", ".join(REALWORLD_CORRUPTIONS) + ".",
+    )
+    per_corruption: JsonInt = Field(
+        300, ge=10, le=10_000, description="Held-out test digits rendered through each corruption (at most all)."
+    )
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(REALWORLD_CORRUPTIONS))
+        if unknown:
+            raise ValueError(f"unknown corruptions {unknown}; known: {', '.join(REALWORLD_CORRUPTIONS)}")
+        return value
 
 
 class OptimizeCreate(BaseModel):

@@ -60,6 +60,7 @@ def run_model_job(ctx: WorkerContext, job_id: uuid.UUID) -> dict[str, str]:
             Operation.TRAIN: run_training,
             Operation.OPTIMIZE: run_optimize,
             Operation.BENCHMARK: run_benchmark,
+            Operation.EVALUATE: run_evaluation,
             Operation.IMPORT: run_import,
             Operation.EXPORT: run_export,
         }
@@ -309,6 +310,40 @@ def run_benchmark(ctx: WorkerContext, job: Job) -> str:
         result = {"operation": "benchmark", "model_version": mv.ref, "benchmark": bench}
         moved = jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=result)
         if not moved:
+            session.rollback()
+            return JobStatus.CANCELED.value
+    return JobStatus.SUCCEEDED.value
+
+
+def run_evaluation(ctx: WorkerContext, job: Job) -> str:
+    """Run the real-world suite on a version (held-out test digits of its own dataset) and store the table."""
+    from worker.realworld import build_suite, run_suite
+
+    mv = _source_version(ctx, job)
+    digits = _parent_dataset(ctx, mv)
+    suite = build_suite(
+        digits.x_test,
+        digits.y_test,
+        corruptions=job.params.get("corruptions"),
+        per_corruption=int(job.params.get("per_corruption", 300)),
+    )
+    done: list[str] = []
+
+    def progress(name: str) -> None:
+        done.append(name)
+        with session_scope(ctx.sessions) as session:
+            update_result(
+                session, job.id, {"operation": "evaluate", "progress": {"done": list(done), "total": len(suite.digits)}}
+            )
+
+    table = run_suite(ctx.model(mv), suite, labels=list(mv.labels), on_progress=progress)
+    table |= {"test_split": digits.test_split(), "per_corruption": len(next(iter(suite.labels.values()), []))}
+    with session_scope(ctx.sessions) as session:
+        row = session.get(ModelVersion, mv.id)
+        assert row is not None
+        row.metrics = {**row.metrics, "realworld": table}
+        result = {"operation": "evaluate", "model_version": mv.ref, **table}
+        if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=result):
             session.rollback()
             return JobStatus.CANCELED.value
     return JobStatus.SUCCEEDED.value
