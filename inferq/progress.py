@@ -1,4 +1,5 @@
-"""Training the default model from the CLI, with a progress bar over epochs."""
+"""Training the default model from the CLI, with a progress bar over epochs (and over the rendering of its
+realistic training copies before them)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def train_with_progress(settings: Settings, *, epochs: int | None = None, force:
     ) as progress:
         task = progress.add_task("train", total=total, logs="loading data and TensorFlow...")
 
+        def on_augment(done: int, planned: int) -> None:
+            progress.update(task, logs=f"rendering training digits as users send them: {done:,}/{planned:,}")
+
         def on_epoch(epoch: int, logs: dict[str, float]) -> None:
             text = (
                 f"loss {logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f} "
@@ -40,7 +44,7 @@ def train_with_progress(settings: Settings, *, epochs: int | None = None, force:
             )
             progress.update(task, completed=epoch, logs=text)  # epoch counts from 1
 
-        mv = train_default_model(settings, epochs=total, on_epoch=on_epoch)
+        mv = train_default_model(settings, epochs=total, on_epoch=on_epoch, on_augment=on_augment)
         progress.update(task, total=progress.tasks[0].completed)
     acc = mv.metrics.get("test_accuracy", 0.0)
     console.print(

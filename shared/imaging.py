@@ -211,9 +211,12 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 _WORK_SIDE = 256  # longest side the analysis runs at; the output is 28x28 anyway
 _MIN_CONTRAST = 0.1  # ink this much darker (or lighter) than its paper, or less, counts as no ink
 _LOW_CONTRAST = 0.25  # ink fainter than this relative to its paper is read, with `low-contrast`
+_MAX_BLOCKS = 16  # the paper's level is measured in up to this many blocks a side (shadows, uneven light)
 _IMPULSE_SHARE = 0.004  # isolated black/white pixels beyond this share of the image: salt-and-pepper noise
 _LINE_COVER = 0.75  # a row (column) inked along this share of the width (height) may be a ruled line
 _LINE_THICK = 0.06  # ...if its band is at most this share of the height (width) thick
+_FRINGE = 0.1  # soft ink kept around the thresholded strokes, as a share of the digit's size (blur, upscaling)...
+_PAPER_FLOOR = 0.08  # ...where it is stronger than this share of the strongest ink (the rest is paper)
 _KEEP_SHARE = 0.04  # shapes smaller than this share of the largest one are specks, unless close to it
 _SEVERAL_GAP = 0.3  # a gap this share of the digit's height between two tall shapes: two characters
 _MAX_HOLES = 5  # an 8 has two holes; a texture or noise many
@@ -237,27 +240,31 @@ def prepare_image(img: Image.Image) -> Prepared:
     ink, contrast = _flatten(grey)
     if contrast < _MIN_CONTRAST:
         return Prepared(blank, (NO_INK,))
-    mask, warnings = _strokes(ink)
+    mask, warnings = _strokes(ink, contrast)
     if not mask.any():
         return Prepared(blank, warnings or (NO_INK,))
     if contrast < _LOW_CONTRAST:
         warnings = (*warnings, LOW_CONTRAST)
-    digit = np.where(ndimage.binary_dilation(mask, iterations=1), ink, 0)  # the strokes and their soft edges
+    rows, cols = _extent(mask)
+    fringe = max(1, round(_FRINGE * max(rows.stop - rows.start, cols.stop - cols.start)))
+    near = ndimage.binary_dilation(mask, iterations=fringe)
+    digit = np.where(near & (ink > _PAPER_FLOOR * contrast), ink, 0)  # strokes and their soft edges
     return Prepared(_centre(_fit_box(digit[_extent(digit > 0)])), warnings)
 
 
 def _rgb(img: Image.Image) -> np.ndarray:
-    """float32 RGB (H, W, 3), transparency flattened, at most _WORK_SIDE on the long side."""
+    """float32 grey (H, W) or RGB (H, W, 3), transparency flattened, at most _WORK_SIDE on the long side."""
     if img.mode == "F" or img.mode.startswith("I"):  # 16/32-bit greys: bring them to 8 bits first
         wide = np.asarray(img, dtype=np.float32)
         img = Image.fromarray(np.clip(wide / 257 if wide.max() > 255 else wide, 0, 255).astype(np.uint8))
-    img = img.convert("RGBA" if img.has_transparency_data else "RGB")
+    grey = img.mode in ("1", "L") or (img.mode == "P" and img.palette is not None and img.palette.mode == "L")
+    img = img.convert("RGBA" if img.has_transparency_data else "L" if grey else "RGB")
     if max(img.size) > _WORK_SIDE:
         scale = _WORK_SIDE / max(img.size)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.BOX)
     rgb = np.asarray(img, dtype=np.float32)
-    return _flatten_alpha(rgb) if rgb.shape[2] == 4 else rgb
+    return _flatten_alpha(rgb) if rgb.ndim == 3 and rgb.shape[2] == 4 else rgb
 
 
 def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
@@ -271,10 +278,13 @@ def _flatten_alpha(rgba: np.ndarray) -> np.ndarray:
 
 def _channel(rgb: np.ndarray) -> np.ndarray:
     """The grey image in which ink and paper differ most: luminance, or one colour channel if it spreads further."""
-    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-    if float(np.ptp(rgb, axis=2).max()) < 24:  # grey picture (or nearly): luminance it is
+    if rgb.ndim == 2:
+        return rgb
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = 0.299 * red + 0.587 * green + 0.114 * blue
+    if max(float(np.abs(red - green).max()), float(np.abs(green - blue).max())) < 24:  # grey, or nearly
         return luma
-    candidates = [luma, rgb[..., 0], rgb[..., 1], rgb[..., 2]]
+    candidates = [luma, red, green, blue]
     spreads = [float(np.subtract(*np.percentile(c, [99, 1]))) for c in candidates]
     best = int(np.argmax(spreads))
     return candidates[best] if spreads[best] > 1.25 * spreads[0] else luma
@@ -297,26 +307,39 @@ def _despeckle(grey: np.ndarray) -> np.ndarray:
 
 def _flatten(grey: np.ndarray) -> tuple[np.ndarray, float]:
     """Ink strength 0..1 on a black background (paper's polarity and uneven light removed) and the ink's contrast."""
-    low, high = -_peak(-grey), _peak(grey)
+    low, high = _extremes(grey)
     if high - low < 255 * _MIN_CONTRAST:
         return np.zeros_like(grey), 0.0
-    mid = (low + high) / 2
-    frame = float(np.median(_border(grey)))
-    light_paper = frame > mid if abs(frame - mid) > 0.15 * (high - low) else float(np.median(grey)) > mid
+    light_paper = _light_paper(grey, (low + high) / 2)
     if light_paper:  # dark ink on light paper: reflectance relative to the paper, lighting divided out
-        ink = 1 - grey / np.maximum(_paper_surface(grey), 1.0)
+        ink = 1 - grey / np.maximum(_paper_surface(grey, high - low), 1.0)
     else:  # light ink on dark paper (a board, MNIST itself): brightness above the paper, relative to full scale
-        paper = -_paper_surface(-grey)
-        ink = (grey - paper) / np.maximum(255 - paper, 1.0)
+        paper = -_paper_surface(-grey, high - low)
+        ink = (grey - paper) / np.maximum(255 - paper, 128.0)  # at most doubled: a light "paper" is no paper
     ink = np.clip(ink, 0, 1).astype(np.float32)
-    return ink, _peak(ink)
+    return ink, _extremes(ink)[1]
 
 
-def _peak(ink: np.ndarray) -> float:
-    """The strength of the strongest ink, robust to a few stray pixels: the k-th largest value (k ~ 0.05%)."""
-    k = max(4, ink.size // 2000)
-    flat = ink.ravel()
-    return float(np.partition(flat, flat.size - k)[flat.size - k]) if flat.size > k else float(flat.max())
+def _extremes(values: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest levels, robust to a few stray pixels: the k-th from each end (k ~ 0.05%)."""
+    flat = values.ravel()
+    k = max(4, flat.size // 2000)
+    if flat.size <= 2 * k:
+        return float(flat.min()), float(flat.max())
+    low, high = np.partition(flat, [k, flat.size - k])[[k, flat.size - k]]
+    return float(low), float(high)
+
+
+def _light_paper(grey: np.ndarray, mid: float) -> bool:
+    """Whether the paper is the light side: a vote of the frame, the corners and the bulk of the picture (a tight
+    crop's strokes cover much of its frame, a thick digit much of its bulk; the corners of a crop are paper
+    most often)."""
+    c = max(1, min(grey.shape) // 10)
+    corners = np.concatenate(
+        [grey[:c, :c].ravel(), grey[:c, -c:].ravel(), grey[-c:, :c].ravel(), grey[-c:, -c:].ravel()]
+    )
+    votes = [float(np.median(part)) > mid for part in (_border(grey), corners, grey)]
+    return sum(votes) >= 2
 
 
 def _border(grey: np.ndarray) -> np.ndarray:
@@ -325,13 +348,17 @@ def _border(grey: np.ndarray) -> np.ndarray:
     return np.concatenate([grey[:t].ravel(), grey[-t:].ravel(), grey[:, :t].ravel(), grey[:, -t:].ravel()])
 
 
-def _paper_surface(signal: np.ndarray) -> np.ndarray:
+def _paper_surface(signal: np.ndarray, spread: float) -> np.ndarray:
     """The paper's level at every pixel (of `signal`, where paper is the high side): each block's upper percentile,
-    smoothly interpolated; blocks mostly covered by ink (outliers of a robust quadratic fit) take the fit's level."""
+    smoothly interpolated; blocks mostly covered by ink (outliers of a robust quadratic fit) take the fit's level.
+    `spread`: the signal's range, which sets how far below the fit a block must be to count as inked over."""
     h, w = signal.shape
-    n = int(np.clip(min(h, w) // 12, 1, 8))
+    n = int(np.clip(min(h, w) // 12, 1, _MAX_BLOCKS))
     bh, bw = h // n, w // n
-    blocks = signal[: bh * n, : bw * n].reshape(n, bh, n, bw).transpose(0, 2, 1, 3).reshape(n * n, bh * bw)
+    step = 2 if min(bh, bw) >= 16 else 1  # every other pixel is plenty for a block's level
+    sh, sw = bh // step, bw // step
+    blocks = signal[: sh * step * n : step, : sw * step * n : step]
+    blocks = blocks.reshape(n, sh, n, sw).transpose(0, 2, 1, 3).reshape(n * n, sh * sw)
     v = np.percentile(blocks, 90, axis=1)
     centres = (np.arange(n) + 0.5) / n - 0.5
     y, x = np.repeat(centres, n), np.tile(centres, n)
@@ -341,8 +368,8 @@ def _paper_surface(signal: np.ndarray) -> np.ndarray:
     for _ in range(3):  # blocks well below the fit are inked over: drop them and fit again
         coef = np.linalg.lstsq(design[keep], v[keep], rcond=None)[0]
         residual = v - design @ coef
-        spread = max(float(np.median(np.abs(residual[keep]))) * 3, 0.12 * float(np.ptp(signal)) + 1)
-        new_keep = residual > -spread
+        tolerance = max(float(np.median(np.abs(residual[keep]))) * 3, 0.12 * spread + 1)
+        new_keep = residual > -tolerance
         if new_keep.sum() < len(terms) or (new_keep == keep).all():
             break
         keep = new_keep
@@ -355,8 +382,9 @@ def _paper_surface(signal: np.ndarray) -> np.ndarray:
 
 def _otsu(values: np.ndarray) -> tuple[float, float]:
     """Otsu's threshold of values in [0, 1], and how well it separates them (between-class / total variance)."""
-    hist, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
+    bins = 64
+    hist = np.bincount(np.minimum((values.ravel() * bins).astype(np.intp), bins - 1), minlength=bins).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -369,17 +397,20 @@ def _otsu(values: np.ndarray) -> tuple[float, float]:
     return float(edges[best + 1]), float(between[best] / total) if total > 0 else 0.0
 
 
-def _strokes(ink: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+def _strokes(ink: np.ndarray, peak: float) -> tuple[np.ndarray, tuple[str, ...]]:
     """The digit's pixels (ruled lines, frames and stray specks removed) and what the shapes say about it."""
-    peak = _peak(ink)
-    mask = ink > _level(ink, peak)[0]
+    level, separation = _level(ink, peak)
+    mask = ink > level
     lines = mask & ~_without_lines(mask)
     if lines.any():  # ruled lines, a grid or a frame: read the picture without them
         ink = np.where(ndimage.binary_dilation(lines, iterations=1) & ~mask | lines, 0, ink)
-        mask = _without_lines(ink > _level(ink, peak)[0])
+        level, separation = _level(ink, peak)
+        mask = _without_lines(ink > level)
+        slivers = ndimage.binary_dilation(lines, iterations=2) & ~ndimage.binary_opening(mask, np.ones((2, 2), bool))
+        mask &= ~slivers  # what is left of a line beside it: one-pixel edges that were just above the threshold
     if not mask.any():
         return mask, (NO_INK,)
-    if _textured(ink, peak, mask):
+    if _textured(ink[_extent(mask)], peak, separation):
         return np.zeros(ink.shape, bool), (NO_DIGIT,)
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
     sizes = np.bincount(labels.ravel())[1:]
@@ -404,11 +435,10 @@ def _level(ink: np.ndarray, peak: float) -> tuple[float, float]:
     return max(threshold * peak, 0.35 * peak, _MIN_CONTRAST * 0.75), separation
 
 
-def _textured(ink: np.ndarray, peak: float, mask: np.ndarray) -> bool:
-    """Noise or texture rather than strokes: neighbouring pixels barely alike, or no two clear levels (paper and
-    ink) in a picture whose marks are weak or incoherent."""
-    coherence = _coherence(ink[_extent(mask)])
-    separation = _level(ink, peak)[1]
+def _textured(box: np.ndarray, peak: float, separation: float) -> bool:
+    """Noise or texture rather than strokes: neighbouring pixels of the marks' box barely alike, or no two clear
+    levels (paper and ink) in a picture whose marks are weak or incoherent."""
+    coherence = _coherence(box)
     if any(separation < sep and coherence < coh for sep, coh in _TEXTURE):
         return True
     return separation < _MIN_SEPARATION and peak < _LOW_CONTRAST

@@ -21,6 +21,17 @@ from worker.corruptions import CORRUPTIONS, REALWORLD
 AUGMENT_STREAM = 7  # seeds [seed, AUGMENT_STREAM, copy]: never the evaluation suite's
 AUGMENT_MODES = ("none", "basic", "realistic")  # basic: shifts, rotations, zooms; realistic: these copies too
 REALISTIC_COPIES = 2  # rendered copies of every training image, beside the image itself
+# How often each corruption is drawn: the hardest to read (tiny bitmaps, photos, crops) more often; `clean` (the
+# digit as a 28x28 PNG, re-normalized) so the model also sees exactly what preprocessing makes of MNIST itself.
+WEIGHTS: dict[str, float] = {name: 1.0 for name in REALWORLD} | {
+    "clean": 1.5,
+    "lowres-8": 3.0,
+    "lowres-16": 1.5,
+    "photo": 2.0,
+    "small-on-canvas": 2.0,
+    "edge-crop": 2.0,
+    "thick-marker": 1.5,
+}
 
 
 def mode(augment: bool | str) -> str:
@@ -41,12 +52,13 @@ def realistic_copies(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`copies` realistic renderings of every uint8 (N, 28, 28) image, preprocessed; unreadable ones dropped."""
-    names = list(REALWORLD)
+    names = list(WEIGHTS)
+    weights = np.array([WEIGHTS[n] for n in names], float)
     out, labels = [], []
     total, last = copies * len(x), time.monotonic()
     for c in range(copies):
         rng = np.random.default_rng([seed, AUGMENT_STREAM, c])
-        picks = rng.integers(0, len(names), len(x))
+        picks = rng.choice(len(names), len(x), p=weights / weights.sum())
         for i, (digit, label) in enumerate(zip(x, y, strict=True)):
             corruption = CORRUPTIONS[names[int(picks[i])]]
             data = corruption.render(digit, rng, corruption.train)

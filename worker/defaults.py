@@ -38,14 +38,18 @@ def train_default(
     epochs: int | None = None,
     seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_augment: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train the default CNN on MNIST (the offline sample when the real set is not cached); register nothing."""
+    """Train the default CNN on MNIST (the offline sample when the real set is not cached) with realistic
+    augmentation (`on_augment(done, total)` reports the rendering of the copies); register nothing."""
     from worker.datasets import load_mnist
     from worker.training import train_cnn
 
     digits = load_mnist(seed=seed, cache=settings.mnist_cache)
     epochs = epochs or settings.train_epochs
-    return train_cnn(digits, epochs=epochs, seed=seed, on_epoch=on_epoch, augment=DEFAULT_AUGMENT)
+    return train_cnn(
+        digits, epochs=epochs, seed=seed, on_epoch=on_epoch, augment=DEFAULT_AUGMENT, on_augment=on_augment
+    )
 
 
 def train_default_model(
@@ -54,12 +58,13 @@ def train_default_model(
     epochs: int | None = None,
     seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_augment: Callable[[int, int], None] | None = None,
 ) -> ModelVersion:
     """Train the default CNN, save its artifact and register it with the default alias."""
     from worker.training import save_keras
 
     started = time.monotonic()
-    result = train_default(settings, epochs=epochs, seed=seed, on_epoch=on_epoch)
+    result = train_default(settings, epochs=epochs, seed=seed, on_epoch=on_epoch, on_augment=on_augment)
     seconds = time.monotonic() - started
     engine = make_engine(settings)
     try:
