@@ -140,7 +140,6 @@ def main() -> int:
         grid(args.grid)
         return 0
 
-
     from shared.imaging import Prepared
     from worker.datasets import load_mnist
     from worker.realworld import build_suite, meets_targets, run_suite
