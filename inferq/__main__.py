@@ -1,3 +1,4 @@
 from inferq.cli import main
 
-main()
+if __name__ == "__main__":  # spawned helper processes (worker.augment) import this module again as __mp_main__
+    main()

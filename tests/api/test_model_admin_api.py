@@ -233,3 +233,31 @@ def test_training_takes_a_webhook(make_app: Callable[..., Flask]) -> None:
             "events": ["start", "completed"],
         }
         assert "webhook_events_filter" not in row.params
+
+
+def test_evaluation_is_queued_and_unknown_corruptions_are_refused(app: Flask, sent: SentTasks) -> None:
+    """POST .../versions/{v}/evaluate answers 202 with an evaluate job; an unknown corruption is a 422 and no job."""
+    client = app.test_client()
+    resp = client.post("/v1/models/mnist-cnn/versions/1/evaluate", json={"corruptions": ["photo", "lowres-8"]})
+    assert resp.status_code == 202 and resp.get_json()["model"] == "mnist-cnn:1"
+    assert sent.sent[0][0] == TRAIN_TASK
+    with session_scope(services_of(app).sessions) as s:
+        job = s.get(Job, uuid.UUID(resp.get_json()["id"]))
+        assert job is not None
+        assert job.params["operation"] == "evaluate" and job.params["corruptions"] == ["photo", "lowres-8"]
+    assert_problem(
+        client.post("/v1/models/mnist-cnn/versions/1/evaluate", json={"corruptions": ["sepia"]}),
+        422,
+        "validation-error",
+    )
+    assert len(sent.sent) == 1
+
+
+def test_report_shows_real_world_accuracy_once_evaluated(app: Flask) -> None:
+    """The report's realworld_accuracy is the evaluation's overall accuracy, None before any evaluation."""
+    assert app.test_client().get("/v1/models/mnist-cnn/report").get_json()["rows"][0]["realworld_accuracy"] is None
+    with session_scope(services_of(app).sessions) as s:
+        mv = s.query(ModelVersion).filter_by(name="mnist-cnn", version=1).one()
+        mv.metrics = {**mv.metrics, "realworld": {"overall": 0.971, "corruptions": {}}}
+    row = app.test_client().get("/v1/models/mnist-cnn/report").get_json()["rows"][0]
+    assert row["realworld_accuracy"] == 0.971

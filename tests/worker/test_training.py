@@ -72,7 +72,7 @@ def test_result_records_accuracy_params_and_dataset(one_epoch: tuple[TrainResult
     result = one_epoch[0]
     assert 0.0 <= result.test_accuracy <= 1.0
     assert set(result.per_class_accuracy) == {str(c) for c in np.unique(small.y_test)}
-    assert result.params["epochs"] == 1 and result.params["seed"] == 0 and result.params["augment"] is True
+    assert result.params["epochs"] == 1 and result.params["seed"] == 0 and result.params["augment"] == "basic"
     assert (result.params["train_images"], result.params["validation_images"]) == (270, 30)
     assert result.dataset["train_size"] == 300
     json.dumps({"params": result.params, "dataset": result.dataset, "history": result.history})

@@ -207,3 +207,35 @@ def test_another_tenants_dataset_fails_the_job_as_not_found(ctx: WorkerContext) 
     job_id = queue_job(ctx, Operation.TRAIN, "shapes", dataset=dataset, epochs=1)
     assert run_model_job(ctx, job_id)["status"] == "failed"
     assert job_row(ctx, job_id).error_type == "dataset-not-found" and versions(ctx) == []
+
+
+def test_evaluation_stores_the_real_world_table_in_the_version(ctx: WorkerContext) -> None:
+    """An evaluate job reads every corruption's pictures through preprocessing and the served model, and stores
+    accuracy per corruption, overall and the no-digit count in the version's metrics and the job's result."""
+    train = queue_job(ctx, Operation.TRAIN, "digits", **TRAIN)
+    assert run_model_job(ctx, train)["status"] == "succeeded"
+    job_id = queue_job(
+        ctx, Operation.EVALUATE, "digits:1", corruptions=["clean", "edge-crop", "photo"], per_corruption=20
+    )
+    assert run_model_job(ctx, job_id) == {"job_id": str(job_id), "status": "succeeded"}
+    [mv] = versions(ctx)
+    table = mv.metrics["realworld"]
+    assert list(table["corruptions"]) == ["clean", "edge-crop", "photo"]
+    assert all(row["images"] == 20 and 0 <= row["accuracy"] <= 1 for row in table["corruptions"].values())
+    assert table["overall"] == pytest.approx(
+        (table["corruptions"]["edge-crop"]["accuracy"] + table["corruptions"]["photo"]["accuracy"]) / 2
+    )
+    assert table["non_digits_labelled"] == 0 and sum(r["images"] for r in table["non_digits"].values()) > 0
+    assert table["test_split"]["test_size"] == 200
+    result = job_row(ctx, job_id).result
+    assert result is not None and result["overall"] == table["overall"] and result["model_version"] == "digits:1"
+
+
+def test_realistic_augmentation_adds_rendered_copies(ctx: WorkerContext) -> None:
+    """augment='realistic' trains on each image plus copies rendered as users send pictures (recorded in params)."""
+    job_id = queue_job(ctx, Operation.TRAIN, "digits", **{**TRAIN, "epochs": 1, "augment": "realistic"})
+    assert run_model_job(ctx, job_id)["status"] == "succeeded"
+    [mv] = versions(ctx)
+    assert mv.params["augmentation"]["mode"] == "realistic"
+    assert 0.9 * 2 * mv.params["train_images"] <= mv.params["realistic_copies"] <= 2 * mv.params["train_images"]
+    assert mv.params["epoch_images"] == mv.params["train_images"] + mv.params["realistic_copies"]
