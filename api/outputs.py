@@ -9,7 +9,7 @@ PARQUET_COMPRESSION = "zstd"
 
 
 def _schema(errors: bool) -> Any:
-    """The CSV's columns with native types (top_k as a list of {label, confidence})."""
+    """The CSV's columns with native types (top_k as a list of {label, confidence}, warnings as a list of codes)."""
     import pyarrow as pa
 
     if errors:
@@ -25,6 +25,7 @@ def _schema(errors: bool) -> Any:
             ("confidence", pa.float64()),
             ("top_k", ranked),
             ("true_label", pa.string()),
+            ("warnings", pa.list_(pa.string())),
         ]
     )
 

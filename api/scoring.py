@@ -32,7 +32,8 @@ from shared.status import ItemStatus, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # item rows fetched per query while streaming a file
-OUTPUT_COLUMNS = ["custom_id", "index", "label", "confidence", "top_k", "true_label"]
+# warnings last: a column added after the first release, so readers that go by position keep working
+OUTPUT_COLUMNS = ["custom_id", "index", "label", "confidence", "top_k", "true_label", "warnings"]
 ERROR_COLUMNS = ["custom_id", "index", "error_type", "error"]
 MEDIA = {"csv": "text/csv", "jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}
 
@@ -116,7 +117,9 @@ class FileQuery(BaseModel):
 
 @bp.get("/<job_id>/output", summary="Download a score job's predictions (streamed)")
 def get_output(path: FilePath, query: FileQuery) -> Response:
-    """One row per scored item: custom_id, index, label, confidence, top_k, and true_label when known."""
+    """One row per scored item: custom_id, index, label, confidence, top_k, true_label when known, and warnings
+    (a list of codes, JSON text in CSV; see the `warnings` of a prediction). label, confidence and top_k are empty
+    when there is nothing to read (`no-ink`, `no-digit`)."""
     return _file(path.job_id, query.format, errors=False)
 
 
@@ -188,6 +191,7 @@ def _rows(
                     "confidence": item.confidence,
                     "top_k": item.top_k,
                     "true_label": true_label,
+                    "warnings": list(item.warnings or []),
                 }
             after = page[-1].idx
             session.expunge_all()
@@ -200,6 +204,8 @@ def _csv(rows: Iterator[dict[str, Any]], columns: list[str]) -> Iterator[str]:
     for n, row in enumerate(rows, start=1):
         if row.get("top_k") is not None:
             row = {**row, "top_k": json.dumps(row["top_k"])}
+        if row.get("warnings") is not None:
+            row = {**row, "warnings": json.dumps(row["warnings"])}
         writer.writerow(row)
         if n % 500 == 0:
             yield buf.getvalue()

@@ -93,18 +93,21 @@ def classify_files(
         out.print(f"[red]error:[/] {exc}")
         return False
     table = Table(title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}")
-    for col in ("image", "label", "confidence", "top-k"):
+    for col in ("image", "label", "confidence", "top-k", "warnings"):
         table.add_column(col)
     for p in job.get("predictions") or []:
         if p["status"] == "succeeded":
             topk = "  ".join(f"{t['label']}:{t['confidence']:.3f}" for t in p["top_k"] or [])
-            table.add_row(p["filename"] or str(p["index"]), p["label"], f"{p['confidence']:.4f}", topk)
+            confidence = "" if p["confidence"] is None else f"{p['confidence']:.4f}"
+            label = "[yellow]none[/]" if p["label"] is None else p["label"]  # nothing to read: see warnings
+            table.add_row(p["filename"] or str(p["index"]), label, confidence, topk, ", ".join(p.get("warnings") or []))
         else:
             table.add_row(
                 p["filename"] or str(p["index"]),
                 "[red]error[/]",
                 "",
                 (p.get("error") or {}).get("detail", ""),
+                "",
             )
     out.print(table)
     return bool(job["status"] == "succeeded")

@@ -29,12 +29,14 @@ class Upload:
 
 @dataclass(frozen=True)
 class ItemResult:
-    """What the worker learned about one item: a prediction or an error."""
+    """What the worker learned about one item: a prediction (label None when there is nothing to read, with its
+    warnings saying why) or an error."""
 
     item_id: int
     label: str | None = None
     confidence: float | None = None
     top_k: list[dict[str, Any]] | None = None
+    warnings: list[str] | None = None
     error_type: str | None = None
     error: str | None = None
     batch_size: int | None = None
@@ -188,6 +190,7 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
             label=bindparam("b_label"),
             confidence=bindparam("b_confidence"),
             top_k=bindparam("b_top_k"),
+            warnings=bindparam("b_warnings"),
             error_type=bindparam("b_error_type"),
             error=bindparam("b_error"),
             batch_size=bindparam("b_batch_size"),
@@ -203,6 +206,7 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
             "b_label": r.label,
             "b_confidence": r.confidence,
             "b_top_k": r.top_k,
+            "b_warnings": None if r.error_type else list(r.warnings or []),  # every prediction has a list
             "b_error_type": r.error_type,
             "b_error": r.error,
             "b_batch_size": r.batch_size,

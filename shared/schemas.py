@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from shared.imaging import WARNINGS
 from shared.models import PUBLIC_ALIAS, Job, JobItem, ModelVersion, utcnow
 from shared.status import JobKind, JobStatus
 
@@ -48,15 +49,30 @@ class LabelScore(BaseModel):
     confidence: float
 
 
+def _warnings_doc() -> str:
+    """The `warnings` field's description: every code and its meaning, from shared.imaging.WARNINGS."""
+    codes = "; ".join(f"`{code}`: {meaning}" for code, meaning in WARNINGS.items())
+    return (
+        "What preprocessing and the model's confidence noticed about this image, as codes; always a list, empty "
+        f"when nothing was noticed (and for a failed image). Codes: {codes}"
+    )
+
+
+_NOTHING_TO_READ = " Null when the image failed, or when there is nothing to read (warning `no-ink` or `no-digit`)."
+
+
 class PredictionPublic(BaseModel):
-    """The outcome for one image: its prediction, or why it failed."""
+    """The outcome for one image: its prediction (with warnings), or why it failed."""
 
     index: int
     filename: str | None = None
     status: str
-    label: str | None = None
-    confidence: float | None = None
-    top_k: list[LabelScore] | None = None
+    label: str | None = Field(None, description="The most likely label." + _NOTHING_TO_READ)
+    confidence: float | None = Field(None, description="The model's probability for `label`." + _NOTHING_TO_READ)
+    top_k: list[LabelScore] | None = Field(
+        None, description="The most likely labels, best first (the job's `top_k` of them)." + _NOTHING_TO_READ
+    )
+    warnings: list[str] = Field(default_factory=list, description=_warnings_doc())
     error: dict[str, str] | None = None
     model_version: str | None = None
 
@@ -71,6 +87,7 @@ class PredictionPublic(BaseModel):
             label=item.label,
             confidence=item.confidence,
             top_k=[LabelScore(**t) for t in item.top_k] if item.top_k else None,
+            warnings=list(item.warnings or []),
             error=error,
             model_version=versions.get(item.model_version_id or -1),
         )

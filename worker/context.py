@@ -20,6 +20,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from shared.db import make_engine, make_sessionmaker, session_scope
 from shared.heap import freeze_startup_heap
+from shared.imaging import confidence_warnings
 from shared.jobs import ItemResult, settle_jobs, write_results
 from shared.models import ModelVersion
 from shared.notify import FinishedPublisher
@@ -119,6 +120,8 @@ class WorkerContext:
         return bounded
 
     def _sink(self, version_id: int, labels: list[str]) -> SinkFn:
+        threshold = self.settings.low_confidence_threshold
+
         def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
             results = [
                 ItemResult(
@@ -126,10 +129,11 @@ class WorkerContext:
                     label=t[0]["label"],
                     confidence=t[0]["confidence"],
                     top_k=t,
+                    warnings=confidence_warnings(noticed, t[0]["confidence"], threshold),
                     batch_size=batch_size,
                 )
                 for req, out in zip(requests, outputs, strict=True)
-                for item_id, row in zip(req.tag.item_ids, out, strict=True)
+                for item_id, row, noticed in zip(req.tag.item_ids, out, _noticed(req.tag), strict=True)
                 for t in [top_k(row, labels, req.tag.top_k)]
             ]
             finished = self.commit_results(results, version_id, {req.tag.job_id for req in requests})
@@ -161,6 +165,11 @@ class WorkerContext:
             b.close()
         self.finished.close()
         self.engine.dispose()
+
+
+def _noticed(tag: Any) -> Sequence[tuple[str, ...]]:
+    """Preprocessing's warnings per item of a batcher request (none recorded: nothing noticed)."""
+    return getattr(tag, "warnings", None) or [()] * len(tag.item_ids)
 
 
 def _hard_limit_exceeded(limit: int, size: int) -> None:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from shared.datasets import Dataset, StoredItem, read_items
 from shared.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, InvalidImage
-from shared.imaging import preprocess, to_mnist
+from shared.imaging import prepare, prepare_image
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -232,15 +232,19 @@ def class_names(labels: Iterable[str]) -> list[str]:
     return names
 
 
-def item_pixels(item: StoredItem, settings: Settings) -> np.ndarray:
-    """One stored item as a uint8 (28, 28) image, light on dark, decoded the way classify and scoring do."""
+def item_pixels(item: StoredItem, settings: Settings) -> np.ndarray | None:
+    """One stored item as a uint8 (28, 28) image, light on dark, decoded the way classify and scoring do; None when
+    there is nothing to read (`no-ink`, `no-digit`: scoring answers those with a null label, so training skips
+    them)."""
     if item.pixels is not None:
         if item.pixels.shape == (SIDE, SIDE):
-            return np.asarray(item.pixels, dtype=np.uint8)
-        return _to_uint8(to_mnist(Image.fromarray(np.ascontiguousarray(item.pixels, dtype=np.uint8))))
-    if item.data is None:
+            return np.asarray(item.pixels, dtype=np.uint8) if item.pixels.any() else None
+        prepared = prepare_image(Image.fromarray(np.ascontiguousarray(item.pixels, dtype=np.uint8)))
+    elif item.data is None:
         raise InvalidImage("the stored bytes of this item are missing")
-    return _to_uint8(preprocess(item.data, max_pixels=settings.max_image_pixels))
+    else:
+        prepared = prepare(item.data, max_pixels=settings.max_image_pixels)
+    return _to_uint8(prepared.image) if prepared.readable else None
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -248,25 +252,35 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def _read_labelled(settings: Settings, ds: Dataset) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """Every labelled item's image (streamed in blocks) and label; undecodable and unlabelled items are counted."""
+    """Every labelled item's image (streamed in blocks) and label; unlabelled, unreadable (nothing to read) and
+    undecodable items are skipped and counted."""
     images = np.empty((ds.item_count, SIDE, SIDE), np.uint8)
     labels: list[str] = []
     skipped: list[dict[str, str]] = []
-    skipped_count = unlabelled = 0
+    skipped_count = unlabelled = unreadable = 0
     for lo in range(0, ds.item_count, READ_BLOCK):
         for item in read_items(settings, ds.id, ds.layout, lo, min(ds.item_count, lo + READ_BLOCK)):
             if item.label is None:
                 unlabelled += 1
                 continue
             try:
-                images[len(labels)] = item_pixels(item, settings)
+                pixels = item_pixels(item, settings)
             except InferqError as exc:
                 skipped_count += 1
                 if len(skipped) < SKIPPED_EXAMPLES:
                     skipped.append({"id": item.custom_id, "error": exc.detail[:200]})
                 continue
+            if pixels is None:
+                unreadable += 1
+                continue
+            images[len(labels)] = pixels
             labels.append(item.label)
-    notes = {"unlabelled_items": unlabelled, "undecodable_items": skipped_count, "undecodable_examples": skipped}
+    notes = {
+        "unlabelled_items": unlabelled,
+        "unreadable_items": unreadable,
+        "undecodable_items": skipped_count,
+        "undecodable_examples": skipped,
+    }
     return images[: len(labels)], labels, notes
 
 

@@ -1,4 +1,5 @@
-"""The classify job as plain functions: load ids, preprocess, hand images to the batcher, record outcomes."""
+"""The classify job as plain functions: load ids, prepare images, hand readable ones to the batcher, record
+outcomes (pictures with nothing to read succeed with a null label and their warnings, without a forward pass)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from shared import jobs as jobstore
 from shared.db import session_scope
 from shared.errors import InferqError, ModelNotFound, ModelNotReady, ValidationFailed
-from shared.imaging import preprocess
+from shared.imaging import prepare
 from shared.models import Job, ModelVersion
 from shared.registry import parse_ref, resolve
 from shared.status import JobStatus
@@ -36,6 +37,7 @@ class BatchTag:
     job_id: uuid.UUID
     item_ids: tuple[int, ...]
     top_k: int
+    warnings: tuple[tuple[str, ...], ...] = ()  # preprocessing's warnings per item (aligned with item_ids)
     finished: list[str] = field(default_factory=list, compare=False)  # the job's terminal status, set by the sink
 
 
@@ -98,24 +100,40 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
         return job, mv
 
 
-def load_inputs(
-    ctx: WorkerContext, items: list[tuple[int, str | None]]
-) -> tuple[list[int], list[np.ndarray], list[jobstore.ItemResult]]:
-    """Preprocess the pending items; undecodable ones become error results instead of failing the job."""
-    ids, arrays, errors = [], [], []
+@dataclass(frozen=True)
+class Inputs:
+    """A job's pending items after preprocessing: the readable ones for the model, and the ones settled already."""
+
+    ids: list[int] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+    warnings: list[tuple[str, ...]] = field(default_factory=list)  # aligned with ids
+    settled: list[jobstore.ItemResult] = field(default_factory=list)  # errors, and unreadable items (label None)
+
+
+def load_inputs(ctx: WorkerContext, items: list[tuple[int, str | None]]) -> Inputs:
+    """Prepare the pending items: undecodable ones become error results and pictures with nothing to read become
+    label-less results with their warnings (neither fails the job nor reaches the model)."""
+    found = Inputs()
     for item_id, key in items:
         try:
-            arrays.append(preprocess(ctx.store.get(key or ""), max_pixels=ctx.settings.max_image_pixels))
-            ids.append(item_id)
+            prepared = prepare(ctx.store.get(key or ""), max_pixels=ctx.settings.max_image_pixels)
         except InferqError as exc:
-            errors.append(jobstore.ItemResult(item_id=item_id, error_type=exc.type_slug, error=exc.detail))
+            found.settled.append(jobstore.ItemResult(item_id=item_id, error_type=exc.type_slug, error=exc.detail))
+            continue
         except FileNotFoundError:
-            errors.append(
+            found.settled.append(
                 jobstore.ItemResult(
                     item_id=item_id, error_type="input-missing", error="the stored input of this item is gone"
                 )
             )
-    return ids, arrays, errors
+            continue
+        if not prepared.readable:
+            found.settled.append(jobstore.ItemResult(item_id=item_id, warnings=list(prepared.warnings)))
+            continue
+        found.ids.append(item_id)
+        found.arrays.append(prepared.image)
+        found.warnings.append(prepared.warnings)
+    return found
 
 
 def _run_again(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
@@ -150,17 +168,17 @@ def _classify(
     if ctx.settings.fault_injection and mv.name == FAULT_POISON_MODEL:  # never on in production
         log.critical("fault injection: job %s names %s; the worker process exits now", job_id, FAULT_POISON_MODEL)
         os._exit(9)
-    ids, arrays, errors = load_inputs(ctx, items)
-    tag = BatchTag(job_id=job_id, item_ids=tuple(ids), top_k=top_k)
-    if errors:
-        tag.finished.extend(s.value for s in ctx.commit_results(errors, mv.id, {job_id}).values())
-    if ids:
+    inputs = load_inputs(ctx, items)
+    tag = BatchTag(job_id=job_id, item_ids=tuple(inputs.ids), top_k=top_k, warnings=tuple(inputs.warnings))
+    if inputs.settled:
+        tag.finished.extend(s.value for s in ctx.commit_results(inputs.settled, mv.id, {job_id}).values())
+    if inputs.ids:
         try:
             batcher = ctx.batcher(mv)
         except ModelNotReady as exc:
             with session_scope(ctx.sessions) as session:
                 jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
             return Outcome(str(job_id), JobStatus.FAILED.value)
-        batcher.submit(np.stack(arrays), tag=tag).result(timeout=ctx.settings.task_soft_time_limit)
+        batcher.submit(np.stack(inputs.arrays), tag=tag).result(timeout=ctx.settings.task_soft_time_limit)
     status = tag.finished[-1] if tag.finished else JobStatus.RUNNING.value
-    return Outcome(str(job_id), status, images=len(ids) + len(errors))
+    return Outcome(str(job_id), status, images=len(inputs.ids) + len(inputs.settled))

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Exists, select, update
+from sqlalchemy import Exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared import jobs as jobstore
 from shared.datasets import Dataset, StoredItem, iter_index, read_items
 from shared.db import session_scope
 from shared.errors import InferqError, ModelNotFound, ValidationFailed
-from shared.imaging import preprocess, to_mnist
+from shared.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
 from shared.models import Job, JobItem, ModelVersion, utcnow
 from shared.registry import parse_ref, resolve
 from shared.settings import Settings
@@ -182,35 +182,60 @@ def _plan(ctx: WorkerContext, session: Session, job_id: uuid.UUID) -> _JobPlan |
     return plan
 
 
-def to_input(item: StoredItem, settings: Settings) -> np.ndarray:
-    """One item as a float32 (28, 28) model input; raises an InferqError if it cannot be decoded."""
+def to_input(item: StoredItem, settings: Settings) -> Prepared:
+    """One item as a float32 (28, 28) model input with what was noticed; raises an InferqError if it cannot be
+    decoded. A 28x28 array item is taken as MNIST-shaped already: nothing lit is `no-ink`."""
     if item.pixels is not None:
         px = item.pixels
         if px.shape == (_SIDE, _SIDE):
-            return px.astype(np.float32) / 255.0
-        return to_mnist(Image.fromarray(px, mode="L"))
+            return Prepared(px.astype(np.float32) / 255.0, () if px.any() else (NO_INK,))
+        return prepare_image(Image.fromarray(px, mode="L"))
     if item.data is None:
         raise InvalidInput("the stored bytes of this item are missing")
-    return preprocess(item.data, max_pixels=settings.max_image_pixels)
+    return prepare(item.data, max_pixels=settings.max_image_pixels)
 
 
-def to_inputs(
-    items: Sequence[StoredItem], settings: Settings
-) -> tuple[np.ndarray, list[StoredItem], list[tuple[StoredItem, InferqError]]]:
-    """A chunk's model inputs (N, 28, 28), the items they belong to, and the items that could not be decoded.
+@dataclass(frozen=True)
+class ChunkInputs:
+    """A chunk's items sorted by what happens to them: model inputs, nothing to read, or undecodable."""
 
-    A chunk of an array dataset of 28x28 digits is scaled in one operation; anything else goes item by item."""
+    x: np.ndarray  # (N, 28, 28) float32: the readable items' inputs
+    items: list[StoredItem]  # the readable items, aligned with x
+    warnings: list[tuple[str, ...]]  # preprocessing's warnings of the readable items, aligned with x
+    unreadable: list[tuple[StoredItem, tuple[str, ...]]]  # succeed with a null label and these warnings
+    bad: list[tuple[StoredItem, InferqError]]
+
+
+def to_inputs(items: Sequence[StoredItem], settings: Settings) -> ChunkInputs:
+    """A chunk's model inputs, and its items that have nothing to read or could not be decoded.
+
+    A chunk of an array dataset of 28x28 digits is scaled in one operation (all-zero items are `no-ink`); anything
+    else goes item by item."""
     if items and all(it.pixels is not None and it.pixels.shape == (_SIDE, _SIDE) for it in items):
         block = np.stack([it.pixels for it in items])  # type: ignore[misc]  # checked just above
-        return block.astype(np.float32) * np.float32(1 / 255.0), list(items), []
-    arrays, ok, bad = [], [], []
+        lit = np.asarray(block.reshape(len(block), -1).any(axis=1), dtype=bool)
+        blank: list[tuple[StoredItem, tuple[str, ...]]] = []
+        if not lit.all():  # rare: sort out the blank items, still without a per-item loop over pixels
+            on: list[bool] = lit.tolist()
+            blank = [(item, (NO_INK,)) for item, keep in zip(items, on, strict=True) if not keep]
+            items, block = [item for item, keep in zip(items, on, strict=True) if keep], block[lit]
+        x = block.astype(np.float32) * np.float32(1 / 255.0)
+        return ChunkInputs(x, list(items), [()] * len(items), blank, [])
+    arrays, ok, noticed, unreadable, bad = [], [], [], [], []
     for item in items:
         try:
-            arrays.append(to_input(item, settings))
-            ok.append(item)
+            prepared = to_input(item, settings)
         except InferqError as exc:
             bad.append((item, exc))
-    return (np.stack(arrays) if arrays else np.zeros((0, _SIDE, _SIDE), np.float32)), ok, bad
+            continue
+        if not prepared.readable:
+            unreadable.append((item, prepared.warnings))
+            continue
+        arrays.append(prepared.image)
+        ok.append(item)
+        noticed.append(prepared.warnings)
+    x = np.stack(arrays) if arrays else np.zeros((0, _SIDE, _SIDE), np.float32)
+    return ChunkInputs(x, ok, noticed, unreadable, bad)
 
 
 class InvalidInput(InferqError):
@@ -229,13 +254,17 @@ def score_items(
     job_id: uuid.UUID,
     timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """One JobItem row (as a dict) per item: a prediction, or the reason it could not be decoded.
+    """One JobItem row (as a dict) per item: a prediction with its warnings (a null label, and no forward pass, when
+    there is nothing to read), or the reason it could not be decoded.
 
     `timings`, if given, receives the seconds spent in forward passes ("predict")."""
     spent = timings if timings is not None else {}
     now = utcnow()
-    x, ok_items, bad = to_inputs(items, settings)
-    rows = [_row(job_id, item, now, error_type=exc.type_slug, error=exc.detail[:1000]) for item, exc in bad]
+    threshold = settings.low_confidence_threshold
+    chunk = to_inputs(items, settings)
+    x, ok_items = chunk.x, chunk.items
+    rows = [_row(job_id, item, now, error_type=exc.type_slug, error=exc.detail[:1000]) for item, exc in chunk.bad]
+    rows.extend(_row(job_id, item, now, warnings=list(noticed)) for item, noticed in chunk.unreadable)
     for start in range(0, len(ok_items), batch):
         began = time.perf_counter()
         probs = model.predict(x[start : start + batch])
@@ -244,7 +273,8 @@ def score_items(
         order = np.argsort(-probs, axis=1)[:, :top_k]
         confidences = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, as json would write them
         size = len(probs)
-        for item, o, c in zip(ok_items[start : start + batch], order.tolist(), confidences, strict=True):
+        part = zip(ok_items[start : start + batch], chunk.warnings[start : start + batch], strict=True)
+        for (item, noticed), o, c in zip(part, order.tolist(), confidences, strict=True):
             ranked = [{"label": names[i], "confidence": conf} for i, conf in zip(o, c, strict=True)]
             rows.append(
                 _row(
@@ -254,6 +284,7 @@ def score_items(
                     label=ranked[0]["label"],
                     confidence=ranked[0]["confidence"],
                     top_k=ranked,
+                    warnings=confidence_warnings(noticed, c[0], threshold),
                     batch_size=size,
                 )
             )
@@ -277,6 +308,7 @@ def _row(job_id: uuid.UUID, item: StoredItem, now: Any, **fields: Any) -> dict[s
         "label": None,
         "confidence": None,
         "top_k": None,
+        "warnings": None if status is ItemStatus.FAILED else [],  # every prediction has a list
         "error_type": None,
         "error": None,
         "batch_size": None,
@@ -294,6 +326,7 @@ ROW_COLUMNS = (
     "label",
     "confidence",
     "top_k",
+    "warnings",
     "error_type",
     "error",
     "model_version_id",
@@ -314,12 +347,25 @@ def _copy_text(value: object) -> str:
     return str(value).translate(_COPY_ESCAPES)
 
 
+def _warnings_text(warnings: Sequence[str] | None, known: dict[tuple[str, ...], str]) -> str:
+    """A row's warnings as a COPY field of JSON text, as json.dumps would write them (a chunk has a handful of
+    distinct lists, each serialized once); None is NULL."""
+    if warnings is None:
+        return _NULL
+    key = tuple(warnings)
+    text = known.get(key)
+    if text is None:
+        text = known[key] = _copy_text(json.dumps(list(key)))
+    return text
+
+
 def copy_payload(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as COPY text (one string, one write), with top_k serialized as json.dumps would.
+    """The rows as COPY text (one string, one write), with top_k and warnings serialized as json.dumps would.
 
     Per-row psycopg `write_row` plus `json.dumps` cost ~25 us a row, more than the forward pass of an image."""
     entries: dict[str, str] = {}  # label -> '{"label": <its JSON, COPY-escaped>, "confidence": ', once a chunk
     texts: dict[object, str] = {}  # job id and timestamp: the same object for every row of a chunk
+    warned: dict[tuple[str, ...], str] = {}  # warnings list -> its JSON, COPY-escaped, once a chunk
     lines = []
     for r in rows:
         job, at = r["job_id"], r["completed_at"]
@@ -340,7 +386,7 @@ def copy_payload(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"{job_text}\t{int(r['idx'])}\t{_copy_text(r['filename'])}\t{_copy_text(r['status'])}\t"
             f"{_copy_text(r['label'])}\t{_NULL if confidence is None else repr(float(confidence))}\t{top_json}\t"
-            f"{_copy_text(r['error_type'])}\t{_copy_text(r['error'])}\t"
+            f"{_warnings_text(r.get('warnings'), warned)}\t{_copy_text(r['error_type'])}\t{_copy_text(r['error'])}\t"
             f"{_NULL if version is None else int(version)}\t{_NULL if size is None else int(size)}\t"
             f"{at_text}\n"
         )
@@ -426,9 +472,13 @@ def _predicted(session: Session, job_id: uuid.UUID, page: int = 2000) -> Iterato
 
 
 def summarize(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
-    """The job's summary: counts, and accuracy plus a confusion matrix when the dataset is labelled."""
+    """The job's summary: items with nothing to read (null label), and accuracy plus a confusion matrix over the
+    items that got a label when the dataset is labelled."""
     ds = session.get(Dataset, uuid.UUID(job.params["dataset_id"]))
-    summary: dict[str, Any] = {"dataset_id": job.params["dataset_id"]}
+    unreadable = select(func.count()).where(
+        JobItem.job_id == job.id, JobItem.status == ItemStatus.SUCCEEDED.value, JobItem.label.is_(None)
+    )
+    summary: dict[str, Any] = {"dataset_id": job.params["dataset_id"], "unreadable_items": session.scalar(unreadable)}
     if ds is None or not ds.labelled:
         return summary
     truth = iter_index(settings, ds.id, ds.layout)  # merge-joined in index order: memory stays flat

@@ -132,6 +132,44 @@ def test_output_and_errors_stream_as_csv_and_jsonl(app: Flask) -> None:
     assert [json.loads(line)["index"] for line in lines] == [1, 3, 5]
 
 
+def test_output_files_carry_warnings(app: Flask) -> None:
+    """Every output format has a warnings column: a list of codes (JSON text in CSV), empty when nothing was noticed,
+    and a null label beside `no-ink`."""
+    client = app.test_client()
+    x, y = digits(3)
+    ds = upload(client, "d.npz", npz_bytes(x=x, y=y)).get_json()
+    job_id = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}).get_json()["id"]
+    top = [{"label": "3", "confidence": 0.4}]
+    with db_session(app) as s:
+        for idx, label, conf, ranked, warned in [
+            (0, "3", 0.4, top, ["low-confidence"]),
+            (1, None, None, None, ["no-ink"]),
+            (2, "3", 0.4, top, []),
+        ]:
+            s.add(
+                JobItem(
+                    job_id=uuid.UUID(job_id),
+                    idx=idx,
+                    filename=str(idx),
+                    status="succeeded",
+                    label=label,
+                    confidence=conf,
+                    top_k=ranked,
+                    warnings=warned,
+                )
+            )
+        s.commit()
+    want = [["low-confidence"], ["no-ink"], []]
+    out = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True))))
+    assert list(out[0])[-1] == "warnings" and [json.loads(r["warnings"]) for r in out] == want
+    assert (out[1]["label"], out[1]["confidence"], out[1]["top_k"]) == ("", "", "")
+    lines = client.get(f"/v1/jobs/{job_id}/output?format=jsonl").get_data(as_text=True).splitlines()
+    assert [json.loads(line)["warnings"] for line in lines] == want
+    assert json.loads(lines[1])["label"] is None
+    table = read_parquet(client.get(f"/v1/jobs/{job_id}/output?format=parquet")).read()
+    assert table.column("warnings").to_pylist() == want
+
+
 def read_parquet(resp: Any) -> Any:
     """The body of a Parquet download as a pyarrow ParquetFile (after checking the media type)."""
     import pyarrow.parquet as pq

@@ -12,6 +12,7 @@ from flask import Flask
 from jsonschema import Draft202012Validator
 
 from shared.embedded import EmbeddedRedis, free_port
+from shared.imaging import WARNINGS
 from tests.factories import assert_problem
 
 AppFactory = Callable[..., Flask]
@@ -166,6 +167,18 @@ def test_openapi_error_schemas_are_problem(spec: dict[str, Any]) -> None:
         if content["application/problem+json"]["schema"] != {"$ref": "#/components/schemas/Problem"}
     ]
     assert wrong == []
+
+
+def test_openapi_documents_prediction_warnings(spec: dict[str, Any]) -> None:
+    """A prediction's `warnings` is a list of strings whose description names every code with its meaning; label,
+    confidence and top_k say they are null when there is nothing to read."""
+    fields = spec["components"]["schemas"]["PredictionPublic"]["properties"]
+    warnings = fields["warnings"]
+    assert warnings["type"] == "array" and warnings["items"] == {"type": "string"}
+    assert all(f"`{code}`: {meaning}" in warnings["description"] for code, meaning in WARNINGS.items())
+    assert {"no-ink", "no-digit", "low-contrast", "several-digits", "low-confidence"} <= set(WARNINGS)
+    for name in ("label", "confidence", "top_k"):
+        assert "nothing to read" in fields[name]["description"], name
 
 
 def test_openapi_readyz_503_media_type(spec: dict[str, Any]) -> None:

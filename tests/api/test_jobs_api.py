@@ -354,6 +354,7 @@ def test_results_paging(app: Flask, client: FlaskClient) -> None:
         "label": None,
         "confidence": None,
         "top_k": None,
+        "warnings": [],
         "error": None,
         "model_version": None,
     }
@@ -378,7 +379,7 @@ def test_cancel_then_cancel_again(app: Flask, client: FlaskClient, sent: SentTas
 
 
 def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None:
-    """A finished job shows each prediction with label, confidence, top_k and the model version that ran."""
+    """A finished job shows each prediction with label, confidence, top_k, warnings and the model version that ran."""
     job_id = uuid.UUID(_submit(client, n=2))
     top = [{"label": "7", "confidence": 0.93}, {"label": "1", "confidence": 0.05}]
     with services_of(app).sessions.begin() as s:
@@ -389,7 +390,9 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
         jobstore.write_results(
             s,
             [
-                ItemResult(item_id=items[0].id, label="7", confidence=0.93, top_k=top, batch_size=2),
+                ItemResult(
+                    item_id=items[0].id, label="7", confidence=0.93, top_k=top, warnings=["low-contrast"], batch_size=2
+                ),
                 ItemResult(item_id=items[1].id, error_type="invalid-image", error="could not decode"),
             ],
             mv.id,
@@ -408,12 +411,14 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
         "label": "7",
         "confidence": 0.93,
         "top_k": top,
+        "warnings": ["low-contrast"],
         "error": None,
         "model_version": "mnist-cnn:1",
     }
-    assert (bad["status"], bad["label"], bad["error"]) == (
+    assert (bad["status"], bad["label"], bad["warnings"], bad["error"]) == (
         "failed",
         None,
+        [],
         {"type": "invalid-image", "detail": "could not decode"},
     )
     results = client.get(f"/v1/jobs/{job_id}/results").get_json()

@@ -157,3 +157,56 @@ def test_top_k_is_ranked_and_labelled() -> None:
         {"label": "b", "confidence": 0.6},
         {"label": "c", "confidence": 0.3},
     ]
+
+
+def blank_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (60, 60), 255).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_blank_image_gets_a_null_label_and_its_batch_mates_are_classified(
+    ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]
+) -> None:
+    """A blank page succeeds with label, confidence and top_k null and `no-ink`, without reaching the model; the
+    other images of its job get labels and the job succeeds."""
+    _, fake = model
+    job_id = new_job(ctx, [png(), blank_png(), png(20)])
+    assert run_classify(ctx, job_id).status == "succeeded"
+    job, items = load(ctx, job_id)
+    assert (job.status, job.completed_items, job.failed_items) == ("succeeded", 3, 0)
+    blank = items[1]
+    assert (blank.status, blank.label, blank.confidence, blank.top_k) == ("succeeded", None, None, None)
+    assert blank.warnings == ["no-ink"] and blank.error_type is None and blank.batch_size is None
+    assert all(i.label is not None and i.warnings == [] and i.batch_size == 2 for i in (items[0], items[2]))
+    assert fake.calls == [2]  # only the readable images were in the forward pass
+
+
+def test_a_job_of_blank_images_succeeds_without_a_forward_pass(
+    ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]
+) -> None:
+    """A job whose every image has nothing to read succeeds (not `all-items-failed`) and never calls the model."""
+    _, fake = model
+    job_id = new_job(ctx, [blank_png(), blank_png()])
+    assert run_classify(ctx, job_id).status == "succeeded"
+    job, items = load(ctx, job_id)
+    assert (job.status, job.completed_items, job.failed_items, job.error_type) == ("succeeded", 2, 0, None)
+    assert [(i.label, i.warnings) for i in items] == [(None, ["no-ink"])] * 2
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.95, ["low-confidence"]), (0.91, []), (0.6, [])])
+def test_a_prediction_under_the_threshold_is_low_confidence(
+    make_ctx: ContextFactory, threshold: float, expected: list[str]
+) -> None:
+    """A top confidence (here 0.91) under INFERQ_LOW_CONFIDENCE_THRESHOLD adds `low-confidence`; at or above it,
+    the label comes with no warning."""
+    ctx = make_ctx(max_batch_wait_ms=1, low_confidence_threshold=threshold)
+    with session_scope(ctx.sessions) as session:
+        mv = register_version(session, name="mnist-cnn", format="keras", artifact_uri="unused", size_bytes=1)
+    ctx.models.get((mv.name, mv.version, mv.variant), FakeModel)
+    job_id = new_job(ctx, [png()])
+    assert run_classify(ctx, job_id).status == "succeeded"
+    _, items = load(ctx, job_id)
+    assert items[0].label is not None and items[0].confidence == pytest.approx(0.91, abs=1e-6)
+    assert items[0].warnings == expected

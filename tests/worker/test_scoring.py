@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from shared import jobs as jobstore
@@ -18,7 +19,7 @@ from shared.registry import register_version
 from shared.settings import Settings
 from shared.status import JobKind, JobStatus
 from tests.dataset_factories import digits, jsonl_bytes, npz_bytes
-from tests.factories import png_bytes
+from tests.factories import encode, png_bytes
 from worker.context import WorkerContext
 from worker.scoring import chunk_count, fail_chunk, run_chunk
 
@@ -163,3 +164,68 @@ def test_canceled_job_skips_chunks_not_started(ctx: WorkerContext, model: tuple[
     assert run_chunk(ctx, job_id, 1).status == "skipped-canceled"
     job = job_row(ctx, job_id)
     assert (job.status, job.completed_items, item_count(ctx, job_id)) == (JobStatus.CANCELED.value, 40, 40)
+
+
+def rows_of(ctx: WorkerContext, job_id: uuid.UUID) -> list[JobItem]:
+    with session_scope(ctx.sessions) as session:
+        rows = list(session.scalars(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.idx)))
+        session.expunge_all()
+        return rows
+
+
+def test_blank_array_items_get_no_label_and_no_forward_pass(
+    ctx: WorkerContext, model: tuple[ModelVersion, BarModel]
+) -> None:
+    """All-zero 28x28 array items succeed with a null label and `no-ink`, never reach the model, and are counted
+    as unreadable in the summary; the accuracy is over the items that got a label."""
+    x, y = digits(30)
+    x[[3, 17]] = 0
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=x, y=y))
+    job_id = new_job(ctx, ds)
+    run_all(ctx, job_id, 30)
+    job = job_row(ctx, job_id)
+    assert (job.status, job.completed_items, job.failed_items) == (JobStatus.SUCCEEDED.value, 30, 0)
+    assert job.result is not None and job.result["unreadable_items"] == 2
+    assert job.result["accuracy"] == 1.0 and job.result["labelled_items"] == 28
+    assert sum(model[1].calls) == 28
+    rows = rows_of(ctx, job_id)
+    blank = [(r.idx, r.status, r.label, r.confidence, r.top_k, r.warnings) for r in rows if r.label is None]
+    assert blank == [(3, "succeeded", None, None, None, ["no-ink"]), (17, "succeeded", None, None, None, ["no-ink"])]
+    assert all(r.warnings == [] for r in rows if r.label is not None)
+
+
+def test_blank_image_files_get_no_label_and_errors_no_warnings(
+    ctx: WorkerContext, model: tuple[ModelVersion, BarModel]
+) -> None:
+    """In a dataset of image files a white page gets a null label and `no-ink`, a digit a label with an empty
+    list, an undecodable file an error row without warnings."""
+    white = encode(Image.new("L", (40, 40), 255), "PNG")
+    ds = new_dataset(ctx, "m.jsonl", jsonl_bytes([png_bytes(), white, b"not an image"]))
+    job_id = new_job(ctx, ds)
+    run_all(ctx, job_id, 3)
+    assert job_row(ctx, job_id).status == JobStatus.SUCCEEDED.value
+    rows = rows_of(ctx, job_id)
+    assert [(r.status, r.label is not None, r.warnings) for r in rows] == [
+        ("succeeded", True, []),
+        ("succeeded", False, ["no-ink"]),
+        ("failed", False, None),
+    ]
+    assert model[1].calls == [1]
+
+
+def test_scored_rows_under_the_threshold_are_low_confidence(
+    tmp_path: Path, model: tuple[ModelVersion, BarModel]
+) -> None:
+    """Every scored row whose top confidence (0.91 here) is under INFERQ_LOW_CONFIDENCE_THRESHOLD says so."""
+    settings = Settings(
+        data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", chunk_size=40, low_confidence_threshold=0.95
+    )
+    strict = WorkerContext(settings)
+    strict.models.get((model[0].name, model[0].version, model[0].variant), lambda: model[1])
+    try:
+        ds = new_dataset(strict, "d.npz", npz_bytes(x=digits(10)[0]))
+        job_id = new_job(strict, ds)
+        run_all(strict, job_id, 10)
+        assert [r.warnings for r in rows_of(strict, job_id)] == [["low-confidence"]] * 10
+    finally:
+        strict.close()

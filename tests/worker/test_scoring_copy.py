@@ -6,16 +6,21 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared.datasets import StoredItem
+from shared.datasets import StoredItem, ingest
 from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
 from shared.models import Job, JobItem, utcnow
+from shared.registry import register_version
 from shared.settings import Settings
-from shared.status import JobKind
-from worker.scoring import _row, copy_payload, insert_rows
+from shared.status import JobKind, JobStatus
+from tests.dataset_factories import digits, npy_bytes
+from worker.context import WorkerContext
+from worker.scoring import _row, copy_payload, insert_rows, run_chunk
 
+WARNED = [[], ["no-ink"], ["low-contrast", "low-confidence"], ["several-digits"]]
 AWKWARD = ["tab\there", "new\nline", "back\\slash", 'quote"d', "ünïcødé 七", "nul\x00byte", "\\N", "", "\r"]
 
 
@@ -33,8 +38,18 @@ def rows_for(job_id: uuid.UUID) -> list[dict[str, object]]:
     rows = []
     for i, name in enumerate(AWKWARD):
         top = [{"label": name, "confidence": 0.1 + i / 100}, {"label": AWKWARD[i - 1], "confidence": 1e-9}]
+        warned = WARNED[i % len(WARNED)]
         rows.append(
-            _row(job_id, StoredItem(i, name, None), now, label=name, confidence=0.75, top_k=top, batch_size=i + 1)
+            _row(
+                job_id,
+                StoredItem(i, name, None),
+                now,
+                label=name,
+                confidence=0.75,
+                top_k=top,
+                warnings=warned,
+                batch_size=i + 1,
+            )
         )
     rows.append(_row(job_id, StoredItem(len(rows), "bad\tfile", None), now, error_type="not-an-image", error="x\ny"))
     for r in rows:
@@ -43,7 +58,8 @@ def rows_for(job_id: uuid.UUID) -> list[dict[str, object]]:
 
 
 def test_copy_rows_read_back_exactly(sessions) -> None:  # type: ignore[no-untyped-def]
-    """Every text column, the top-k JSON, NULLs and timestamps survive COPY's escaping (NUL in text: U+FFFD)."""
+    """Every text column, the top-k and warnings JSON, NULLs and timestamps survive COPY's escaping (NUL in text:
+    U+FFFD)."""
     with session_scope(sessions) as session:
         job = Job(kind=JobKind.SCORE.value, model_ref="m", params={}, total_items=len(AWKWARD) + 1)
         session.add(job)
@@ -59,6 +75,75 @@ def test_copy_rows_read_back_exactly(sessions) -> None:  # type: ignore[no-untyp
         for want, got in zip(rows, stored, strict=True):
             # text columns cannot hold NUL (U+FFFD instead); inside the JSON it is escaped as \u0000 and kept
             clean = {k: (v.replace("\x00", "\ufffd") if isinstance(v, str) else v) for k, v in want.items()}
-            for column in ("idx", "filename", "status", "label", "confidence", "top_k", "error_type", "error"):
+            for column in (
+                "idx",
+                "filename",
+                "status",
+                "label",
+                "confidence",
+                "top_k",
+                "warnings",
+                "error_type",
+                "error",
+            ):
                 assert getattr(got, column) == clean[column], column
             assert got.batch_size == want["batch_size"] and got.completed_at == want["completed_at"]
+
+
+class BlankAwareModel:
+    """Ten classes, always '3' at 0.5: it must never be shown an all-zero input."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        assert x.reshape(len(x), -1).any(axis=1).all(), "a blank item reached the model"
+        self.seen += len(x)
+        out = np.full((len(x), 10), 0.05, dtype=np.float32)
+        out[:, 3] = 0.55
+        return out
+
+
+def test_a_scored_chunk_writes_warnings_through_copy(pg_url: str, tmp_path: Path) -> None:
+    """A chunk scored and written on PostgreSQL (the COPY path) stores `no-ink` with a null label for blank
+    items and `low-confidence` for predictions under the threshold, read back as JSON lists."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url, redis_url="redis://127.0.0.1:1/0", chunk_size=10)
+    upgrade_database(settings)
+    ctx = WorkerContext(settings)
+    try:
+        fake = BlankAwareModel()
+        with session_scope(ctx.sessions) as session:
+            mv = register_version(session, name="mnist-cnn", format="keras", artifact_uri="unused", size_bytes=1)
+        ctx.models.get((mv.name, mv.version, mv.variant), lambda: fake)
+        x = digits(8)[0]
+        x[[0, 5]] = 0
+        src = tmp_path / "up.npy"
+        src.write_bytes(npy_bytes(x))
+        with session_scope(ctx.sessions) as session:
+            ds = ingest(session=session, settings=settings, src=src, filename="d.npy")
+            job = Job(
+                kind=JobKind.SCORE.value,
+                model_ref="mnist-cnn",
+                params={"dataset_id": str(ds.id), "chunk_size": 10, "top_k": 2},
+                total_items=8,
+            )
+            session.add(job)
+            session.flush()
+            job_id = job.id
+        assert run_chunk(ctx, job_id, 0).status == JobStatus.SUCCEEDED.value
+        with session_scope(ctx.sessions) as session:
+            stored = session.execute(
+                select(JobItem.idx, JobItem.label, JobItem.top_k, JobItem.warnings)
+                .where(JobItem.job_id == job_id)
+                .order_by(JobItem.idx)
+            ).all()
+        assert fake.seen == 6
+        for idx, label, top, warned in stored:
+            if idx in (0, 5):
+                assert (label, top, warned) == (None, None, ["no-ink"])
+            else:
+                assert (label, len(top), warned) == ("3", 2, ["low-confidence"])
+    finally:
+        ctx.close()

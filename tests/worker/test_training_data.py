@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from shared.errors import DatasetNotTrainable, DatasetTooLarge
+from tests.factories import encode
 from tests.training_factories import class_folder_zip, ingest_bytes, npz_with_y, real_digits
 from tests.worker.conftest import ContextFactory
 from worker.datasets import UPLOADED, class_names, load_labelled
@@ -69,6 +71,26 @@ def test_undecodable_and_unlabelled_items_are_skipped_and_counted(make_ctx: Cont
     assert info["train_size"] + info["test_size"] == 30
     assert (info["undecodable_items"], info["unlabelled_items"]) == (1, 1)
     assert info["undecodable_examples"][0]["id"] == "stroke/notes.txt"
+
+
+def test_pictures_with_nothing_to_read_are_skipped_and_counted(make_ctx: ContextFactory) -> None:
+    """A labelled white page (and an all-zero array item) is not trained on: scoring would answer it with no label."""
+    ctx = make_ctx()
+    extra = [("circle/blank.png", encode(Image.new("L", (40, 40), 255), "PNG"))]
+    with ctx.sessions() as session:
+        ds = ingest_bytes(session, ctx.settings, class_folder_zip(SHAPES, 10, extra=extra), "shapes.zip")
+        session.commit()
+        session.expunge(ds)
+    info = load_labelled(ctx.settings, ds, seed=0).describe()
+    assert (info["train_size"] + info["test_size"], info["unreadable_items"], info["undecodable_items"]) == (30, 1, 0)
+    x, y = real_digits({2: 12, 3: 12})
+    x[0] = 0
+    with ctx.sessions() as session:
+        arrays = ingest_bytes(session, ctx.settings, npz_with_y(x, y), "d.npz")
+        session.commit()
+        session.expunge(arrays)
+    info = load_labelled(ctx.settings, arrays, seed=0).describe()
+    assert (info["train_size"] + info["test_size"], info["unreadable_items"]) == (23, 1)
 
 
 def test_array_labels_name_the_classes(make_ctx: ContextFactory) -> None:
