@@ -221,7 +221,8 @@ _KEEP_SHARE = 0.04  # shapes smaller than this share of the largest one are spec
 _SEVERAL_GAP = 0.3  # a gap this share of the digit's height between two tall shapes: two characters
 _MAX_HOLES = 5  # an 8 has two holes; a texture or noise many
 _MAX_PARTS = 12  # a handwritten character has a few strokes; noise many
-_FILL_MAX = 0.85  # ink covering more of its box than this is a blob, not strokes
+_FILL_MAX = 0.85  # ink covering more of its box than this is a blob, not strokes...
+_BLOB_ASPECT = 2.0  # ...unless the box is this much longer than wide (a thick 1)
 # Noise and texture against strokes, from the evaluation suite's digits and no-digit pictures (bench/realworld.py):
 # Separation: Otsu's between/total variance (noise 0.66-0.72; digits 0.62-0.97, photos the lowest). Coherence:
 # correlation of neighbouring pixels in the digit's box (pixel noise 0-0.65; strokes 0.65-1, a thin 1 at 28x28
@@ -423,9 +424,9 @@ def _strokes(ink: np.ndarray, peak: float) -> tuple[np.ndarray, tuple[str, ...]]
     digit = np.isin(labels, np.flatnonzero(keep) + 1)
     if int(digit.sum()) < _MIN_DIGIT_PIXELS:  # nothing but specks
         return np.zeros_like(mask), (NO_INK,)
-    rows, cols = _extent(digit)
-    if float(digit[rows, cols].mean()) > _FILL_MAX and digit[rows, cols].size > 64:
-        return np.zeros_like(mask), (NO_DIGIT,)
+    box = digit[_extent(digit)]
+    if float(box.mean()) > _FILL_MAX and box.size > 64 and max(box.shape) < _BLOB_ASPECT * min(box.shape):
+        return np.zeros_like(mask), (NO_DIGIT,)  # a solid square-ish blob (a thick 1 is a long bar: kept)
     return digit, ((SEVERAL_DIGITS,) if several else ())
 
 

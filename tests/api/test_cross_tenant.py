@@ -33,6 +33,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "model_admin.create_training": {"json": {"epochs": 1}},
     "model_admin.create_optimization": {"json": {"method": "int8"}},
     "model_admin.create_export": {"json": {}},
+    "model_admin.create_evaluation": {"json": {}},
     "model_admin.create_upload": {
         "data": {"file": (io.BytesIO(b"not a model"), "m.keras"), "labels": '["a", "b"]'},
         "content_type": "multipart/form-data",
