@@ -239,3 +239,21 @@ def test_the_vendored_crd_names_its_version() -> None:
     assert crd["metadata"]["name"] == "scaledobjects.keda.sh"
     readme = (ROOT / "deploy" / "README.md").read_text()
     assert "keda.sh_scaledobjects.yaml" in readme and "v2.20.1" in readme
+
+
+def test_periodic_tasks_run_in_exactly_one_beat_and_flower_needs_a_login() -> None:
+    """One beat replica (Recreate, so never two during a rollout) and no worker with --beat, so each periodic task
+    is sent once; Flower takes its basic-auth login from the Secret."""
+    objects = render("cpu")
+    deployments = of_kind(objects, "Deployment")
+    beat = deployments["inferq-beat"]
+    assert (beat["spec"]["replicas"], beat["spec"]["strategy"]["type"]) == (1, "Recreate")
+    assert "beat" in beat["spec"]["template"]["spec"]["containers"][0]["command"]
+    for name, d in deployments.items():
+        if name != "inferq-beat":
+            assert not any("beat" in arg for c in d["spec"]["template"]["spec"]["containers"] for arg in c["command"])
+    assert not {"inferq-beat", "inferq-flower"} & set(of_kind(objects, "ScaledObject"))
+    (flower,) = deployments["inferq-flower"]["spec"]["template"]["spec"]["containers"]
+    auth = {e["name"]: e.get("valueFrom", {}) for e in flower["env"]}["FLOWER_BASIC_AUTH"]
+    assert auth["secretKeyRef"] == {"name": "inferq-secrets", "key": "FLOWER_BASIC_AUTH"}
+    assert "FLOWER_BASIC_AUTH=" in (K8S / "secret.env.example").read_text()
