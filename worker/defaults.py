@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_AUGMENT = "realistic"  # the default model learns pictures as users send them (worker.augment)
+# Batch 64 at 3e-3 instead of 32 at 2e-3: on the 2-core reference machine the same ~150 s of training reads the
+# real-world suite better (overall 0.973 vs 0.972 with 3 realistic copies at batch 32, 400 digits a corruption).
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LEARNING_RATE = 3e-3
 
 
 def has_model(settings: Settings, name: str) -> bool:
@@ -48,7 +52,14 @@ def train_default(
     digits = load_mnist(seed=seed, cache=settings.mnist_cache)
     epochs = epochs or settings.train_epochs
     return train_cnn(
-        digits, epochs=epochs, seed=seed, on_epoch=on_epoch, augment=DEFAULT_AUGMENT, on_augment=on_augment
+        digits,
+        epochs=epochs,
+        seed=seed,
+        on_epoch=on_epoch,
+        augment=DEFAULT_AUGMENT,
+        batch_size=DEFAULT_BATCH_SIZE,
+        learning_rate=DEFAULT_LEARNING_RATE,
+        on_augment=on_augment,
     )
 
 
