@@ -355,6 +355,8 @@ def _paper_surface(signal: np.ndarray, spread: float) -> np.ndarray:
     `spread`: the signal's range, which sets how far below the fit a block must be to count as inked over."""
     h, w = signal.shape
     n = int(np.clip(min(h, w) // 12, 1, _MAX_BLOCKS))
+    if n < 3:  # a small picture: one level for all of it (no light falls unevenly over a few dozen pixels)
+        return np.full(signal.shape, float(np.percentile(signal, 90)), np.float32)
     bh, bw = h // n, w // n
     step = 2 if min(bh, bw) >= 16 else 1  # every other pixel is plenty for a block's level
     sh, sw = bh // step, bw // step
