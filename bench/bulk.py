@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,39 @@ def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.02) -> An
     raise SystemExit(f"timed out waiting for {what}")
 
 
+@contextlib.contextmanager
+def scratch_stack(
+    pg_admin_url: str, redis_url: str, name: str, *, keep: bool = False
+) -> Iterator[tuple[Settings, dict[str, str], Path]]:
+    """A scratch PostgreSQL database, an emptied Redis database and a temp data dir, with the settings and the
+    environment for processes that use them; all dropped afterwards (the dir kept with `keep`)."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    db_name = f"inferq_{name}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    tmp = Path(tempfile.mkdtemp(prefix=f"inferq-{name}-"))
+    settings = Settings(data_dir=tmp, database_url=pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}", redis_url=redis_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    env.update(
+        INFERQ_DATA_DIR=str(tmp),
+        INFERQ_DATABASE_URL=settings.resolved_database_url,
+        INFERQ_REDIS_URL=redis_url,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    try:
+        yield settings, env, tmp
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=20_000)
@@ -134,117 +168,94 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
     args = ap.parse_args()
 
-    import redis
-
-    redis.Redis.from_url(args.redis_url).flushdb()
-    db_name = f"inferq_bulk_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="inferq-bulk-"))
-    settings = Settings(
-        data_dir=tmp, database_url=args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}", redis_url=args.redis_url
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(
-        INFERQ_DATA_DIR=str(tmp),
-        INFERQ_DATABASE_URL=settings.resolved_database_url,
-        INFERQ_REDIS_URL=args.redis_url,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
-    )
-    if args.parallel_chunks:
-        env["INFERQ_SCORE_PARALLEL_CHUNKS"] = str(args.parallel_chunks)
-        settings = settings.model_copy(update={"score_parallel_chunks": args.parallel_chunks})
-    worker = None
-    try:
-        upgrade_database(settings)
-        print(f"training the default model ({args.epochs} epochs) ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
-            env=env,
-            check=True,
-            cwd=ROOT,
-            capture_output=True,
-        )
-        images = build_dataset(args.items)
-        reference = RawModel(tmp / "models" / "mnist-cnn" / "1" / "model.keras", images, 256)
-        raw_before = reference.throughput()
-
-        log = tmp / "worker.log"
-        with open(log, "wb") as fh:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "inferq", "worker", "--queues", "inference"],
+    with scratch_stack(args.pg_admin_url, args.redis_url, "bulk", keep=args.keep) as (settings, env, tmp):
+        if args.parallel_chunks:
+            env["INFERQ_SCORE_PARALLEL_CHUNKS"] = str(args.parallel_chunks)
+            settings = settings.model_copy(update={"score_parallel_chunks": args.parallel_chunks})
+        worker = None
+        try:
+            upgrade_database(settings)
+            print(f"training the default model ({args.epochs} epochs) ...", flush=True)
+            subprocess.run(
+                [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
                 env=env,
+                check=True,
                 cwd=ROOT,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                capture_output=True,
             )
-        wait_for(
-            lambda: "default model" in log.read_text(errors="replace"),
-            120,
-            "the worker to load the model",
-            interval=0.2,
-        )
-        sampler = RssSampler(worker.pid)
-        idle_rss = sampler.current()
-        sampler.start()
+            images = build_dataset(args.items)
+            reference = RawModel(tmp / "models" / "mnist-cnn" / "1" / "model.keras", images, 256)
+            raw_before = reference.throughput()
 
-        from api.app import create_app
+            log = tmp / "worker.log"
+            with open(log, "wb") as fh:
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "inferq", "worker", "--queues", "inference"],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            wait_for(
+                lambda: "default model" in log.read_text(errors="replace"),
+                120,
+                "the worker to load the model",
+                interval=0.2,
+            )
+            sampler = RssSampler(worker.pid)
+            idle_rss = sampler.current()
+            sampler.start()
 
-        app = create_app(settings)
-        client = app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ensure_local_key(settings)[0]}"
-        buf = io.BytesIO()
-        np.save(buf, images)
-        t_up = time.perf_counter()
-        ds = client.post(
-            "/v1/datasets?filename=bench.npy", data=buf.getvalue(), content_type="application/octet-stream"
-        )
-        upload_s = time.perf_counter() - t_up
-        assert ds.status_code == 201, ds.get_data(as_text=True)
-        engine = sa.create_engine(settings.resolved_database_url)
+            from api.app import create_app
 
-        freeze_startup_heap()  # as api.wsgi does in a server process; this one also holds TensorFlow and the data
-        cpu0 = cpu_times()
-        t0 = time.perf_counter()
-        resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds.get_json()["id"], "top_k": 3})
-        post_s = time.perf_counter() - t0
-        assert resp.status_code == 202, resp.get_data(as_text=True)
-        job_id = resp.get_json()["id"]
+            app = create_app(settings)
+            client = app.test_client()
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ensure_local_key(settings)[0]}"
+            buf = io.BytesIO()
+            np.save(buf, images)
+            t_up = time.perf_counter()
+            ds = client.post(
+                "/v1/datasets?filename=bench.npy", data=buf.getvalue(), content_type="application/octet-stream"
+            )
+            upload_s = time.perf_counter() - t_up
+            assert ds.status_code == 201, ds.get_data(as_text=True)
+            engine = sa.create_engine(settings.resolved_database_url)
 
-        def committed() -> bool:
+            freeze_startup_heap()  # as api.wsgi does in a server process; this one also holds TensorFlow and the data
+            cpu0 = cpu_times()
+            t0 = time.perf_counter()
+            resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds.get_json()["id"], "top_k": 3})
+            post_s = time.perf_counter() - t0
+            assert resp.status_code == 202, resp.get_data(as_text=True)
+            job_id = resp.get_json()["id"]
+
+            def committed() -> bool:
+                with engine.connect() as c:
+                    done = c.execute(
+                        sa.text("SELECT completed_items + failed_items FROM jobs WHERE id = :j"), {"j": job_id}
+                    ).scalar_one()
+                return int(done) >= args.items
+
+            wait_for(committed, 600, "every prediction to be committed")
+            e2e_s = time.perf_counter() - t0
+            cpu = busy_share(cpu0, cpu_times())
+            sampler.stopped.set()
+            sampler.join()
+            # this machine's speed drifts between runs (cloud VM): measure the reference again right after the run,
+            # with the worker idle, and compare with the mean of the two
+            raw_after = reference.throughput()
             with engine.connect() as c:
-                done = c.execute(
-                    sa.text("SELECT completed_items + failed_items FROM jobs WHERE id = :j"), {"j": job_id}
-                ).scalar_one()
-            return int(done) >= args.items
-
-        wait_for(committed, 600, "every prediction to be committed")
-        e2e_s = time.perf_counter() - t0
-        cpu = busy_share(cpu0, cpu_times())
-        sampler.stopped.set()
-        sampler.join()
-        # this machine's speed drifts between runs (cloud VM): measure the reference again right after the run,
-        # with the worker idle, and compare with the mean of the two
-        raw_after = reference.throughput()
-        with engine.connect() as c:
-            rows = c.execute(
-                sa.text("SELECT count(*), count(DISTINCT idx) FROM job_items WHERE job_id = :j"), {"j": job_id}
-            ).one()
-        status = client.get(f"/v1/jobs/{job_id}").get_json()["status"]
-        engine.dispose()
-        app.extensions["inferq"].engine.dispose()
-    finally:
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+                rows = c.execute(
+                    sa.text("SELECT count(*), count(DISTINCT idx) FROM job_items WHERE job_id = :j"), {"j": job_id}
+                ).one()
+            status = client.get(f"/v1/jobs/{job_id}").get_json()["status"]
+            engine.dispose()
+            app.extensions["inferq"].engine.dispose()
+        finally:
+            if worker is not None and worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(60)
 
     e2e = args.items / e2e_s
     print(

@@ -25,9 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +35,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bulk import build_dataset, busy_share, cpu_times, wait_for  # noqa: E402
+from bulk import build_dataset, busy_share, cpu_times, scratch_stack, wait_for  # noqa: E402
 
 from inferq.access import ensure_local_key  # noqa: E402
 from shared.db import upgrade_database  # noqa: E402
-from shared.settings import Settings  # noqa: E402
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
@@ -117,56 +114,35 @@ def main() -> None:
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         raise SystemExit("needs taskset (util-linux) and at least 2 cores")
 
-    import redis
+    with scratch_stack(args.pg_admin_url, args.redis_url, "scaleout") as (settings, env, tmp):
+        env["INFERQ_GPU"] = ""
+        engine = None
+        try:
+            upgrade_database(settings)
+            print(f"training the default model ({args.epochs} epoch(s)) ...", flush=True)
+            train = [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)]
+            subprocess.run(train, env=env, check=True, cwd=ROOT, capture_output=True)
+            from api.app import create_app
 
-    redis.Redis.from_url(args.redis_url).flushdb()
-    db_name = f"inferq_scaleout_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.pg_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="inferq-scaleout-"))
-    db_url = args.pg_admin_url.rsplit("/", 1)[0] + f"/{db_name}"
-    settings = Settings(data_dir=tmp, database_url=db_url, redis_url=args.redis_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(
-        INFERQ_DATA_DIR=str(tmp),
-        INFERQ_DATABASE_URL=settings.resolved_database_url,
-        INFERQ_REDIS_URL=args.redis_url,
-        INFERQ_GPU="",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
-    )
-    engine = None
-    try:
-        upgrade_database(settings)
-        print(f"training the default model ({args.epochs} epoch(s)) ...", flush=True)
-        train = [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)]
-        subprocess.run(train, env=env, check=True, cwd=ROOT, capture_output=True)
-        from api.app import create_app
-
-        app = create_app(settings)
-        client = app.test_client()
-        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ensure_local_key(settings)[0]}"
-        buf = io.BytesIO()
-        np.save(buf, build_dataset(args.items))
-        ds = client.post(
-            "/v1/datasets?filename=scaleout.npy", data=buf.getvalue(), content_type="application/octet-stream"
-        )
-        assert ds.status_code == 201, ds.get_data(as_text=True)
-        dataset = ds.get_json()["id"]
-        engine = sa.create_engine(settings.resolved_database_url)
-        print(f"phase 1: one worker on core 0, {args.items} images ...", flush=True)
-        one_s, one_cpu = phase([0], env, tmp, client, engine, dataset, args.items)
-        print(f"phase 2: two workers on cores 0 and 1, {args.items} images ...", flush=True)
-        two_s, two_cpu = phase([0, 1], env, tmp, client, engine, dataset, args.items)
-        app.extensions["inferq"].engine.dispose()
-    finally:
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
-        shutil.rmtree(tmp, ignore_errors=True)
+            app = create_app(settings)
+            client = app.test_client()
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ensure_local_key(settings)[0]}"
+            buf = io.BytesIO()
+            np.save(buf, build_dataset(args.items))
+            ds = client.post(
+                "/v1/datasets?filename=scaleout.npy", data=buf.getvalue(), content_type="application/octet-stream"
+            )
+            assert ds.status_code == 201, ds.get_data(as_text=True)
+            dataset = ds.get_json()["id"]
+            engine = sa.create_engine(settings.resolved_database_url)
+            print(f"phase 1: one worker on core 0, {args.items} images ...", flush=True)
+            one_s, one_cpu = phase([0], env, tmp, client, engine, dataset, args.items)
+            print(f"phase 2: two workers on cores 0 and 1, {args.items} images ...", flush=True)
+            two_s, two_cpu = phase([0, 1], env, tmp, client, engine, dataset, args.items)
+            app.extensions["inferq"].engine.dispose()
+        finally:
+            if engine is not None:
+                engine.dispose()
 
     print(
         f"\ninferq scale-out benchmark ({os.cpu_count()} cores, PostgreSQL + Redis on the same cores, "
