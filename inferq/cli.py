@@ -325,7 +325,16 @@ def models_benchmark(api_url: str, name: str, version: int, wait: bool) -> None:
 @click.option("--learning-rate", type=float, default=2e-3, show_default=True)
 @click.option("--validation-split", type=float, default=0.1, show_default=True)
 @click.option("--patience", type=int, default=3, show_default=True)
-@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option(
+    "--augment",
+    type=click.Choice(["none", "basic", "realistic"]),
+    default="basic",
+    show_default=True,
+    help="basic: random shifts, rotations, zooms; realistic: also every training image rendered as users send "
+    "pictures (crops, scans, photos, JPEG, ruled paper...) and preprocessed, as the default model is trained "
+    "(slower; reads real pictures far better).",
+)
+@click.option("--no-augment", is_flag=True, help="Same as --augment none.")
 @click.option(
     "--imbalance",
     type=click.Choice(["none", "class_weight", "oversample"]),
@@ -352,6 +361,8 @@ def train(name: str, wait: bool, timeout: float, api_url: str | None, **params: 
     from inferq.models_client import train as submit
 
     url = api_url or Settings().resolved_api_url
+    if params.pop("no_augment"):
+        params["augment"] = "none"
     body = {k: v for k, v in params.items() if v is not None}
     if Path(str(body["dataset"])).is_file():
         body["dataset"] = _upload_training_data(url, Path(str(body["dataset"])))

@@ -66,3 +66,19 @@ def test_help_explains_dataset_and_imbalance() -> None:
     text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
     assert "uploaded labelled dataset" in text and "oversample repeats" in text
     assert "[none|class_weight|oversample]" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "augment"),
+    [
+        ([], "basic"),
+        (["--augment", "realistic"], "realistic"),
+        (["--augment", "none"], "none"),
+        (["--no-augment"], "none"),
+    ],
+)
+def test_augment_is_posted_as_its_mode(posted: list[dict[str, Any]], args: list[str], augment: str) -> None:
+    """--augment basic|realistic|none (and --no-augment) reach the body's augment."""
+    result = CliRunner().invoke(main, ["train", "--api-url", URL, *args])
+    assert result.exit_code == 0, result.output
+    assert posted[0]["params"]["augment"] == augment and "no_augment" not in posted[0]["params"]
