@@ -60,9 +60,10 @@ def ensure_local_key(settings: Settings, tenant_id: str = "default") -> tuple[st
 
 
 def ensure_flower_auth(settings: Settings) -> tuple[str, bool]:
-    """Flower's user:password: INFERQ_FLOWER_BASIC_AUTH if set, else the one saved in data_dir/flower-auth, else
-    a new `admin:<random>` saved there (mode 0600); returns (credentials, created)."""
-    configured = settings.flower_basic_auth.get_secret_value()
+    """Flower's user:password: INFERQ_FLOWER_BASIC_AUTH if set, else Flower's own FLOWER_BASIC_AUTH (as the
+    Kubernetes Secret sets it), else the one saved in data_dir/flower-auth, else a new `admin:<random>` saved there
+    (mode 0600); returns (credentials, created)."""
+    configured = settings.flower_basic_auth.get_secret_value() or os.environ.get("FLOWER_BASIC_AUTH", "")
     if configured:
         if ":" not in configured:
             raise SystemExit("INFERQ_FLOWER_BASIC_AUTH must be user:password")

@@ -19,6 +19,12 @@ from shared.settings import Settings
 from tests.integration.conftest import REPO, env_for, wait_until
 
 
+@pytest.fixture(autouse=True)
+def _no_flower_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a developer's FLOWER_BASIC_AUTH out of these tests."""
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+
+
 def test_generated_login_is_saved_private_and_reused(tmp_path: Path) -> None:
     """Without INFERQ_FLOWER_BASIC_AUTH a user:password is generated, saved 0600, and the same one comes back."""
     settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
@@ -32,6 +38,14 @@ def test_configured_login_wins(tmp_path: Path) -> None:
     """INFERQ_FLOWER_BASIC_AUTH is used as given and nothing is written."""
     settings = Settings(_env_file=None, data_dir=tmp_path, flower_basic_auth="ops:s3cret")  # type: ignore[call-arg]
     assert ensure_flower_auth(settings) == ("ops:s3cret", False)
+    assert not settings.flower_auth_file.exists()
+
+
+def test_flowers_own_variable_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLOWER_BASIC_AUTH (the Kubernetes Secret's variable) is used when INFERQ_FLOWER_BASIC_AUTH is empty."""
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "k8s:from-secret")
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    assert ensure_flower_auth(settings) == ("k8s:from-secret", False)
     assert not settings.flower_auth_file.exists()
 
 
