@@ -13,6 +13,7 @@ from api.auth import document_security, register_auth
 from api.deps import register_services
 from api.idempotency import document_idempotency, register_idempotency
 from api.limits import document_limits, register_limits
+from api.metrics import register_metrics
 from api.openapi import document_classify_body
 from api.problems import register_error_handlers, validation_problem
 from shared.celery_app import make_celery
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     )
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, MAX_FORM_PARTS=settings.max_images_per_job + 16)
     register_services(app, settings, make_celery(settings))
+    register_metrics(app, settings)  # first: its after-request hook sees every answer, 401s and 429s included
     register_auth(app, DOC_PREFIX)
     register_limits(app, settings, DOC_PREFIX)  # after auth: requests are counted per API key
     register_idempotency(app)  # after auth and limits: keys belong to a tenant; replays count as requests

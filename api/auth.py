@@ -33,6 +33,7 @@ DEFAULT_TENANT = "default"
 REALM = 'Bearer realm="inferq"'
 
 # Routes anyone may call: probes and the API's own description.
+METRICS_ENDPOINT = "metrics"  # public unless INFERQ_METRICS_PUBLIC=false (then it needs the admin scope)
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi_json", "static"})
 # The scope each blueprint's routes need, then per-endpoint exceptions; any other route needs ADMIN (fail closed).
 BLUEPRINT_SCOPES = {
@@ -125,6 +126,8 @@ def authenticate_request() -> Response | None:
     """The before-request hook: set g.principal, or answer 401/403 before the view runs."""
     rule = request.url_rule
     if rule is None or is_public(rule, current_app.config["INFERQ_DOC_PREFIX"]):  # no route (404/405) or public
+        return None
+    if rule.endpoint == METRICS_ENDPOINT and services().settings.metrics_public:  # INFERQ_METRICS_PUBLIC
         return None
     endpoint = rule.endpoint
     if not services().settings.auth_enabled:

@@ -3,8 +3,14 @@ start-up heap frozen out of the garbage collector's full passes (see shared.heap
 
 from __future__ import annotations
 
-from api.app import create_app
-from shared.heap import freeze_startup_heap
+import os
+from pathlib import Path
+
+if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before prometheus-client is imported (shared.metrics)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+
+from api.app import create_app  # noqa: E402
+from shared.heap import freeze_startup_heap  # noqa: E402
 
 app = create_app()
 freeze_startup_heap()

@@ -9,6 +9,7 @@ and prints mean forward-pass batch size, p50/p99 latency and the ratios.
 
     python bench/online.py                      # embedded defaults in a temp dir (SQLite + bundled Redis)
     python bench/online.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url redis://127.0.0.1:6379/9
+    python bench/online.py --metrics-overhead   # 32 clients, micro-batching, metrics on vs off (alternated, same run)
 """
 
 from __future__ import annotations
@@ -186,12 +187,39 @@ def e2e(
         stop(worker)
 
 
+def metrics_overhead(settings: Settings, env: dict[str, str], seconds: float, tmp: Path) -> None:
+    """Jobs/s with 32 clients and micro-batching, metrics on and off in alternation (on, off, on, off); prints
+    the on/off throughput ratio (the issue's bar: metrics cost under 2%)."""
+    images, runs = sample_pngs(), []
+    for i, enabled in enumerate(("true", "false", "true", "false")):
+        menv = dict(env, INFERQ_METRICS_ENABLED=enabled)
+        api = spawn(["api", "--workers", "2"], menv, tmp / f"api-{i}.log")
+        try:
+            wait_for(lambda: port_open("127.0.0.1", settings.api_port), 60, "the API")
+            run = e2e(settings, menv, clients=32, max_batch=64, seconds=seconds, images=images, logs=tmp)
+        finally:
+            stop(api)
+        run.label = f"metrics {'on' if enabled == 'true' else 'off'} (run {i + 1})"
+        runs.append(run)
+        print(f"{run.label:<24}{run.rate:9.1f} jobs/s  mean batch {run.mean_batch:5.1f}  p50 {run.pct(50):6.1f} ms"
+              f"  p99 {run.pct(99):6.1f} ms", flush=True)  # fmt: skip
+    on = sum(r.jobs for r in runs if "on" in r.label) / sum(r.seconds for r in runs if "on" in r.label)
+    off = sum(r.jobs for r in runs if "off" in r.label) / sum(r.seconds for r in runs if "off" in r.label)
+    print(f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: on/off = {on / off:.3f} (cost {1 - on / off:+.1%})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="Measured seconds per end-to-end run.")
     ap.add_argument("--database-url", default="", help="Default: SQLite in a temp dir.")
     ap.add_argument("--redis-url", default="", help="Default: the bundled redis-server on a free port.")
     ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
+    ap.add_argument("--epochs", type=int, default=5, help="Epochs of the default model trained first.")
+    ap.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="Only 32 clients with micro-batching, metrics on / off / on / off (API and worker restarted each time).",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
@@ -213,6 +241,7 @@ def main() -> None:
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
         INFERQ_RATE_LIMIT_ENABLED="false",  # the benchmark measures capacity, not the per-key request policy
+        INFERQ_WORKER_METRICS_PORT=str(free_port()),  # the worker's /metrics is served while metrics are on
     )
     api = None
     try:
@@ -221,14 +250,17 @@ def main() -> None:
         if args.database_url.startswith("postgresql"):
             with sa.create_engine(settings.resolved_database_url).begin() as c:
                 c.execute(sa.text("TRUNCATE job_items, jobs, model_aliases, model_versions CASCADE"))
-        print("training the default model (5 epochs) ...", flush=True)
+        print(f"training the default model ({args.epochs} epochs) ...", flush=True)
         subprocess.run(
-            [sys.executable, "-m", "inferq", "train-default", "--epochs", "5", "--force"],
+            [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs), "--force"],
             env=env,
             check=True,
             cwd=ROOT,
             capture_output=True,
         )
+        if args.metrics_overhead:
+            metrics_overhead(settings, env, args.seconds, tmp)
+            return
         raw1 = raw_throughput(settings, 1, 5)
         raw64 = raw_throughput(settings, 64, 5)
         api = spawn(["api", "--workers", "2"], env, tmp / "api.log")

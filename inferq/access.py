@@ -4,6 +4,7 @@ key can be made before any key exists), and the local key `inferq up` keeps for 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,24 @@ def ensure_local_key(settings: Settings, tenant_id: str = "default") -> tuple[st
         _, key = apikeys.create_key(session=session, tenant_id=tenant_id, scopes=apikeys.SCOPES, name=LOCAL_KEY_NAME)
     write_key_file(path, key)
     return key, True
+
+
+def ensure_flower_auth(settings: Settings) -> tuple[str, bool]:
+    """Flower's user:password: INFERQ_FLOWER_BASIC_AUTH if set, else Flower's own FLOWER_BASIC_AUTH (as the
+    Kubernetes Secret sets it), else the one saved in data_dir/flower-auth, else a new `admin:<random>` saved there
+    (mode 0600); returns (credentials, created)."""
+    configured = settings.flower_basic_auth.get_secret_value() or os.environ.get("FLOWER_BASIC_AUTH", "")
+    if configured:
+        if ":" not in configured:
+            raise SystemExit("INFERQ_FLOWER_BASIC_AUTH must be user:password")
+        return configured, False
+    path = settings.flower_auth_file
+    saved = path.read_text().strip() if path.is_file() else ""
+    if ":" in saved:
+        return saved, False
+    credentials = f"admin:{secrets.token_urlsafe(18)}"
+    write_key_file(path, credentials)
+    return credentials, True
 
 
 def _fail(exc: InferqError) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +59,12 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API with gunicorn."""
     settings = load_settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
+    if settings.metrics_enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # gunicorn's workers are processes: each keeps its metrics in this folder and /metrics adds them up
+        folder = settings.data_dir / "metrics" / "api"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
     os.execvp(
         sys.executable,
         [
@@ -125,9 +132,14 @@ def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, lo
 @click.option("--address", default=None, help="Bind address (default INFERQ_API_HOST).")
 def flower(port: int | None, address: str | None) -> None:
     """Run Flower, the live console of the workers and tasks."""
+    from inferq.access import ensure_flower_auth
     from shared.celery_app import make_celery
 
     settings = load_settings()
+    credentials, created = ensure_flower_auth(settings)
+    if created:
+        console.print(f"Flower login created: {credentials} (saved in {settings.flower_auth_file}, mode 0600)")
+    os.environ["FLOWER_BASIC_AUTH"] = credentials  # not on the command line, where `ps` would show it
     app = make_celery(settings)
     app.start(
         [
@@ -137,6 +149,26 @@ def flower(port: int | None, address: str | None) -> None:
             "--purge_offline_workers=60",
         ]
     )
+
+
+@main.command()
+@click.option("--api-url", default=None, help="API base URL (default INFERQ_API_URL or http://host:port).")
+@click.option(
+    "--worker-url",
+    "worker_urls",
+    multiple=True,
+    help="A worker's metrics URL; repeat it (default: INFERQ_METRICS_HOST:INFERQ_WORKER_METRICS_PORT).",
+)
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between two scrapes.")
+@click.option("--once", is_flag=True, help="Print one view and exit (no rates: those need two scrapes).")
+def top(api_url: str | None, worker_urls: tuple[str, ...], interval: float, once: bool) -> None:
+    """A live view of the stack from its /metrics: depth per lane, jobs/s, p50/p99, mean batch, workers."""
+    from inferq.top import run
+
+    settings = load_settings()
+    base = (api_url or settings.resolved_api_url).rstrip("/")
+    workers = list(worker_urls) or [f"http://{settings.metrics_host}:{settings.worker_metrics_port}/metrics"]
+    run(f"{base}/metrics", workers, interval, once=once)
 
 
 @main.command()

@@ -14,7 +14,7 @@ import requests
 from rich.console import Console
 from rich.panel import Panel
 
-from inferq.access import ensure_local_key
+from inferq.access import ensure_flower_auth, ensure_local_key
 from shared.db import upgrade_database
 from shared.embedded import EmbeddedRedis, port_open
 from shared.settings import Settings
@@ -36,6 +36,7 @@ class Stack:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     redis: EmbeddedRedis | None = None
     api_key: str = ""
+    flower_auth: str = ""
 
     def run(self) -> None:
         """Start everything, print where to look, and stop it all cleanly on Ctrl-C or a child's death."""
@@ -63,6 +64,8 @@ class Stack:
         masked = "_".join(key.split("_", 2)[:2]) + "_…  (shown in full when it was created)"
         self.api_key = key if created else masked
         console.print(f"[green]API key {'created' if created else 'ready'}[/] (in {s.api_key_file}, mode 0600)")
+        self.flower_auth, created = ensure_flower_auth(s)
+        console.print(f"[green]Flower login {'created' if created else 'ready'}[/] (in {s.flower_auth_file})")
         if s.uses_embedded_redis:
             if port_open("127.0.0.1", s.embedded_redis_port):
                 raise SystemExit(f"port {s.embedded_redis_port} is taken; set INFERQ_EMBEDDED_REDIS_PORT to a free one")
@@ -91,8 +94,25 @@ class Stack:
         self._spawn("api", ["api"], env)
         for i, gpu in enumerate(self.gpus or [""]):
             name = f"worker-gpu{gpu}" if gpu else "worker-cpu"
-            self._spawn(name, ["worker", "--gpu", gpu, *(["--beat"] if i == 0 else [])], env)
+            worker_env = dict(env, INFERQ_WORKER_METRICS_PORT=str(self.worker_metrics_ports()[i]))
+            self._spawn(name, ["worker", "--gpu", gpu, *(["--beat"] if i == 0 else [])], worker_env)
         self._spawn("flower", ["flower"], env)
+
+    def worker_metrics_ports(self) -> list[int]:
+        """One metrics port per worker process: INFERQ_WORKER_METRICS_PORT, +1, +2... (none when it is 0)."""
+        base = self.settings.worker_metrics_port
+        return [base + i if base else 0 for i in range(len(self.gpus or [""]))]
+
+    def metrics_lines(self) -> str:
+        """Where the banner says metrics are (the API's, each worker's, Flower's)."""
+        s = self.settings
+        if not s.metrics_enabled:
+            return "Metrics    off (INFERQ_METRICS_ENABLED=false)\n"
+        workers = [f"http://{s.metrics_host}:{p}/metrics" for p in self.worker_metrics_ports() if p]
+        lines = f"Metrics    {s.resolved_api_url}/metrics (API, queue depths, job counts)\n"
+        lines += "".join(f"           {url} (worker)\n" for url in workers)
+        lines += f"           http://{s.api_host}:{s.flower_port}/metrics (Flower)\n"
+        return lines + "Live view  inferq top\n"
 
     def _wait_ready(self, timeout: float = 90) -> None:
         s = self.settings
@@ -123,7 +143,8 @@ class Stack:
         text = (
             f"API docs   {s.resolved_api_url}/docs\n"
             f"OpenAPI    {s.resolved_api_url}/openapi.json\n"
-            f"Flower     http://{s.api_host}:{s.flower_port}\n"
+            f"Flower     http://{s.api_host}:{s.flower_port}  (login {self.flower_auth})\n"
+            f"{self.metrics_lines()}"
             f"Logs       {s.data_dir / 'logs'}\n"
             f"API key    {self.api_key}\n"
             f"           (saved in {s.api_key_file}; the CLI reads it, or set INFERQ_API_KEY)\n\n"

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
 from shared.status import ItemStatus, JobKind, JobStatus
@@ -90,16 +91,22 @@ def set_status(session: Session, job_id: uuid.UUID, new: JobStatus, **fields: An
     values: dict[str, Any] = {"status": new.value, "updated_at": utcnow(), **fields}
     if new.is_terminal():
         values.setdefault("finished_at", utcnow())
-    res = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(sources))
         .values(**values)
+        .returning(Job.kind, Job.created_at, Job.started_at, Job.finished_at)
         .execution_options(synchronize_session=False)
-    )
-    moved = bool(res.rowcount)  # type: ignore[attr-defined]
-    if moved:
-        on_status_change(session, job_id, new)  # webhook outbox rows, in this same transaction
-    return moved
+    ).one_or_none()
+    if row is None:
+        return False
+    on_status_change(session, job_id, new)  # webhook outbox rows, in this same transaction
+    kind, created, started, finished = row
+    if new.is_terminal():
+        metrics.observe_finished([(kind, new.value, created, finished)])
+    elif new is JobStatus.RUNNING:
+        metrics.observe_started(kind, created, started)
+    return True
 
 
 def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | None) -> bool:
@@ -142,12 +149,13 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0)
         .values(status=JobStatus.RUNNING.value, attempts=1, started_at=now, updated_at=now)
-        .returning(Job.model_ref, Job.tenant_id, Job.params)
+        .returning(Job.model_ref, Job.tenant_id, Job.params, Job.kind, Job.created_at)
         .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         return None
-    model_ref, tenant_id, params = row
+    model_ref, tenant_id, params, kind, created = row
+    metrics.observe_started(kind, created, now)
     if (params or {}).get("webhook") or tenants_listening(session, {tenant_id}):
         on_started(session, job_id)  # webhook outbox row, in this same transaction
     return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), pending_inputs(session, job_id))
@@ -216,6 +224,10 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
         for r in results
     ]
     res = session.connection().execute(stmt, rows)
+    if metrics.enabled:
+        failed = sum(1 for r in results if r.error_type)
+        metrics.IMAGES.labels("succeeded").inc(len(results) - failed)
+        metrics.IMAGES.labels("failed").inc(failed)
     return int(res.rowcount)
 
 
@@ -297,10 +309,11 @@ def settle_jobs(
             finished_at=now,
             updated_at=now,
         )
-        .returning(Job.id, Job.status)
+        .returning(Job.id, Job.status, Job.kind, Job.created_at, Job.finished_at)
         .execution_options(synchronize_session=False)
-    )
-    finished.update((job_id, JobStatus(status)) for job_id, status in done)
+    ).all()
+    finished.update((row.id, JobStatus(row.status)) for row in done)
+    metrics.observe_finished((row.kind, row.status, row.created_at, row.finished_at) for row in done)
     return finished
 
 

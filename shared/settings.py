@@ -35,6 +35,26 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_url: str = Field("", description="Base URL clients use; empty means http://api_host:api_port.")
     flower_port: int = 5555
+    flower_basic_auth: SecretStr = Field(
+        SecretStr(""),
+        description="Flower's login as user:password (its HTTP API works only with one); empty means the one "
+        "`inferq up` or `inferq flower` generated and saved in data_dir/flower-auth (mode 0600).",
+    )
+
+    # --- metrics (Prometheus) -----------------------------------------------------------------------------------
+    metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve them (false: neither).")
+    metrics_public: bool = Field(
+        True,
+        description="GET /metrics on the API needs no API key (keep the API on an internal network, or set false "
+        "to require a key with the admin scope).",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of each worker's metrics endpoint.")
+    worker_metrics_port: int = Field(
+        9808,
+        ge=0,
+        le=65535,
+        description="Port of a worker process's /metrics (0 = none); `inferq up` gives the n-th worker port+n.",
+    )
 
     # --- input limits (every limit is a named setting) ----------------------------------------------------
     max_images_per_job: int = Field(64, ge=1, description="Images one classify job may carry.")
@@ -219,6 +239,11 @@ class Settings(BaseSettings):
     def api_key_file(self) -> Path:
         """Where `inferq up` keeps the local API key (mode 0600) for the CLI and the README's curl examples."""
         return self.data_dir / "api-key"
+
+    @property
+    def flower_auth_file(self) -> Path:
+        """Where `inferq up` keeps Flower's generated user:password (mode 0600)."""
+        return self.data_dir / "flower-auth"
 
     @property
     def model_dir(self) -> Path:

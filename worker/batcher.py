@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from shared import metrics
+
 log = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -56,6 +58,7 @@ class MicroBatcher:
         name: str = "batcher",
     ) -> None:
         self.predict, self.sink = predict, sink
+        self._size = metrics.BATCH_SIZE.labels("classify")
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.stats = BatchStats()
         self._queue: queue.Queue[Request | None] = queue.Queue()
@@ -107,6 +110,8 @@ class MicroBatcher:
 
     def _serve(self, batch: list[Request]) -> None:
         stacked = np.concatenate([r.inputs for r in batch])
+        if metrics.enabled:
+            metrics.BATCH_WAIT.observe(time.monotonic() - batch[0].enqueued)
         try:
             outputs = np.concatenate([self._forward(chunk) for chunk in self._chunks(stacked)])
             if len(outputs) != len(stacked):
@@ -129,6 +134,8 @@ class MicroBatcher:
 
     def _forward(self, chunk: np.ndarray) -> np.ndarray:
         out = self.predict(chunk)
+        if metrics.enabled:
+            self._size.observe(len(chunk))
         self.stats.passes += 1
         self.stats.images += len(chunk)
         self.stats.largest = max(self.stats.largest, len(chunk))

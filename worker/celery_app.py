@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready
 
+from shared import metrics
 from shared.celery_app import make_celery
 from shared.imaging import configure_pillow
 from shared.redaction import install_log_redaction
@@ -30,7 +31,15 @@ def create_worker_app(settings: Settings) -> Celery:
 
     app.finalize()
     worker_ready.connect(_warm_up, weak=False)
+    metrics.configure(metrics_enabled=settings.metrics_enabled)
+    if settings.metrics_enabled and settings.worker_metrics_port:
+        worker_ready.connect(lambda **_: _serve_metrics(settings), weak=False)
     return app
+
+
+def _serve_metrics(settings: Settings) -> None:
+    """This worker process's /metrics on INFERQ_METRICS_HOST:INFERQ_WORKER_METRICS_PORT (one port per process)."""
+    metrics.serve(host=settings.metrics_host, port=settings.worker_metrics_port)
 
 
 def _warm_up(**_: Any) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from shared import metrics
 from shared.db import make_engine, make_sessionmaker, session_scope
 from shared.heap import freeze_startup_heap
 from shared.imaging import confidence_warnings
@@ -73,7 +74,15 @@ class WorkerContext:
 
     def model(self, mv: ModelVersion) -> LoadedModel:
         """The loaded model of a version, from the per-process cache."""
-        return self.models.get((mv.name, mv.version, mv.variant), lambda: load_model(self.artifact_path(mv), mv.format))
+        return self.models.get((mv.name, mv.version, mv.variant), lambda: self._load(mv))
+
+    def _load(self, mv: ModelVersion) -> LoadedModel:
+        """Load a version's artifact; with metrics on, its forward passes are timed (inferq_forward_seconds)."""
+        model = load_model(self.artifact_path(mv), mv.format)
+        if not metrics.enabled:
+            return model
+        metrics.MODEL_LOADS.inc()
+        return TimedModel(model, metrics.FORWARD.labels(mv.name, str(mv.version), mv.format))
 
     def batcher(self, mv: ModelVersion) -> MicroBatcher:
         """The micro-batcher feeding this version's model (one thread per loaded version, LRU-bounded)."""
@@ -165,6 +174,20 @@ class WorkerContext:
             b.close()
         self.finished.close()
         self.engine.dispose()
+
+
+class TimedModel:
+    """A loaded model whose predict() is timed into a histogram child; everything else is the model's."""
+
+    def __init__(self, model: LoadedModel, forward: Any) -> None:
+        self._model, self._forward = model, forward
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with self._forward.time():
+            return self._model.predict(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _noticed(tag: Any) -> Sequence[tuple[str, ...]]:

@@ -34,7 +34,7 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from sqlalchemy.orm import Session
 
-from shared import leases
+from shared import leases, metrics
 from shared.celery_app import (
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
@@ -98,6 +98,10 @@ def _reconcile(ctx: WorkerContext, publish: Publish, backlog: Backlog) -> int:
         JobKind.SCORE: _score(ctx, publish, idle),
         JobKind.TRAIN: _train(ctx, publish, idle),
     }
+    if metrics.enabled:
+        for kind, n in sent.items():
+            if n:
+                metrics.RECONCILER_ACTIONS.labels(f"redispatch-{kind.value}").inc(n)
     if any(sent.values()):
         log.warning("reconciler re-dispatched %s", ", ".join(f"{n} {kind} job(s)" for kind, n in sent.items() if n))
     return sum(sent.values())
@@ -183,6 +187,8 @@ def _score(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
         detail = f"the job stalled {s.max_attempts} times with these items unscored (INFERQ_MAX_ATTEMPTS)"
         for index in chunks:
             fail_chunk(ctx, job_id, index, detail, error_type="too-many-attempts")
+        if metrics.enabled:
+            metrics.RECONCILER_ACTIONS.labels("fail-stalled-chunks").inc(len(chunks))
         log.error("score job %s: %d chunk(s) failed after %d stalls", job_id, len(chunks), s.max_attempts)
     return sent
 

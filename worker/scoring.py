@@ -18,6 +18,7 @@ from sqlalchemy import Exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared import jobs as jobstore
+from shared import metrics
 from shared.datasets import Dataset, StoredItem, iter_index, read_items
 from shared.db import session_scope
 from shared.errors import InferqError, ModelNotFound, ValidationFailed
@@ -269,6 +270,8 @@ def score_items(
         began = time.perf_counter()
         probs = model.predict(x[start : start + batch])
         spent["predict"] = spent.get("predict", 0.0) + time.perf_counter() - began
+        if metrics.enabled:
+            metrics.BATCH_SIZE.labels("score").observe(len(probs))
         names = [_name(labels, i) for i in range(probs.shape[1])]
         order = np.argsort(-probs, axis=1)[:, :top_k]
         confidences = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, as json would write them
@@ -426,6 +429,9 @@ def write_chunk(session: Session, settings: Settings, job_id: uuid.UUID, rows: S
         if present is None:
             insert_rows(session, rows)
             failed = sum(1 for r in rows if r["error_type"])
+            if metrics.enabled:
+                metrics.IMAGES.labels("succeeded").inc(len(rows) - failed)
+                metrics.IMAGES.labels("failed").inc(failed)
             counted = session.execute(
                 update(Job)
                 .where(Job.id == job_id)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import metrics
 from shared.db import session_scope
 from shared.errors import WebhookUrlRefused
 from shared.models import utcnow
@@ -99,6 +100,8 @@ def dispatch_due(
 
 
 def _count(stats: DispatchStats, status: str) -> None:
+    if metrics.enabled:
+        metrics.WEBHOOK_DELIVERIES.labels(str(status)).inc()
     if status == DeliveryStatus.SUCCEEDED:
         stats.succeeded += 1
     elif status == DeliveryStatus.PENDING:

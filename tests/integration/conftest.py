@@ -46,6 +46,8 @@ def env_for(settings: Settings) -> dict[str, str]:
             "INFERQ_MAX_BATCH_WAIT_MS": str(settings.max_batch_wait_ms),
             "INFERQ_MAX_BATCH": str(settings.max_batch),
             "INFERQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
+            "INFERQ_CHUNK_SIZE": str(settings.chunk_size),
+            "INFERQ_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }

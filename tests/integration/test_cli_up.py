@@ -28,21 +28,25 @@ def test_help_lists_every_command() -> None:
     """`inferq --help` names every command, and each command has its own help."""
     env = dict(os.environ)
     out = run_cli("--help", env=env).stdout
-    commands = ["up", "api", "worker", "flower", "migrate", "train-default", "classify", "jobs", "models", "keys"]
+    commands = [
+        "up", "api", "worker", "flower", "migrate", "train-default", "classify", "jobs", "models", "keys", "top",
+    ]  # fmt: skip
     assert all(f"  {c} " in out for c in commands), out
     assert "--gpu" in run_cli("worker", "--help", env=env).stdout
 
 
 def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     """`inferq up` on embedded defaults trains a model, makes and prints a local API key (which the CLI then
-    sends), serves a classify, and Ctrl-C stops every process."""
-    api_port, flower_port, redis_port = free_port(), free_port(), free_port()
+    sends), serves a classify, Flower behind the printed login, the API's and the worker's metrics (which
+    `inferq top` reads), and Ctrl-C stops every process."""
+    api_port, flower_port, redis_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     env.update(
         INFERQ_DATA_DIR=str(tmp_path / "var"),
         INFERQ_API_PORT=str(api_port),
         INFERQ_FLOWER_PORT=str(flower_port),
         INFERQ_EMBEDDED_REDIS_PORT=str(redis_port),
+        INFERQ_WORKER_METRICS_PORT=str(metrics_port),
         PYTHONUNBUFFERED="1",
         TF_CPP_MIN_LOG_LEVEL="2",
         COLUMNS="200",
@@ -76,7 +80,23 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert "succeeded" in done.stdout and "digit-7.png" in done.stdout
         assert "classify" in run_cli("jobs", "--api-url", url, env=env).stdout
         assert "mnist-cnn" in run_cli("models", "--api-url", url, env=env).stdout
-        assert requests.get(f"http://127.0.0.1:{flower_port}/", timeout=10).ok
+        flower = f"http://127.0.0.1:{flower_port}"
+        login = (tmp_path / "var" / "flower-auth").read_text().strip()
+        assert f"(login {login})" in banner
+        assert requests.get(f"{flower}/api/workers", timeout=10).status_code == 401
+        auth = tuple(login.split(":", 1))
+
+        def flower_workers() -> list[str]:
+            resp = requests.get(f"{flower}/api/workers?refresh=1", auth=auth, timeout=30)
+            assert resp.status_code == 200, resp.text[:300]
+            return list(resp.json())  # worker names, once Flower's inspect reaches the worker
+
+        wait_until(flower_workers, 60, "Flower's API to list the worker")
+        worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert f"{url}/metrics" in banner and worker_metrics in banner
+        assert "inferq_batch_size_count" in requests.get(worker_metrics, timeout=10).text
+        top = run_cli("top", "--once", "--api-url", url, "--worker-url", worker_metrics, env=env)
+        assert top.returncode == 0 and "inference" in top.stdout and "workers 1" in top.stdout, top.stdout
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, api, worker, flower
     finally:
