@@ -197,12 +197,12 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
 # --- MNIST normalization ------------------------------------------------------------------------------------
 #
 # A picture becomes an MNIST input in five steps, each made for pictures as people send them:
-# 1. _channels: transparency flattened, at most _WORK_SIDE pixels on the long side, and the one colour channel in
-#    which the ink stands out most (luminance for a pencil, blue for yellow ink on white paper, ...).
+# 1. _rgb and _channel: transparency flattened, at most _WORK_SIDE pixels on the long side, and the one colour
+#    channel in which the ink stands out most (luminance for a pencil, blue for yellow ink on white paper, ...).
 # 2. _despeckle: salt-and-pepper noise (isolated black and white pixels) removed with a median filter.
-# 3. _flatten: which side is paper, read from the image's frame (robust when strokes touch it) or its bulk; then
-#    the paper's own brightness, fitted as a smooth surface over blocks of the image (a photo's uneven light or
-#    shadow), divided out. The result is ink strength on a black background, 0..1.
+# 3. _flatten: which side is paper, by a vote of the frame, the corners and the bulk (strokes may touch the frame,
+#    a thick digit may cover much of the bulk); then the paper's own brightness, measured in blocks and smoothly
+#    interpolated (a photo's uneven light or shadow), divided out. The result is ink strength on black, 0..1.
 # 4. _strokes: a threshold between paper and ink (Otsu's), ruled lines, grids and frames removed, and the
 #    connected shapes checked: blank or uniform pictures have no ink (`no-ink`), noise and textures have no
 #    character-like shape (`no-digit`), two characters side by side are noticed (`several-digits`).
