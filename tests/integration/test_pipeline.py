@@ -21,6 +21,7 @@ from shared.settings import Settings
 from tests.integration.conftest import env_for, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+FLOWER_LOGIN = ("ops", "flower-test-password")
 
 
 def png_of(digit: int, nth: int = 0) -> bytes:
@@ -136,9 +137,10 @@ def test_canceled_job_is_not_run(stack_settings: Settings, api_client: Any, star
 def test_flower_shows_the_cpu_worker_and_small_task_arguments(
     stack_settings: Settings, api_client: Any, start_worker: Any, tmp_path: Any
 ) -> None:
-    """Flower lists the worker as cpu@host and each classify task with the job id as its only argument."""
+    """Flower lists the worker as cpu@host and each classify task with the job id as its only argument (its API
+    behind the basic-auth login inferq starts it with)."""
     port = free_port()
-    env = dict(env_for(stack_settings), FLOWER_UNAUTHENTICATED_API="true")
+    env = dict(env_for(stack_settings), INFERQ_FLOWER_BASIC_AUTH=f"{FLOWER_LOGIN[0]}:{FLOWER_LOGIN[1]}")
     log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115
     flower = subprocess.Popen(
         [sys.executable, "-m", "inferq", "flower", "--port", str(port)],
@@ -186,7 +188,7 @@ def _get(url: str) -> str | None:
 
 def _json(url: str) -> Any:
     try:
-        resp = requests.get(url, timeout=5)
+        resp = requests.get(url, timeout=5, auth=FLOWER_LOGIN)
         return resp.json() if resp.ok else None
     except (requests.RequestException, ValueError):
         return None
