@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import time
@@ -10,7 +9,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -18,6 +16,7 @@ import yaml
 from shared.celery_app import SCORE_CHUNK_TASK
 from tests.access import use_key
 from tests.faults.conftest import FaultStack
+from tests.faults.test_fault_score import upload
 from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
@@ -32,16 +31,6 @@ def grace_margin() -> int:
     worker = yaml.safe_load((BASE / "worker-inference.yaml").read_text().split("\n---\n")[0])
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     return int(grace) - int(config["INFERQ_TASK_TIME_LIMIT"])
-
-
-def upload(client: Any, items: int) -> str:
-    """Upload an array dataset of `items` random 28x28 images; returns its id."""
-    images = np.random.default_rng(1).integers(0, 256, size=(items, 28, 28), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.save(buf, images)
-    resp = client.post("/v1/datasets?filename=digits.npy", data=buf.getvalue(), content_type="application/octet-stream")
-    assert resp.status_code == 201, resp.json
-    return str(resp.json["id"])
 
 
 def scored(s: FaultStack, job_id: uuid.UUID) -> int:
