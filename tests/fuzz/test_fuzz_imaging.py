@@ -26,7 +26,11 @@ def _fuzz(tmp: Path, name: str, *flags: str, self_test: str = "") -> subprocess.
     if self_test:  # a broken target needs no coverage feedback from Pillow (whose instrumentation takes ~10 s)
         env["INFERQ_FUZZ_INSTRUMENT"] = "shared"
     cmd = [sys.executable, str(TARGET), *flags, f"-artifact_prefix={tmp}/{name}-", str(tmp / f"corpus-{name}")]
-    return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # libFuzzer's -rss_limit_mb reads the peak RSS, and Linux carries a process's peak across fork+exec: started
+    # straight from a test process that has loaded TensorFlow (~1.5 GB), the fuzzer would be "out of memory" on
+    # its first input. A small Python in between forks it with a fresh peak.
+    hop = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))", *cmd]
+    return subprocess.Popen(hop, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_seeds_are_valid_images() -> None:

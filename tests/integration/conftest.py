@@ -18,6 +18,7 @@ from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_dat
 from shared.registry import register_version
 from shared.settings import Settings
 from tests.access import use_key
+from tests.built import built_once
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,17 +58,19 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def model_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (briefly trained) MNIST CNN .keras file, trained once per session in a subprocess."""
-    data_dir = tmp_path_factory.mktemp("model")
-    settings = Settings(data_dir=data_dir)
-    subprocess.run(
-        [sys.executable, "-m", "inferq", "train-default", "--epochs", "2"],
-        env=env_for(settings),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return data_dir / "models" / "mnist-cnn" / "1" / "model.keras"
+    """A real (briefly trained) MNIST CNN .keras file, trained once per test run in a subprocess (and shared by the
+    run's xdist workers)."""
+
+    def train(data_dir: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "inferq", "train-default", "--epochs", "2"],
+            env=env_for(Settings(data_dir=data_dir)),
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    return built_once(tmp_path_factory, "default-model", train) / "models" / "mnist-cnn" / "1" / "model.keras"
 
 
 def register_artifact_copy(settings: Settings, source: Path, *, version: int, aliases: tuple[str, ...] = ()) -> None:

@@ -334,7 +334,7 @@ BAD_CURSORS = [
     "2024-01-01T00:00:00|nope",
     "_-_-",
     b64(b"2024-01-01T00:00:00+00:00|not-a-uuid"),
-    b64(f"yesterday|{uuid.uuid4()}".encode()),
+    b64(b"yesterday|6f1c2a8e-0b5c-4b7a-9d57-3f0e1b9e4d10"),
     b64(b"\xff\xfe|x"),
 ]
 
