@@ -99,30 +99,34 @@ def training_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, augment: bo
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _hooks(
-    history: list[dict[str, float]],
-    on_epoch: EpochHook | None,
-    should_stop: Callable[[], bool] | None,
-    state: dict[str, bool],
-) -> Any:
+def _hooks(on_epoch: EpochHook | None, should_stop: Callable[[], bool] | None) -> Any:
+    """A callback that records each epoch's metrics in `.history` (and reports them to `on_epoch`), and stops the
+    fit at the next batch boundary once `should_stop()` says so (then `.cancelled` is set)."""
     keras = _keras()
 
     class Hooks(keras.callbacks.Callback):  # type: ignore[name-defined]
+        history: list[dict[str, float]]
+        cancelled = False
+
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             if should_stop is not None and should_stop():
-                state["cancelled"] = True
+                self.cancelled = True
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             row = {"epoch": float(epoch + 1)}
             row.update({k: float(v) for k, v in (logs or {}).items() if np.size(v) == 1})
-            history.append(row)
+            self.history.append(row)
             if on_epoch is not None:
                 on_epoch(epoch + 1, dict(row))
 
-    return Hooks()
+    hooks = Hooks()
+    hooks.history = []
+    return hooks
 
 
+# train_cnn's arguments that are recorded as they were given in a version's params
+HYPERPARAMETERS = ("epochs", "batch_size", "learning_rate", "validation_split", "patience", "seed", "optimizer")
 OPTIMIZERS = {"adam": "Adam", "sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
 
 
@@ -173,6 +177,39 @@ def _fixed_params(augment: str) -> dict[str, Any]:
     }
 
 
+def _epoch_arrays(
+    digits: Digits, split: Split, augment: str, seed: int, on_augment: Callable[[int, int], None] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Model inputs and labels of one epoch and of validation, and how many realistic copies the epoch holds."""
+    x_all = to_model_input(digits.x_train)
+    x_train, y_train = x_all[split.train], digits.y_train[split.train]
+    x_val, y_val = x_all[split.validation], digits.y_train[split.validation]
+    del x_all
+    if augment != "realistic":
+        return x_train, y_train, x_val, y_val, 0
+    x_real, y_real = realistic_copies(digits.x_train[split.train], y_train, seed=seed, on_progress=on_augment)
+    x_train, y_train = np.concatenate([x_train, to_model_input(x_real)]), np.concatenate([y_train, y_real])
+    return x_train, y_train, x_val, y_val, len(y_real)
+
+
+def _data_params(
+    digits: Digits, trained: np.ndarray, epoch: np.ndarray, validation: np.ndarray, rendered: int
+) -> dict[str, Any]:
+    """What a version was trained on: image counts and class counts of each part (labels given)."""
+    names = tuple(digits.labels)
+    return {
+        "num_classes": len(names),
+        "train_images": len(trained),
+        "epoch_images": len(epoch),  # with oversampling, repeats included; with realistic augmentation, copies
+        "realistic_copies": rendered,
+        "validation_images": len(validation),
+        "test_images": len(digits.y_test),
+        "train_class_counts": class_counts(trained, names),
+        "epoch_class_counts": class_counts(epoch, names),
+        "validation_class_counts": class_counts(validation, names),
+    }
+
+
 def train_cnn(
     digits: Digits,
     *,
@@ -195,6 +232,7 @@ def train_cnn(
     `imbalance`: "none", "class_weight" (also `class_weight="balanced"`) or "oversample" (training part only).
     `augment`: "none" (False), "basic" (True: random shifts, rotations, zooms) or "realistic" (basic, plus every
     training image rendered as users send pictures and preprocessed, worker.augment)."""
+    hyper = {name: value for name, value in locals().items() if name in HYPERPARAMETERS}
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation_split must be between 0 and 1, got {validation_split}")
     imbalance = _imbalance(imbalance, class_weight)
@@ -202,64 +240,33 @@ def train_cnn(
     keras = _keras()
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
-    names = tuple(digits.labels)
     split = split_training(digits.y_train, validation_split=validation_split, seed=seed, imbalance=imbalance)
-    x_all = to_model_input(digits.x_train)
-    x_train, y_train = x_all[split.train], digits.y_train[split.train]
-    x_val, y_val = x_all[split.validation], digits.y_train[split.validation]
-    del x_all
-    rendered = 0
-    if augment == "realistic":
-        x_real, y_real = realistic_copies(digits.x_train[split.train], y_train, seed=seed, on_progress=on_augment)
-        x_train, y_train = np.concatenate([x_train, to_model_input(x_real)]), np.concatenate([y_train, y_real])
-        rendered = len(y_real)
-    model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size), optimizer, len(names))
+    x_train, y_train, x_val, y_val, rendered = _epoch_arrays(digits, split, augment, seed, on_augment)
+    model = _compiled_model(learning_rate, epochs * -(-len(y_train) // batch_size), optimizer, len(digits.labels))
     weights = balanced_class_weight(y_train) if imbalance == "class_weight" else None
-    history: list[dict[str, float]] = []
-    state = {"cancelled": False}
     stopper = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=patience, restore_best_weights=True)
-    hooks = _hooks(history, on_epoch, should_stop, state)
-    model.fit(
-        training_pipeline(x_train, y_train, batch_size, augment != "none", seed),
-        epochs=epochs,
-        verbose=0,
-        validation_data=(x_val, y_val),
-        shuffle=False,
-        callbacks=[stopper, hooks, *callbacks],
-        class_weight=weights,
-    )
+    hooks = _hooks(on_epoch, should_stop)
+    pipeline = training_pipeline(x_train, y_train, batch_size, augment != "none", seed)
+    fit = {"epochs": epochs, "validation_data": (x_val, y_val), "class_weight": weights, "verbose": 0}
+    model.fit(pipeline, shuffle=False, callbacks=[stopper, hooks, *callbacks], **fit)
     predicted = np.argmax(model.predict(to_model_input(digits.x_test), batch_size=256, verbose=0), axis=1)
     trained_on = np.unique(split.train)
     params = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "validation_split": validation_split,
-        "patience": patience,
+        **hyper,
         "augment": augment,
-        "seed": seed,
-        "optimizer": optimizer,
         "class_weight": "balanced" if imbalance == "class_weight" else None,
         "imbalance": imbalance,
         **_fixed_params(augment),
-        "num_classes": len(names),
-        "train_images": len(trained_on),
-        "epoch_images": len(y_train),  # with oversampling, repeats included; with realistic augmentation, copies
-        "realistic_copies": rendered,
-        "validation_images": len(y_val),
-        "test_images": len(digits.y_test),
-        "train_class_counts": class_counts(digits.y_train[trained_on], names),
-        "epoch_class_counts": class_counts(y_train, names),
-        "validation_class_counts": class_counts(y_val, names),
+        **_data_params(digits, digits.y_train[trained_on], y_train, y_val, rendered),
     }
     return TrainResult(
         model=model,
-        history=history,
+        history=hooks.history,
         test_accuracy=float(np.mean(predicted == digits.y_test)),
-        per_class_accuracy=_per_class(digits.y_test, predicted, names),
+        per_class_accuracy=_per_class(digits.y_test, predicted, tuple(digits.labels)),
         params=params,
         dataset=digits.describe(),
-        stop_reason="cancelled" if state["cancelled"] else "early_stopping" if stopper.stopped_epoch else "completed",
+        stop_reason="cancelled" if hooks.cancelled else "early_stopping" if stopper.stopped_epoch else "completed",
         seconds=round(time.perf_counter() - started, 3),
     )
 
