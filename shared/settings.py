@@ -31,10 +31,12 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret; empty = the standard AWS chain.")
 
     # --- HTTP ---------------------------------------------------------------------------------------------
-    api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_host: str = Field(
+        "127.0.0.1", description="Address `inferq api` and `inferq flower` bind to (0.0.0.0: every interface)."
+    )
+    api_port: int = Field(8000, description="TCP port `inferq api` listens on.")
     api_url: str = Field("", description="Base URL clients use; empty means http://api_host:api_port.")
-    flower_port: int = 5555
+    flower_port: int = Field(5555, description="TCP port of Flower, the Celery worker console (`inferq flower`).")
     flower_basic_auth: SecretStr = Field(
         SecretStr(""),
         description="Flower's login as user:password (its HTTP API works only with one); empty means the one "
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes of one request body.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels (width*height) of one image.")
     max_top_k: int = Field(10, ge=1, description="Largest top_k a job may ask for.")
-    default_top_k: int = Field(3, ge=1)
+    default_top_k: int = Field(3, ge=1, description="Ranked labels per prediction when a job does not say top_k.")
     page_size_max: int = Field(500, ge=1, description="Largest page of results or jobs.")
     max_wait_s: float = Field(60.0, ge=0, description="Longest long poll (GET /v1/jobs/{id}?wait=).")
     wait_poll_interval_s: float = Field(
