@@ -16,7 +16,7 @@ from tests.fuzz import fuzz_imaging
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(fuzz_imaging.__file__)
-RUN_SECONDS = 10  # the short run of the default test suite; the README documents the long one
+RUN_SECONDS = 10  # the short run of the default test suite; docs/getting-started.md documents the long one
 MIN_RUNS = 1000  # ~500 inputs/s on one idle core of a 2-core machine; a tenth of that for a busy machine
 
 

@@ -18,7 +18,7 @@ from worker.datasets import load_mnist
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 PER_CORRUPTION = 3  # fixed held-out test digits per corruption: 48 pictures
-FLOOR = 0.85  # the session's model trains for only 2 epochs; the full default model does far better (README)
+FLOOR = 0.85  # the session's model trains for only 2 epochs; the full default model does far better (docs/models.md)
 
 
 def _realistic_set() -> tuple[list[bytes], list[str], list[bytes]]:

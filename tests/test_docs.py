@@ -1,0 +1,97 @@
+"""The docs: a short README, and a mkdocs site that builds with --strict (a broken link fails the suite)."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+README_MAX_LINES = 150
+FIRST_SCREEN_LINES = 20
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def mkdocs_build(config_dir: Path, site_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run `mkdocs build --strict` on the mkdocs.yml in config_dir, offline, with this tree's code importable."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)]
+    return subprocess.run(command, cwd=config_dir, env=env, capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site built from this tree's mkdocs.yml into a temporary folder."""
+    site_dir = tmp_path_factory.mktemp("site")
+    done = mkdocs_build(ROOT, site_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return site_dir
+
+
+def test_readme_is_a_landing_page() -> None:
+    """README.md is at most 150 lines and shows the two commands (as .ci/run uses them) on its first screen."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES
+    first_screen = "\n".join(lines[:FIRST_SCREEN_LINES])
+    assert "python3 dev.py up" in first_screen
+    assert "python3 dev.py test" in first_screen
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    """Every relative link of README.md (docs pages, images) names a file of the repository."""
+    targets = [link.split("#")[0] for link in _LINK.findall(README.read_text()) if "://" not in link]
+    assert "docs/index.md" in targets
+    missing = [target for target in targets if target and not (ROOT / target).exists()]
+    assert missing == []
+
+
+def test_the_site_builds_strictly(site: Path) -> None:
+    """`mkdocs build --strict` passes and renders every page of the navigation, the placeholders included."""
+    for page in ("getting-started", "api", "webhooks", "bulk-scoring", "models", "delivery", "performance"):
+        assert (site / page / "index.html").is_file(), page
+    for page in ("lanes", "webapp", "observability", "operations/configuration", "operations/deployment"):
+        assert (site / page / "index.html").is_file(), page
+
+
+def test_every_setting_is_in_the_generated_reference(site: Path) -> None:
+    """The configuration page lists every setting of shared/settings.py with its description, from the model."""
+    page = html.unescape((site / "operations" / "configuration" / "index.html").read_text())
+    for name, field in Settings.model_fields.items():
+        assert f"<code>INFERQ_{name.upper()}</code>" in page, name
+        assert field.description is not None
+        assert re.sub(r"`([^`]*)`", r"<code>\1</code>", field.description) in page, name
+
+
+def test_every_setting_has_a_description() -> None:
+    """Each setting carries the description the reference is generated from (the build refuses one without)."""
+    assert [name for name, field in Settings.model_fields.items() if not field.description] == []
+
+
+def test_the_deployment_page_is_deploy_readme(site: Path) -> None:
+    """deploy/README.md is shown in the site as it is, not copied by hand."""
+    page = (site / "operations" / "deployment" / "index.html").read_text()
+    assert "170098ba07d9f53c383a41bfd4c5166b0a4529a6" in page
+    assert "--8&lt;--" not in page and "--8<--" not in page
+
+
+def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
+    """The strict build fails on a link to a page that does not exist (so a broken link fails the suite)."""
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "docs", copy / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    shutil.copytree(ROOT / "deploy", copy / "deploy", ignore=shutil.ignore_patterns("k8s", "keda", "grafana"))
+    assert mkdocs_build(copy, tmp_path / "good").returncode == 0
+    page = copy / "docs" / "webhooks.md"
+    page.write_text(page.read_text() + "\nSee [the old page](no-such-page.md).\n")
+    done = mkdocs_build(copy, tmp_path / "broken")
+    assert done.returncode != 0
+    assert "no-such-page.md" in done.stdout + done.stderr
