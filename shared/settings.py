@@ -177,7 +177,10 @@ class Settings(BaseSettings):
     )
     idempotency_purge_interval_s: float = Field(3600.0, gt=0, description="How often expired keys are purged.")
     idempotency_max_response_bytes: int = Field(
-        1024 * 1024, ge=1024, description="Largest answer kept for replay (a larger one is not stored)."
+        1024 * 1024,
+        ge=1024,
+        description="Meant as the largest answer kept for replay, but not enforced yet: no code reads it, and every "
+        "answer is kept whatever its size.",
     )
 
     # --- access and privacy ---------------------------------------------------------------------------------
