@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from pydantic import Field
 
 from shared.settings import Settings
 
@@ -19,6 +22,15 @@ README = ROOT / "README.md"
 README_MAX_LINES = 150
 FIRST_SCREEN_LINES = 20
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def load_hook() -> ModuleType:
+    """docs/hooks/reference.py, the mkdocs hook that generates the reference tables, as a module."""
+    spec = importlib.util.spec_from_file_location("docs_reference_hook", ROOT / "docs" / "hooks" / "reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def mkdocs_build(config_dir: Path, site_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -69,6 +81,25 @@ def test_every_setting_is_in_the_generated_reference(site: Path) -> None:
         assert f"<code>INFERQ_{name.upper()}</code>" in page, name
         assert field.description is not None
         assert re.sub(r"`([^`]*)`", r"<code>\1</code>", field.description) in page, name
+
+
+def test_a_setting_without_description_fails_the_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator refuses a setting that has no description, naming it, instead of leaving a blank row."""
+    hook = load_hook()
+
+    class Undescribed(Settings):
+        shiny_new_limit: int = Field(5, ge=1)
+
+    monkeypatch.setattr(hook, "Settings", Undescribed)
+    with pytest.raises(ValueError, match="shiny_new_limit"):
+        hook.settings_table()
+
+
+def test_the_generated_row_states_env_var_type_default_and_range() -> None:
+    """A row of the reference carries what the model declares: env var, type, default (with its unit) and range."""
+    table = load_hook().settings_table()
+    assert "| `INFERQ_MAX_IMAGE_BYTES` | int | `8388608` (8 MiB) | ≥ 1024 | Bytes of one encoded image. |" in table
+    assert "| `INFERQ_MNIST_CACHE` | path or none | *(empty)* |" in table
 
 
 def test_every_setting_has_a_description() -> None:
