@@ -165,7 +165,11 @@ class Settings(BaseSettings):
         64, ge=0, description="Within this many jobs of a queue cap the check locks the tenant (exact); 0 = always."
     )
     queue_full_retry_after_s: int = Field(30, ge=1, description="Retry-After of a 429 queue-full answer.")
-    rate_limit_enabled: bool = Field(True, description="Limit requests per API key (per address without a key).")
+    rate_limit_enabled: bool = Field(
+        True,
+        description="Limit requests per API key (per client address for requests that pass without one: "
+        "/metrics while public, or everything with auth off).",
+    )
     rate_limit: str = Field(
         "600/minute", description="Requests per key, e.g. '600/minute' or '20/second;600/minute' (Flask-Limiter)."
     )
@@ -184,7 +188,11 @@ class Settings(BaseSettings):
     )
 
     # --- access and privacy ---------------------------------------------------------------------------------
-    auth_enabled: bool = Field(True, description="Every route but health, readiness and docs needs an API key.")
+    auth_enabled: bool = Field(
+        True,
+        description="Every route but health, readiness, the API docs and (while INFERQ_METRICS_PUBLIC) /metrics "
+        "needs an API key.",
+    )
     api_key: SecretStr = Field(
         SecretStr(""), description="The CLI's API key; empty means the key `inferq up` saved in data_dir/api-key."
     )
