@@ -15,6 +15,7 @@ from types import ModuleType
 import pytest
 from pydantic import Field
 
+from shared.errors import InferqError
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,8 @@ README = ROOT / "README.md"
 README_MAX_LINES = 150
 FIRST_SCREEN_LINES = 20
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
+_ENV_VAR = re.compile(r"\bINFERQ_[A-Z0-9_]*[A-Z0-9]\b")
+_PROBLEM_ROW = re.compile(r"^\| ((?:`[a-z-]+`(?:, )?)+) \| (\d{3}) \|", re.MULTILINE)
 
 
 def load_hook() -> ModuleType:
@@ -126,3 +129,28 @@ def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     done = mkdocs_build(copy, tmp_path / "broken")
     assert done.returncode != 0
     assert "no-such-page.md" in done.stdout + done.stderr
+
+
+def prose_files() -> list[Path]:
+    """The hand-written text a reader sees: README.md, every docs page and deploy/README.md (shown in the site)."""
+    return [README, ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_setting_the_docs_name_exists() -> None:
+    """An INFERQ_* variable named in README.md or the docs is a setting of shared/settings.py (none renamed away)."""
+    known = {f"INFERQ_{name.upper()}" for name in Settings.model_fields}
+    named = {
+        (path.relative_to(ROOT).as_posix(), var) for path in prose_files() for var in _ENV_VAR.findall(path.read_text())
+    }
+    assert sorted((path, var) for path, var in named if var not in known) == []
+
+
+def test_hand_written_problem_rows_match_the_code() -> None:
+    """The problem types docs/api.md explains by hand carry the status shared/errors.py answers them with."""
+    statuses = {cls.type_slug: cls.status for cls in load_hook()._subclasses(InferqError)}
+    rows = _PROBLEM_ROW.findall((ROOT / "docs" / "api.md").read_text())
+    assert len(rows) > 10
+    wrong = [
+        (slug, int(status), statuses.get(slug)) for slugs, status in rows for slug in re.findall(r"`([a-z-]+)`", slugs)
+    ]
+    assert [row for row in wrong if row[1] != row[2]] == []
