@@ -26,7 +26,7 @@ from shared.registry import MNIST_INPUT_SPEC
 from shared.status import JobStatus
 from worker.context import WorkerContext
 from worker.runtime import LoadedModel, load_model
-from worker.training_tasks import _artifact, _bench, _register_and_succeed, _source_version
+from worker.versions import artifact_location, benchmark_file, register_and_succeed, source_version
 
 MODEL_INPUT_VALUES = 28 * 28  # what shared.imaging.preprocess produces per image
 UNSAFE_HINTS = ("Lambda", "safe_mode", "unsafe")
@@ -91,7 +91,7 @@ def run_import(ctx: WorkerContext, job: Job) -> str:
     data = ctx.store.get(params["blob_key"])
     suffix, labels = params["suffix"], list(params["labels"])
     fmt = "keras" if suffix == ".keras" else "tflite"
-    relative, path = _artifact(ctx, job.model_ref, job.id, "model.keras" if fmt == "keras" else "model.tflite")
+    relative, path = artifact_location(ctx, job.model_ref, job.id, "model.keras" if fmt == "keras" else "model.tflite")
     try:
         if suffix == ".zip":
             with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +106,7 @@ def run_import(ctx: WorkerContext, job: Job) -> str:
         shutil.rmtree(path.parent, ignore_errors=True)
         raise
     result = {"operation": "import", "filename": params["filename"], "format": fmt}
-    status, _ = _register_and_succeed(
+    status, _ = register_and_succeed(
         ctx,
         job,
         result,
@@ -116,7 +116,7 @@ def run_import(ctx: WorkerContext, job: Job) -> str:
         size_bytes=path.stat().st_size,
         labels=labels,
         input_spec=params.get("input_spec") or MNIST_INPUT_SPEC,
-        metrics={"benchmark": _bench(ctx, path, fmt), "smoke_test": "passed"},
+        metrics={"benchmark": benchmark_file(ctx, path, fmt), "smoke_test": "passed"},
         params={
             "source": "upload",
             "filename": params["filename"],
@@ -187,7 +187,7 @@ def run_export(ctx: WorkerContext, job: Job) -> str:
     """Write a Keras version as a SavedModel at exports/tf-serving/<name>/<version>/ (TF Serving's layout) or as
     exports/onnx/<name>/<version>/model.onnx (checked and compared with Keras)."""
     fmt = ExportCreate.model_validate({"format": job.params.get("format", "tf-serving")}).format
-    mv = _source_version(ctx, job)
+    mv = source_version(ctx, job)
     written = _write_onnx(ctx, job, mv) if fmt == "onnx" else _write_saved_model(ctx, job, mv)
     result = {"operation": "export", "format": fmt, **written, "model_version": mv.ref}
     with session_scope(ctx.sessions) as session:

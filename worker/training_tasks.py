@@ -11,8 +11,6 @@ the dataset's classes; optimizing that version later evaluates it on the same se
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -20,8 +18,6 @@ from typing import Any
 
 from celery import Task, shared_task
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
 from shared import jobs as jobstore
 from shared.celery_app import TRAIN_TASK
@@ -30,13 +26,14 @@ from shared.db import session_scope
 from shared.errors import InferqError
 from shared.model_jobs import MNIST, Operation, OptimizeCreate, TrainingCreate, update_result
 from shared.models import Job, ModelVersion
-from shared.registry import parse_ref, register_version, resolve
 from shared.status import JobStatus
 from worker.context import WorkerContext, get_context
 from worker.datasets import Digits, load_labelled, load_mnist
-from worker.optimize import benchmark, convert, evaluate, float32_tflite
+from worker.model_io import run_export, run_import
+from worker.optimize import convert, evaluate, float32_tflite
 from worker.runtime import KerasModel, load_model
-from worker.training import save_keras, to_model_input, train_cnn
+from worker.training import TrainResult, save_keras, to_model_input, train_cnn
+from worker.versions import artifact_location, benchmark_file, register_and_succeed, source_version
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +51,6 @@ def run_model_job(ctx: WorkerContext, job_id: uuid.UUID) -> dict[str, str]:
         return {"job_id": str(job_id), "status": "not-runnable"}
     try:
         operation = Operation(job.params.get("operation", Operation.TRAIN.value))
-        from worker.model_io import run_export, run_import  # it imports this module's helpers
-
         runner = {
             Operation.TRAIN: run_training,
             Operation.OPTIMIZE: run_optimize,
@@ -126,40 +121,6 @@ class CancelCheck:
         return self.stopped
 
 
-def machine() -> dict[str, Any]:
-    """Where a benchmark ran (its numbers only compare within one machine)."""
-    return {"host": platform.node(), "cpus": os.cpu_count(), "gpu": "none"}
-
-
-def _artifact(ctx: WorkerContext, name: str, job_id: uuid.UUID, filename: str) -> tuple[str, Path]:
-    relative = f"models/{name}/{job_id}/{filename}"
-    path = ctx.settings.data_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return relative, path
-
-
-def _bench(ctx: WorkerContext, path: Path, fmt: str) -> dict[str, Any]:
-    return {**benchmark(load_model(path, fmt), repeats=ctx.settings.benchmark_repeats), **machine()}
-
-
-@retry(retry=retry_if_exception_type(IntegrityError), stop=stop_after_attempt(3), reraise=True)
-def _register_and_succeed(
-    ctx: WorkerContext, job: Job, result: dict[str, Any], **version: Any
-) -> tuple[str, ModelVersion | None]:
-    """Register the version and mark the job succeeded in one transaction; nothing if it was canceled meanwhile.
-    Retried when another job took the same version number at the same moment (unique name+version)."""
-    with ctx.sessions() as session:
-        mv = register_version(session, tenant_id=job.tenant_id, **version)
-        final = {**result, "model_version": mv.ref, "model_version_links": {"model": f"/v1/models/{mv.name}"}}
-        if not jobstore.set_status(session, job.id, JobStatus.SUCCEEDED, model_version_id=mv.id, result=final):
-            session.rollback()
-            return JobStatus.CANCELED.value, None
-        session.commit()
-        session.refresh(mv)
-        session.expunge(mv)
-        return JobStatus.SUCCEEDED.value, mv
-
-
 def run_training(ctx: WorkerContext, job: Job) -> str:
     """Train a new version with the job's hyperparameters, live history, TensorBoard logs and cancel checks."""
     params = TrainingCreate.model_validate({k: v for k, v in job.params.items() if k != "operation"})
@@ -192,47 +153,36 @@ def run_training(ctx: WorkerContext, job: Job) -> str:
     if trained.stop_reason == "cancelled" or stop.stopped:
         log.info("training job %s was canceled; nothing registered", job.id)
         return JobStatus.CANCELED.value
-    relative, path = _artifact(ctx, job.model_ref, job.id, "model.keras")
+    relative, path = artifact_location(ctx, job.model_ref, job.id, "model.keras")
     size = save_keras(trained.model, path)
-    bench = _bench(ctx, path, "keras")
+    bench = benchmark_file(ctx, path, "keras")
     result.update(test_accuracy=trained.test_accuracy, stop_reason=trained.stop_reason, train_seconds=trained.seconds)
-    status, _ = _register_and_succeed(
-        ctx,
-        job,
-        result,
-        name=job.model_ref,
-        format="keras",
-        artifact_uri=relative,
-        size_bytes=size,
-        labels=list(digits.labels),
-        metrics={
-            "test_accuracy": trained.test_accuracy,
-            "per_class_accuracy": trained.per_class_accuracy,
-            "test_split": digits.test_split(),
-            "history": trained.history,
-            "stop_reason": trained.stop_reason,
-            "train_seconds": trained.seconds,
-            "benchmark": bench,
-        },
-        params={
-            **trained.params,
-            "dataset": trained.dataset,
-            "dataset_request": params.dataset,
-            "dataset_id": digits.dataset_id,
-            "limit": params.limit,
-            "job_id": str(job.id),
-        },
-    )
-    return status
+    version = {"name": job.model_ref, "format": "keras", "artifact_uri": relative, "size_bytes": size}
+    record = _trained_record(job, params, digits, trained, bench)
+    return register_and_succeed(ctx, job, result, **version, **record)[0]
 
 
-def _source_version(ctx: WorkerContext, job: Job) -> ModelVersion:
-    with ctx.sessions() as session:
-        mv = resolve(
-            session, parse_ref(job.model_ref), default_alias=ctx.settings.default_alias, tenant_id=job.tenant_id
-        )
-        session.expunge(mv)
-        return mv
+def _trained_record(
+    job: Job, params: TrainingCreate, digits: Digits, trained: TrainResult, bench: dict[str, Any]
+) -> dict[str, Any]:
+    """A trained version's labels, metrics (tests, history, benchmark) and params (hyperparameters, data)."""
+    metrics = {
+        "test_accuracy": trained.test_accuracy,
+        "per_class_accuracy": trained.per_class_accuracy,
+        "test_split": digits.test_split(),
+        "history": trained.history,
+        "stop_reason": trained.stop_reason,
+        "train_seconds": trained.seconds,
+        "benchmark": bench,
+    }
+    provenance = {
+        "dataset": trained.dataset,
+        "dataset_request": params.dataset,
+        "dataset_id": digits.dataset_id,
+        "limit": params.limit,
+        "job_id": str(job.id),
+    }
+    return {"labels": list(digits.labels), "metrics": metrics, "params": {**trained.params, **provenance}}
 
 
 def run_optimize(ctx: WorkerContext, job: Job) -> str:
@@ -240,11 +190,11 @@ def run_optimize(ctx: WorkerContext, job: Job) -> str:
     import keras
 
     method = OptimizeCreate.model_validate({"method": job.params.get("method")}).method
-    parent = _source_version(ctx, job)
+    parent = source_version(ctx, job)
     source = keras.models.load_model(ctx.artifact_path(parent), compile=False, safe_mode=True)
     digits = _parent_dataset(ctx, parent)
     calibration = to_model_input(digits.x_train[: ctx.settings.calibration_images])
-    relative, path = _artifact(ctx, parent.name, job.id, f"model-{method}.tflite")
+    relative, path = artifact_location(ctx, parent.name, job.id, f"model-{method}.tflite")
     path.write_bytes(convert(source, method, calibration if method == "int8" else None))
     quantized = _named(evaluate(load_model(path, "tflite"), digits.x_test, digits.y_test), list(parent.labels))
     baseline = evaluate(KerasModel(source), digits.x_test, digits.y_test)
@@ -259,10 +209,10 @@ def run_optimize(ctx: WorkerContext, job: Job) -> str:
         "size_ratio_vs_parent": round(parent.size_bytes / size, 2) if size else None,
         "float32_tflite_bytes": float_size,
         "size_ratio_vs_float32_tflite": round(float_size / size, 2) if size else None,
-        "benchmark": _bench(ctx, path, "tflite"),
+        "benchmark": benchmark_file(ctx, path, "tflite"),
     }
     result = {"operation": "optimize", "method": method, "source": parent.ref, **metrics}
-    status, _ = _register_and_succeed(
+    status, _ = register_and_succeed(
         ctx,
         job,
         result,
@@ -301,8 +251,8 @@ def _named(metrics: dict[str, Any], labels: list[str]) -> dict[str, Any]:
 
 def run_benchmark(ctx: WorkerContext, job: Job) -> str:
     """Measure an existing version's latency and throughput here and store them in its metrics."""
-    mv = _source_version(ctx, job)
-    bench = _bench(ctx, ctx.artifact_path(mv), mv.format)
+    mv = source_version(ctx, job)
+    bench = benchmark_file(ctx, ctx.artifact_path(mv), mv.format)
     with session_scope(ctx.sessions) as session:
         row = session.get(ModelVersion, mv.id)
         assert row is not None
@@ -319,7 +269,7 @@ def run_evaluation(ctx: WorkerContext, job: Job) -> str:
     """Run the real-world suite on a version (held-out test digits of its own dataset) and store the table."""
     from worker.realworld import build_suite, run_suite
 
-    mv = _source_version(ctx, job)
+    mv = source_version(ctx, job)
     digits = _parent_dataset(ctx, mv)
     suite = build_suite(
         digits.x_test,

@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.status import JobStatus
 from tests.training_factories import class_folder_zip, ingest_bytes
 from worker import training_tasks
+from worker import versions as version_jobs
 from worker.context import WorkerContext
 from worker.datasets import Digits, load_mnist
 from worker.training_tasks import CancelCheck, run_model_job
@@ -154,7 +155,7 @@ def test_registration_is_retried_when_a_version_number_is_taken(
     job_id = queue_job(ctx, Operation.TRAIN, "digits")
     with session_scope(ctx.sessions) as session:
         jobstore.start_attempt(session, job_id, None)
-    real, calls = training_tasks.register_version, []
+    real, calls = version_jobs.register_version, []
 
     def flaky(session: Any, **kw: Any) -> ModelVersion:
         calls.append(1)
@@ -162,8 +163,8 @@ def test_registration_is_retried_when_a_version_number_is_taken(
             raise IntegrityError("INSERT", {}, Exception("duplicate key (name, version)"))
         return real(session, **kw)
 
-    monkeypatch.setattr(training_tasks, "register_version", flaky)
-    status, mv = training_tasks._register_and_succeed(
+    monkeypatch.setattr(version_jobs, "register_version", flaky)
+    status, mv = version_jobs.register_and_succeed(
         ctx, job_row(ctx, job_id), {}, name="digits", format="keras", artifact_uri="a", size_bytes=1
     )
     assert (status, len(calls)) == ("succeeded", 2) and mv is not None and mv.ref == "digits:1"
