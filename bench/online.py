@@ -197,7 +197,7 @@ def peer_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> di
 
     from shared.imaging import prepare
 
-    arrays = [prepare(png).image.reshape(1, 28, 28, 1).astype(np.float32) for png in images]
+    arrays = [prepare(png, max_pixels=10**8).image.reshape(1, 28, 28, 1).astype(np.float32) for png in images]
     try:
         out = run_peer(stack.data_dir, stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", arrays, 32,
                        args.seconds)  # fmt: skip

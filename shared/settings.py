@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     api_key_touch_interval_s: float = Field(
         60.0, ge=0, description="Least seconds between two writes of a key's last_used_at."
     )
+    api_key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an API process remembers a key that authenticated (no database read per request). "
+        "A key revoked through this process's API stops at once; one revoked elsewhere (another API process, "
+        "`inferq keys revoke`) stops within this time. 0 reads the database on every request.",
+    )
     retention_days: float = Field(
         30.0, ge=0, description="Finished jobs and datasets older than this are deleted (0 keeps them forever)."
     )
