@@ -10,11 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared import metrics
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from shared.models import Job, JobItem, utcnow
+from shared.models import Job, JobItem, ModelVersion, utcnow
 from shared.status import ItemStatus, JobKind, JobStatus
 from shared.storage import BlobStore
 from shared.webhook_models import WebhookEndpoint
@@ -160,19 +160,30 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
         return None
     model_ref, tenant_id, params, kind, created = row
     metrics.observe_started(kind, created, now)
-    if (params or {}).get("webhook") or tenants_listening(session, {tenant_id}):
+    listening = select(WebhookEndpoint.id).where(
+        WebhookEndpoint.tenant_id == tenant_id,
+        WebhookEndpoint.deleted_at.is_(None),
+        WebhookEndpoint.disabled_at.is_(None),
+    )
+    rows = session.execute(_pending_query(job_id).add_columns(listening.exists())).all()  # items + the tenant's
+    heard = rows[0][2] if rows else bool(tenants_listening(session, {tenant_id}))  # endpoints: one round trip
+    if (params or {}).get("webhook") or heard:
         on_started(session, job_id)  # webhook outbox row, in this same transaction
-    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), pending_inputs(session, job_id))
+    items = [(item_id, key) for item_id, key, _ in rows]
+    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), items)
 
 
-def pending_inputs(session: Session, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
-    """(item id, input key) of the job's items that have no result yet, in index order."""
-    q = (
+def _pending_query(job_id: uuid.UUID) -> Any:
+    return (
         select(JobItem.id, JobItem.input_key)
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
         .order_by(JobItem.idx)
     )
-    return [(item_id, key) for item_id, key in session.execute(q)]
+
+
+def pending_inputs(session: Session, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
+    """(item id, input key) of the job's items that have no result yet, in index order."""
+    return [(item_id, key) for item_id, key in session.execute(_pending_query(job_id))]
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
@@ -349,8 +360,9 @@ def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) 
 
 
 def get_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None) -> Job:
-    """The job, or JobNotFound (also for another tenant's job)."""
-    job = session.get(Job, job_id)
+    """The job, or JobNotFound (also for another tenant's job). Its model version comes in the same query; that
+    version's aliases only when read (a poll never needs them: one round trip saved)."""
+    job = session.get(Job, job_id, options=[joinedload(Job.model_version).lazyload(ModelVersion.aliases)])
     if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         raise JobNotFound(f"job {job_id} does not exist")
     return job
