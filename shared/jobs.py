@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
@@ -58,8 +58,10 @@ def create_classify_job(
     top_k: int,
     tenant_id: str = "default",
     dispatched_at: datetime | None = None,
+    inline_max_bytes: int = 0,
 ) -> Job:
     """Store the inputs durably, then add the job and its items to the session (the caller commits).
+    Inputs of at most `inline_max_bytes` go into their item's row (durable with the commit) instead of a blob.
     `dispatched_at` is stamped in the insert when the caller publishes right after its commit."""
     job = Job(
         id=uuid.uuid4(),
@@ -72,11 +74,15 @@ def create_classify_job(
         created_at=utcnow(),
         dispatched_at=dispatched_at,
     )
+    inline = [len(up.data) <= inline_max_bytes for up in uploads]
     for idx, up in enumerate(uploads):
-        store.put(input_key(job.id, idx), up.data)
+        if not inline[idx]:
+            store.put(input_key(job.id, idx), up.data)
     session.add(job)
     session.add_all(
-        JobItem(job_id=job.id, idx=idx, filename=up.filename, input_key=input_key(job.id, idx))
+        JobItem(job_id=job.id, idx=idx, filename=up.filename, input_data=up.data)
+        if inline[idx]
+        else JobItem(job_id=job.id, idx=idx, filename=up.filename, input_key=input_key(job.id, idx))
         for idx, up in enumerate(uploads)
     )
     session.flush()  # one flush: the unit of work inserts the job before its items (their foreign key)
@@ -134,6 +140,14 @@ def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | N
     return started
 
 
+class PendingInput(NamedTuple):
+    """An item still without a result: its id and where its input is (a blob key, or the bytes themselves)."""
+
+    item_id: int
+    key: str | None
+    data: bytes | None = None
+
+
 @dataclass(frozen=True)
 class Claim:
     """A first delivery of a classify job, taken in one statement: what the worker needs to run it."""
@@ -142,7 +156,7 @@ class Claim:
     model_ref: str
     tenant_id: str
     top_k: int
-    items: list[tuple[int, str | None]]  # (item id, input key) of the pending items, in index order
+    items: list[PendingInput]  # the pending items, in index order
 
 
 def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
@@ -169,21 +183,21 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     heard = rows[0][2] if rows else bool(tenants_listening(session, {tenant_id}))  # endpoints: one round trip
     if (params or {}).get("webhook") or heard:
         on_started(session, job_id)  # webhook outbox row, in this same transaction
-    items = [(item_id, key) for item_id, key, _ in rows]
+    items = [PendingInput(*row[:3]) for row in rows]
     return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), items)
 
 
 def _pending_query(job_id: uuid.UUID) -> Any:
     return (
-        select(JobItem.id, JobItem.input_key)
+        select(JobItem.id, JobItem.input_key, JobItem.input_data)
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
         .order_by(JobItem.idx)
     )
 
 
-def pending_inputs(session: Session, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
-    """(item id, input key) of the job's items that have no result yet, in index order."""
-    return [(item_id, key) for item_id, key in session.execute(_pending_query(job_id))]
+def pending_inputs(session: Session, job_id: uuid.UUID) -> list[PendingInput]:
+    """The job's items that have no result yet, in index order."""
+    return [PendingInput(*row) for row in session.execute(_pending_query(job_id))]
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> None:

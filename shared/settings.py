@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     api_threads: int = Field(32, ge=1, description="Threads per API process (long polls hold one each).")
 
     # --- batching ------------------------------------------------------------------------------------------
+    inline_input_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Classify inputs up to this size are stored in their job item's row (committed with the job) "
+        "instead of the blob store: no blob write and read per image. 0 stores every input as a blob.",
+    )
     max_batch: int = Field(64, ge=1, description="Largest forward pass of the micro-batcher (images).")
     max_batch_wait_ms: float = Field(10.0, ge=0, description="Longest a first image waits for company.")
     worker_concurrency: int = Field(32, ge=1, description="Task threads per inference worker process.")
