@@ -58,9 +58,13 @@ def register_heavy(data_dir: Path, database_url: str) -> float:
     try:
         with session_scope(make_sessionmaker(engine)) as session:
             mv = register_version(
-                session, name=HEAVY_NAME, format="keras", artifact_uri="pending", size_bytes=0,
+                session,
+                name=HEAVY_NAME,
+                format="keras",
+                artifact_uri="pending",
+                size_bytes=0,
                 aliases=(settings.default_alias,),
-            )  # fmt: skip
+            )
             relative = Path("models") / HEAVY_NAME / str(mv.version) / "model.keras"
             mv.size_bytes = save_keras(model, data_dir / relative)
             mv.artifact_uri = str(relative)

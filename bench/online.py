@@ -17,7 +17,7 @@ the URL is never written (the benchmark used to truncate it).
 
     python bench/online.py                                  # embedded defaults in a temp dir (SQLite + bundled Redis)
     python bench/online.py --compare 724fcf7 --json --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
-    python bench/online.py --profile 300                    # ms of CPU per job per stage (add --compare REF: before/after)
+    python bench/online.py --profile 300                    # ms of CPU per job per stage (+ --compare REF)
     python bench/online.py --metrics-overhead --repeats 3   # 32 clients, metrics on/off interleaved, same run
     python bench/online.py --upload-rss 1000000             # API RSS while a 784 MB .npy dataset is uploaded
 """
@@ -89,8 +89,10 @@ class Bench:
             INFERQ_DATASET_MAX_UPLOAD_BYTES=str(2 * 1024**3),
         )
         stack = Stack(name, tree, data_dir, db_url, env, port)
-        print(f"[{name}] migrating, making a key, training the default model ({self.args.epochs} epoch(s)) ...",
-              flush=True)  # fmt: skip
+        print(
+            f"[{name}] migrating, making a key, training the default model ({self.args.epochs} epoch(s)) ...",
+            flush=True,
+        )
         stack.prepare(self.args.epochs)
         self.stacks.append(stack)
         return stack
@@ -98,8 +100,9 @@ class Bench:
     def worktree(self, ref: str) -> Path:
         """A temporary detached git worktree of `ref` (removed at the end)."""
         where = self.tmp / f"ref-{ref.replace('/', '_')}"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref], check=True, capture_output=True
+        )
         self.worktrees.append(where)
         return where
 
@@ -134,8 +137,11 @@ def raw_throughput(stack: Stack, batch: int, seconds: float) -> float:
 
 
 def show(run: Run) -> None:
-    print(f"{run.label:<58}{run.rate:9.1f} jobs/s  mean batch {run.mean_batch:5.2f}  p50 {run.pct(50):7.1f} ms"
-          f"  p99 {run.pct(99):7.1f} ms", flush=True)  # fmt: skip
+    print(
+        f"{run.label:<58}{run.rate:9.1f} jobs/s  mean batch {run.mean_batch:5.2f}  p50 {run.pct(50):7.1f} ms"
+        f"  p99 {run.pct(99):7.1f} ms",
+        flush=True,
+    )
 
 
 def standard_runs(stack: Stack, args: argparse.Namespace, images: list[bytes], full: bool) -> dict[str, float]:
@@ -199,13 +205,17 @@ def peer_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> di
 
     arrays = [prepare(png, max_pixels=10**8).image.reshape(1, 28, 28, 1).astype(np.float32) for png in images]
     try:
-        out = run_peer(stack.data_dir, stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", arrays, 32,
-                       args.seconds)  # fmt: skip
+        out = run_peer(
+            stack.data_dir, stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", arrays, 32, args.seconds
+        )
     except Exception as exc:  # an install or start failure is a result too: say exactly what failed
         return {"mlserver_error": f"{type(exc).__name__}: {exc}"[-2000:]}
-    print(f"{'MLServer (adaptive batching, synchronous, stores nothing): 32 clients':<58}"
-          f"{out['mlserver_requests_per_s_32']:9.1f} req/s   p50 {out['mlserver_p50_ms_32']:7.1f} ms"
-          f"  p99 {out['mlserver_p99_ms_32']:7.1f} ms", flush=True)  # fmt: skip
+    print(
+        f"{'MLServer (adaptive batching, synchronous, stores nothing): 32 clients':<58}"
+        f"{out['mlserver_requests_per_s_32']:9.1f} req/s   p50 {out['mlserver_p50_ms_32']:7.1f} ms"
+        f"  p99 {out['mlserver_p99_ms_32']:7.1f} ms",
+        flush=True,
+    )
     return out
 
 
@@ -232,7 +242,11 @@ def busy_fields(args: argparse.Namespace) -> dict[str, Any]:
 def full_run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Baseline (with --compare), working tree, heavy mode and the peer, in that order, in this one process run."""
     images = sample_pngs()
-    result: dict[str, Any] = {"cores": os.cpu_count(), "seconds_per_run": args.seconds, "loadavg_start": os.getloadavg()[0]}
+    result: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "seconds_per_run": args.seconds,
+        "loadavg_start": os.getloadavg()[0],
+    }
     if args.compare:
         base = bench.stack(f"baseline {args.compare}", bench.worktree(args.compare), 1)
         result["ref"] = args.compare
@@ -252,16 +266,24 @@ def full_run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summary(result: dict[str, Any]) -> None:
-    print(f"\nraw model.predict  batch 1: {result['raw_img_per_s_b1']:.0f} img/s  batch 64: "
-          f"{result['raw_img_per_s_b64']:.0f} img/s   (load average {result['loadavg_start']:.1f} at the start)")  # fmt: skip
+    print(
+        f"\nraw model.predict  batch 1: {result['raw_img_per_s_b1']:.0f} img/s  batch 64: "
+        f"{result['raw_img_per_s_b64']:.0f} img/s   (load average {result['loadavg_start']:.1f} at the start)"
+    )
     if "baseline_jobs_per_s_32" in result:
-        print(f"32 clients: {result['jobs_per_s_32']:.1f} jobs/s vs baseline {result['baseline_jobs_per_s_32']:.1f} "
-              f"= {result['jobs_per_s_32'] / result['baseline_jobs_per_s_32']:.2f}x (target >= 3x)")  # fmt: skip
-    print(f"p99 at 32 clients {result['p99_ms_32']:.0f} ms (target <= 300); p50 at 1 client {result['p50_ms_1']:.1f} ms "
-          f"vs {result['p50_ms_1_max_batch_1']:.1f} ms with MAX_BATCH=1 (target <= 15 and <=)")  # fmt: skip
+        print(
+            f"32 clients: {result['jobs_per_s_32']:.1f} jobs/s vs baseline {result['baseline_jobs_per_s_32']:.1f} "
+            f"= {result['jobs_per_s_32'] / result['baseline_jobs_per_s_32']:.2f}x (target >= 3x)"
+        )
+    print(
+        f"p99 at 32 clients {result['p99_ms_32']:.0f} ms (target <= 300); p50 at 1 client {result['p50_ms_1']:.1f} ms "
+        f"vs {result['p50_ms_1_max_batch_1']:.1f} ms with MAX_BATCH=1 (target <= 15 and <=)"
+    )
     if "heavy_batching_gain" in result:
-        print(f"heavy model ({result['heavy_flops_ratio']:.1f}x FLOPs): batching gain "
-              f"{result['heavy_batching_gain']:.2f}x (target >= 3), mean batch {result['heavy_mean_batch_32']:.1f}")  # fmt: skip
+        print(
+            f"heavy model ({result['heavy_flops_ratio']:.1f}x FLOPs): batching gain "
+            f"{result['heavy_batching_gain']:.2f}x (target >= 3), mean batch {result['heavy_mean_batch_32']:.1f}"
+        )
 
 
 def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -269,11 +291,12 @@ def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     stack, images = bench.stack("working tree", ROOT, 2), sample_pngs()
     rates: dict[str, list[float]] = {"true": [], "false": []}
     for i in range(args.repeats):
-        for enabled in (("true", "false") if i % 2 == 0 else ("false", "true")):  # ABBA: drift hits both alike
+        for enabled in ("true", "false") if i % 2 == 0 else ("false", "true"):  # ABBA: drift hits both alike
             stack.start_api(INFERQ_METRICS_ENABLED=enabled)
             try:
-                run = e2e(stack, clients=32, max_batch=64, seconds=args.seconds, images=images,
-                          INFERQ_METRICS_ENABLED=enabled)  # fmt: skip
+                run = e2e(
+                    stack, clients=32, max_batch=64, seconds=args.seconds, images=images, INFERQ_METRICS_ENABLED=enabled
+                )
             finally:
                 stack.stop_api()
             run.label = f"metrics {'on' if enabled == 'true' else 'off'} (round {i + 1})"
@@ -281,10 +304,16 @@ def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             rates[enabled].append(run.rate)
     on, off = float(np.mean(rates["true"])), float(np.mean(rates["false"]))
     pairs = [a / b for a, b in zip(rates["true"], rates["false"], strict=True)]
-    print(f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: cost {1 - on / off:+.1%}; per-round on/off "
-          f"{', '.join(f'{p:.3f}' for p in pairs)} (spread = the noise)")  # fmt: skip
-    return {"metrics_on_jobs_per_s_32": on, "metrics_off_jobs_per_s_32": off, "metrics_cost": 1 - on / off,
-            "metrics_round_ratios": pairs}  # fmt: skip
+    print(
+        f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: cost {1 - on / off:+.1%}; per-round on/off "
+        f"{', '.join(f'{p:.3f}' for p in pairs)} (spread = the noise)"
+    )
+    return {
+        "metrics_on_jobs_per_s_32": on,
+        "metrics_off_jobs_per_s_32": off,
+        "metrics_cost": 1 - on / off,
+        "metrics_round_ratios": pairs,
+    }
 
 
 def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -295,14 +324,20 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     trees = ([(f"baseline {args.compare}", bench.worktree(args.compare))] if args.compare else []) + [("now", ROOT)]
     for i, (name, tree) in enumerate(trees):
         stack = bench.stack(name, tree, 1 + i)
-        code = ("import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from profile_online import *; "
-                "from shared.settings import Settings; from online_stack import sample_pngs; "
-                "print(json.dumps(profile_jobs(Settings(max_batch=1), json.loads(sys.argv[3]), sample_pngs(), "
-                "int(sys.argv[4]))))")  # fmt: skip
+        code = (
+            "import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from profile_online import *; "
+            "from shared.settings import Settings; from online_stack import sample_pngs; "
+            "print(json.dumps(profile_jobs(Settings(max_batch=1), json.loads(sys.argv[3]), sample_pngs(), "
+            "int(sys.argv[4]))))"
+        )
         out = subprocess.run(
             [sys.executable, "-c", code, str(tree), str(BENCH), json.dumps(stack.headers), str(args.profile)],
-            env=stack.env, cwd=tree, check=True, capture_output=True, text=True,
-        )  # fmt: skip
+            env=stack.env,
+            cwd=tree,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         tables[name] = json.loads(out.stdout.strip().splitlines()[-1])
     names = list(tables)
     print(f"\nCPU per single-image job, by stage (ms; {args.profile} jobs one at a time, INFERQ_MAX_BATCH=1)\n")
@@ -313,8 +348,12 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20, help="Measured seconds per end-to-end run.")
-    ap.add_argument("--database-url", default="", help="A PostgreSQL server; each stack gets its own new database "
-                    "there (inferq_bench_*), dropped afterwards. Default: SQLite in the temp dir.")  # fmt: skip
+    ap.add_argument(
+        "--database-url",
+        default="",
+        help="A PostgreSQL server; each stack gets its own new database "
+        "there (inferq_bench_*), dropped afterwards. Default: SQLite in the temp dir.",
+    )
     ap.add_argument("--redis-url", default="", help="Default: the bundled redis-server on a free port.")
     ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
     ap.add_argument("--epochs", type=int, default=1, help="Epochs of the default model trained per stack.")

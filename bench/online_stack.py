@@ -76,8 +76,10 @@ def drop_own_database(own_url: str, server_url: str) -> None:
 def assert_own_database(url: str) -> None:
     """Anything destructive first checks that the database is one this benchmark made (named inferq_bench_*)."""
     if url.startswith("postgresql") and not (make_url(url).database or "").startswith(OWN_DB_PREFIX):
-        raise SystemExit(f"refusing to run against {make_url(url).database!r}: bench/online.py only writes to "
-                         f"databases it created ({OWN_DB_PREFIX}*)")  # fmt: skip
+        raise SystemExit(
+            f"refusing to run against {make_url(url).database!r}: bench/online.py only writes to "
+            f"databases it created ({OWN_DB_PREFIX}*)"
+        )
 
 
 def pgroup_pids(pgid: int) -> list[int]:

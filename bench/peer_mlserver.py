@@ -22,7 +22,7 @@ import requests
 
 VENV = Path.home() / ".cache" / "inferq-bench" / "mlserver-venv"
 PACKAGES = ["mlserver==1.7.1", "tensorflow-cpu==2.21.0", "keras==3.15.1"]  # the same TF/Keras as inferq's workers
-RUNTIME = '''
+RUNTIME = """
 import keras
 import numpy as np
 from mlserver import MLModel
@@ -40,13 +40,16 @@ class KerasDigits(MLModel):
         x = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32)
         y = self._model.predict_on_batch(x)
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("probabilities", y)])
-'''
+"""
 
 
 def ensure_venv(log: Path) -> Path:
     """The MLServer virtualenv's python (python3.11 -m venv + pip install, once); SystemExit with pip's tail."""
     python = VENV / "bin" / "python"
-    if python.exists() and subprocess.run([python, "-c", "import mlserver, keras"], capture_output=True).returncode == 0:
+    if (
+        python.exists()
+        and subprocess.run([python, "-c", "import mlserver, keras"], capture_output=True).returncode == 0
+    ):
         return python
     VENV.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
@@ -76,8 +79,9 @@ def write_model_dir(where: Path, model_file: Path, *, http_port: int, grpc_port:
 def drive(url: str, arrays: list[np.ndarray], clients: int, seconds: float) -> tuple[int, float, list[float]]:
     """`clients` threads posting one image each, synchronously, for `seconds`: (requests, elapsed, latencies)."""
     bodies = [
-        json.dumps({"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32",
-                                "data": a.reshape(-1).tolist()}]})  # fmt: skip
+        json.dumps(
+            {"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "FP32", "data": a.reshape(-1).tolist()}]}
+        )
         for a in arrays
     ]
     lat: list[float] = []
@@ -116,8 +120,11 @@ def run_peer(tmp: Path, model_file: Path, arrays: list[np.ndarray], clients: int
     log = open(tmp / "mlserver.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(  # noqa: S603
         [python.parent / "mlserver", "start", str(where)],
-        cwd=where, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=where,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
     try:
         wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/v2/models/digits/ready", timeout=2).ok, 300, "MLServer")

@@ -103,8 +103,10 @@ class StageClock:
 
 
 def _commit_stage(current: str | None) -> str:
-    return "DB inserts (job + items, commit)" if current in (API_ROOT, "DB inserts (job + items, commit)") else (
-        "result write (DB)"
+    return (
+        "DB inserts (job + items, commit)"
+        if current in (API_ROOT, "DB inserts (job + items, commit)")
+        else ("result write (DB)")
     )
 
 

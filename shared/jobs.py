@@ -345,9 +345,7 @@ def _settle_plain(ids: list[uuid.UUID], model_version_id: int | None, now: datet
             completed_items=counted.c.ok,
             failed_items=counted.c.bad,
             model_version_id=func.coalesce(Job.model_version_id, model_version_id),
-            status=case(
-                (all_failed, JobStatus.FAILED.value), (done, JobStatus.SUCCEEDED.value), else_=Job.status
-            ),
+            status=case((all_failed, JobStatus.FAILED.value), (done, JobStatus.SUCCEEDED.value), else_=Job.status),
             error_type=case((all_failed, "all-items-failed"), else_=Job.error_type),
             error=case((all_failed, "none of the images could be classified; see each item's error"), else_=Job.error),
             finished_at=case((done, now), else_=Job.finished_at),

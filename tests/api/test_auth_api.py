@@ -177,6 +177,7 @@ def test_an_unknown_key_is_never_cached(app: Flask) -> None:
     """Only keys that authenticated are remembered: a refused key is read (and refused) again each time."""
     before = len(services_of(app).keys._entries)
     for _ in range(2):
-        assert_problem(_plain(app).get("/v1/jobs", headers={"X-API-Key": "iq_0123456789ab_" + "x" * 43}), 401,
-                       "unauthenticated")  # fmt: skip
+        assert_problem(
+            _plain(app).get("/v1/jobs", headers={"X-API-Key": "iq_0123456789ab_" + "x" * 43}), 401, "unauthenticated"
+        )
     assert len(services_of(app).keys._entries) == before

@@ -409,9 +409,13 @@ def test_small_inputs_live_in_their_row_and_large_ones_in_blobs(session: Session
     blob; pending_inputs hands the worker the bytes or the key accordingly."""
     small, large = b"x" * 10, b"y" * 11
     job = jobstore.create_classify_job(
-        session=session, store=store, uploads=[Upload(None, small), Upload(None, large)], model_ref="m", top_k=1,
+        session=session,
+        store=store,
+        uploads=[Upload(None, small), Upload(None, large)],
+        model_ref="m",
+        top_k=1,
         inline_max_bytes=10,
-    )  # fmt: skip
+    )
     session.commit()
     pending = jobstore.pending_inputs(session, job.id)
     assert [(p.key, p.data) for p in pending] == [(None, small), (jobstore.input_key(job.id, 1), None)]
