@@ -103,11 +103,10 @@ class StageClock:
 
 
 def _commit_stage(current: str | None) -> str:
-    return (
-        "DB inserts (job + items, commit)"
-        if current in (API_ROOT, "DB inserts (job + items, commit)")
-        else ("result write (DB)")
-    )
+    """A commit belongs to the stage whose transaction it ends: the API's insert, the worker's claim, or a result."""
+    if current in (API_ROOT, "DB inserts (job + items, commit)"):
+        return "DB inserts (job + items, commit)"
+    return "claim (DB)" if current == TASK_ROOT else "result write (DB)"
 
 
 def instrument(clock: StageClock, store: Any) -> None:
