@@ -61,10 +61,12 @@ def ensure_venv(log: Path) -> Path:
 
 
 def write_model_dir(where: Path, model_file: Path, *, http_port: int, grpc_port: int, metrics_port: int) -> None:
-    """settings.json, model-settings.json (adaptive batching: 64 items or 10 ms) and the runtime module."""
+    """settings.json, model-settings.json (adaptive batching: 64 items or 10 ms) and the runtime module. Inference
+    runs in the server process (parallel_workers 0): MLServer 1.7.1's worker processes die at start with uvloop
+    0.23 ("There is no current event loop in thread MainThread")."""
     where.mkdir(parents=True, exist_ok=True)
     (where / "runtime.py").write_text(RUNTIME)
-    server = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "parallel_workers": 1}
+    server = {"http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port, "parallel_workers": 0}
     (where / "settings.json").write_text(json.dumps(server))
     model = {
         "name": "digits",
