@@ -208,7 +208,7 @@ def peer_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> di
         out = run_peer(
             stack.data_dir, stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", arrays, 32, args.seconds
         )
-    except Exception as exc:  # an install or start failure is a result too: say exactly what failed
+    except (Exception, SystemExit) as exc:  # an install or start failure is a result too: say what failed
         return {"mlserver_error": f"{type(exc).__name__}: {exc}"[-2000:]}
     print(
         f"{'MLServer (adaptive batching, synchronous, stores nothing): 32 clients':<58}"
