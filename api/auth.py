@@ -99,7 +99,20 @@ def bearer_token(req: Request) -> str | None:
 
 
 def _principal_for(token: str) -> Principal | None:
-    """Look the key up (and note its use, at most once a minute); None if it does not authenticate."""
+    """The key's principal: from this process's KeyCache (INFERQ_API_KEY_CACHE_S), else looked up (noting its use,
+    at most once a minute) and remembered; None if it does not authenticate (never remembered)."""
+    svc = services()
+    cached = svc.keys.get(token)
+    if isinstance(cached, Principal):
+        return cached
+    principal = _look_up(token)
+    if principal is not None:
+        svc.keys.put(token, principal)
+    return principal
+
+
+def _look_up(token: str) -> Principal | None:
+    """Read the key from the database (and note its use, at most once a minute)."""
     svc = services()
     with svc.sessions() as session:
         key = apikeys.authenticate(session=session, token=token)

@@ -81,9 +81,15 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     # 404 now, not a failed job later (remembered per process for INFERQ_MODEL_REF_TTL_S)
     svc.known_refs.check(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
     job = jobstore.create_classify_job(
-        session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k, tenant_id=tenant
+        session=session,
+        store=svc.store,
+        uploads=parsed.uploads,
+        model_ref=str(ref),
+        top_k=top_k,
+        tenant_id=tenant,
+        dispatched_at=utcnow(),  # optimistic, in the insert: the publish follows the commit; a failure clears it
+        inline_max_bytes=settings.inline_input_max_bytes,
     )
-    job.dispatched_at = utcnow()  # optimistic: the publish follows the commit; a failed one clears it again
     try:
         attach_job_webhook(session, job, webhook)
         session.commit()

@@ -10,7 +10,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_principal
-from api.deps import db
+from api.deps import db, services
 from shared import apikeys
 from shared.errors import InsufficientScope
 from shared.schemas import Problem
@@ -104,8 +104,10 @@ def get_key(path: KeyPath) -> Response:
 
 @bp.delete("/<key_id>", summary="Revoke an API key", responses={"204": None})
 def revoke_key(path: KeyPath) -> tuple[str, int]:
-    """The key stops working at once (401 from the next request); it stays listed with its revoked_at."""
+    """The key stops working at once in this API process (401 from the next request) and within
+    INFERQ_API_KEY_CACHE_S in the others; it stays listed with its revoked_at."""
     session = db()
     apikeys.revoke_key(session=session, key_id=path.key_id, tenant_id=current_principal().tenant_id)
     session.commit()
+    services().keys.forget(path.key_id)
     return "", 204

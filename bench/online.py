@@ -3,76 +3,129 @@
 
 In one run it measures
   * raw `predict` throughput of the default model at batch 1 and 64 (the reference),
-  * end-to-end completed single-image jobs/s with 1 and 32 concurrent HTTP clients (submit + poll until done),
-    once with micro-batching (INFERQ_MAX_BATCH=64) and once with INFERQ_MAX_BATCH=1,
-and prints mean forward-pass batch size, p50/p99 latency and the ratios.
+  * end-to-end completed single-image jobs/s with 1 and 32 concurrent HTTP clients (submit + long poll until
+    done), with micro-batching (INFERQ_MAX_BATCH=64) and with INFERQ_MAX_BATCH=1,
+  * with --heavy (implied by --json): the same 32 clients on a wider CNN (>= 20x the default model's FLOPs),
+    micro-batching vs INFERQ_MAX_BATCH=1 (`heavy_batching_gain`),
+  * with --compare REF: the same load against a temporary git worktree of REF first (the baseline),
+  * with --peer mlserver: Seldon MLServer with adaptive batching on the same model and clients,
+and prints mean forward-pass batch size, p50/p99 latency and the ratios; --json adds one JSON object as the last line.
 
-    python bench/online.py                      # embedded defaults in a temp dir (SQLite + bundled Redis)
-    python bench/online.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test --redis-url redis://127.0.0.1:6379/9
-    python bench/online.py --metrics-overhead   # 32 clients, micro-batching, metrics on vs off (alternated, same run)
+Every database it writes is one it created: SQLite in a temp dir by default, or with --database-url (a
+PostgreSQL *server*) a fresh `inferq_bench_<hex>` database per stack, dropped afterwards. The database named in
+the URL is never written (the benchmark used to truncate it).
+
+    python bench/online.py                                  # embedded defaults in a temp dir (SQLite + bundled Redis)
+    python bench/online.py --compare 724fcf7 --json --database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+    python bench/online.py --profile 300                    # ms of CPU per job per stage (+ --compare REF)
+    python bench/online.py --metrics-overhead --repeats 3   # 32 clients, metrics on/off interleaved, same run
+    python bench/online.py --upload-rss 1000000             # API RSS while a 784 MB .npy dataset is uploaded
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import requests
-import sqlalchemy as sa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(ROOT), str(BENCH)]
 
-from inferq.access import ensure_local_key  # noqa: E402
-from inferq.samples import as_user_photo, mnist_sample  # noqa: E402
-from shared.db import upgrade_database  # noqa: E402
-from shared.embedded import EmbeddedRedis, free_port, port_open  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from online_stack import (  # noqa: E402
+    Run,
+    Stack,
+    create_own_database,
+    drop_own_database,
+    e2e,
+    sample_pngs,
+)
 
-
-@dataclass
-class Run:
-    label: str
-    clients: int
-    max_batch: int
-    jobs: int
-    seconds: float
-    latencies: list[float]
-    mean_batch: float
-
-    @property
-    def rate(self) -> float:
-        return self.jobs / self.seconds
-
-    def pct(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+from shared.embedded import EmbeddedRedis, free_port  # noqa: E402
 
 
-def sample_pngs(n: int = 50) -> list[bytes]:
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        as_user_photo(mnist_sample(i % 10, i // 10)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+class Bench:
+    """The temp dir, the Redis, and the stacks (one per source tree) of one benchmark run; cleans up after itself."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
+        self.redis = None if args.redis_url else EmbeddedRedis(self.tmp / "redis", free_port(), appendonly=False)
+        self.redis_url = args.redis_url or self.redis.start().url  # type: ignore[union-attr]
+        self.stacks: list[Stack] = []
+        self.worktrees: list[Path] = []
+        self.databases: list[str] = []
+
+    def stack(self, name: str, tree: Path, redis_db: int) -> Stack:
+        """A stack of `tree`'s code with its own database, data dir and port (prepared: schema, key, model)."""
+        data_dir = self.tmp / f"stack-{len(self.stacks)}"
+        data_dir.mkdir()
+        if self.args.database_url:
+            db_url = create_own_database(self.args.database_url)
+            self.databases.append(db_url)
+        else:
+            db_url = f"sqlite:///{data_dir / 'inferq.db'}"
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+        env.update(
+            PYTHONPATH=str(tree),
+            INFERQ_DATA_DIR=str(data_dir),
+            INFERQ_DATABASE_URL=db_url,
+            INFERQ_REDIS_URL=self.redis_url.rsplit("/", 1)[0] + f"/{redis_db}",
+            INFERQ_API_PORT=str(port),
+            TF_CPP_MIN_LOG_LEVEL="2",
+            PYTHONUNBUFFERED="1",
+            INFERQ_RATE_LIMIT_ENABLED="false",  # the benchmark measures capacity, not the per-key request policy
+            INFERQ_WORKER_METRICS_PORT=str(free_port()),
+            INFERQ_DATASET_MAX_UPLOAD_BYTES=str(2 * 1024**3),
+        )
+        stack = Stack(name, tree, data_dir, db_url, env, port)
+        print(
+            f"[{name}] migrating, making a key, training the default model ({self.args.epochs} epoch(s)) ...",
+            flush=True,
+        )
+        stack.prepare(self.args.epochs)
+        self.stacks.append(stack)
+        return stack
+
+    def worktree(self, ref: str) -> Path:
+        """A temporary detached git worktree of `ref` (removed at the end)."""
+        where = self.tmp / f"ref-{ref.replace('/', '_')}"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref], check=True, capture_output=True
+        )
+        self.worktrees.append(where)
+        return where
+
+    def close(self) -> None:
+        for stack in self.stacks:
+            stack.stop_api()
+        for where in self.worktrees:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], capture_output=True)
+        for url in self.databases:
+            drop_own_database(url, self.args.database_url)
+        if self.redis is not None:
+            self.redis.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            print(f"kept {self.tmp}")
 
 
-def raw_throughput(settings: Settings, batch: int, seconds: float) -> float:
-    """Images/s of the bare model at a fixed batch size, on preprocessed inputs (the reference)."""
+def raw_throughput(stack: Stack, batch: int, seconds: float) -> float:
+    """Images/s of the bare default model at a fixed batch size, on preprocessed inputs (the reference)."""
     from worker.runtime import load_model
 
-    model = load_model(settings.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", "keras")
+    model = load_model(stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", "keras")
     x = np.random.default_rng(0).random((batch, 28, 28), dtype=np.float32)
     for _ in range(3):
         model.predict(x)
@@ -83,215 +136,263 @@ def raw_throughput(settings: Settings, batch: int, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "inferq", *args],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-    )  # noqa: SIM115
+def show(run: Run) -> None:
+    print(
+        f"{run.label:<58}{run.rate:9.1f} jobs/s  mean batch {run.mean_batch:5.2f}  p50 {run.pct(50):7.1f} ms"
+        f"  p99 {run.pct(99):7.1f} ms",
+        flush=True,
+    )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-HEADERS: dict[str, str] = {}  # the API key's header, set once the database exists
-
-
-def client_loop(url: str, images: list[bytes], deadline: float, lat: list[float], lock: threading.Lock) -> None:
-    s = requests.Session()
-    s.headers.update(HEADERS)
-    i = 0
-    while time.monotonic() < deadline:
-        t0 = time.perf_counter()
-        r = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", images[i % len(images)], "image/png"))], timeout=30)
-        job = r.json()
-        while job["status"] not in ("succeeded", "failed", "canceled"):  # long poll, as the CLI does
-            job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=30).json()
-        with lock:
-            lat.append(time.perf_counter() - t0)
-        i += 1
-
-
-def e2e(
-    settings: Settings,
-    env: dict[str, str],
-    *,
-    clients: int,
-    max_batch: int,
-    seconds: float,
-    images: list[bytes],
-    logs: Path,
-) -> Run:
-    """Completed single-image jobs per second through the HTTP API and a real worker process."""
-    wenv = dict(env, INFERQ_MAX_BATCH=str(max_batch))
-    worker = spawn(["worker", "--queues", "inference"], wenv, logs / f"worker-{clients}-{max_batch}.log")
+def standard_runs(stack: Stack, args: argparse.Namespace, images: list[bytes], full: bool) -> dict[str, float]:
+    """1 and 32 clients with micro-batching (and, if `full`, with INFERQ_MAX_BATCH=1 too); the JSON fields."""
+    stack.start_api()
     try:
-        wait_for(lambda: " ready." in (logs / f"worker-{clients}-{max_batch}.log").read_text(), 300, "the worker")
-        warm: list[float] = []
-        client_loop(settings.resolved_api_url, images, time.monotonic() + 3, warm, threading.Lock())  # loads TF model
-        engine = sa.create_engine(settings.resolved_database_url)
-        with engine.connect() as c:
-            since = c.execute(sa.text("SELECT max(id) FROM job_items")).scalar() or 0
-        lat: list[float] = []
-        lock = threading.Lock()
-        deadline = time.monotonic() + seconds
-        start = time.monotonic()
-        threads = [
-            threading.Thread(target=client_loop, args=(settings.resolved_api_url, images, deadline, lat, lock))
-            for _ in range(clients)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - start
-        with engine.connect() as c:
-            n, passes = c.execute(
-                sa.text(
-                    "SELECT count(*), sum(1.0 / batch_size) FROM job_items WHERE id > :s AND batch_size IS NOT NULL"
-                ),
-                {"s": since},
-            ).one()
-        engine.dispose()
-        return Run(
-            f"{clients} client(s), max_batch={max_batch}",
-            clients,
-            max_batch,
-            len(lat),
-            elapsed,
-            lat,
-            (n / float(passes)) if passes else 0.0,
-        )
+        plan = [(1, 64), (32, 64)] + ([(1, 1), (32, 1)] if full else [])
+        runs = {}
+        for clients, mb in plan:
+            runs[(clients, mb)] = e2e(stack, clients=clients, max_batch=mb, seconds=args.seconds, images=images)
+            show(runs[(clients, mb)])
     finally:
-        stop(worker)
+        stack.stop_api()
+    out = {
+        "jobs_per_s_32": runs[(32, 64)].rate,
+        "p50_ms_32": runs[(32, 64)].pct(50),
+        "p99_ms_32": runs[(32, 64)].pct(99),
+        "mean_batch_32": runs[(32, 64)].mean_batch,
+        "jobs_per_s_1": runs[(1, 64)].rate,
+        "p50_ms_1": runs[(1, 64)].pct(50),
+        "p99_ms_1": runs[(1, 64)].pct(99),
+    }
+    if full:
+        out.update(
+            p50_ms_1_max_batch_1=runs[(1, 1)].pct(50),
+            jobs_per_s_1_max_batch_1=runs[(1, 1)].rate,
+            jobs_per_s_32_max_batch_1=runs[(32, 1)].rate,
+            p99_ms_32_max_batch_1=runs[(32, 1)].pct(99),
+        )
+    return out
 
 
-def metrics_overhead(settings: Settings, env: dict[str, str], seconds: float, tmp: Path) -> None:
-    """Jobs/s with 32 clients and micro-batching, metrics on and off in alternation (on, off, on, off); prints
-    the on/off throughput ratio (the issue's bar: metrics cost under 2%)."""
-    images, runs = sample_pngs(), []
-    for i, enabled in enumerate(("true", "false", "true", "false")):
-        menv = dict(env, INFERQ_METRICS_ENABLED=enabled)
-        api = spawn(["api", "--workers", "2"], menv, tmp / f"api-{i}.log")
-        try:
-            wait_for(lambda: port_open("127.0.0.1", settings.api_port), 60, "the API")
-            run = e2e(settings, menv, clients=32, max_batch=64, seconds=seconds, images=images, logs=tmp)
-        finally:
-            stop(api)
-        run.label = f"metrics {'on' if enabled == 'true' else 'off'} (run {i + 1})"
-        runs.append(run)
-        print(f"{run.label:<24}{run.rate:9.1f} jobs/s  mean batch {run.mean_batch:5.1f}  p50 {run.pct(50):6.1f} ms"
-              f"  p99 {run.pct(99):6.1f} ms", flush=True)  # fmt: skip
-    on = sum(r.jobs for r in runs if "on" in r.label) / sum(r.seconds for r in runs if "on" in r.label)
-    off = sum(r.jobs for r in runs if "off" in r.label) / sum(r.seconds for r in runs if "off" in r.label)
-    print(f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: on/off = {on / off:.3f} (cost {1 - on / off:+.1%})")
+def heavy_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> dict[str, float]:
+    """32 clients on the wider CNN: micro-batching vs INFERQ_MAX_BATCH=1."""
+    from heavy_model import HEAVY_NAME, register_heavy
+
+    ratio = register_heavy(stack.data_dir, stack.database_url)
+    stack.start_api()
+    try:
+        on = e2e(stack, clients=32, max_batch=64, seconds=args.seconds, images=images, model=HEAVY_NAME)
+        show(on)
+        off = e2e(stack, clients=32, max_batch=1, seconds=args.seconds, images=images, model=HEAVY_NAME)
+        show(off)
+    finally:
+        stack.stop_api()
+    return {
+        "heavy_flops_ratio": ratio,
+        "heavy_jobs_per_s_32": on.rate,
+        "heavy_jobs_per_s_32_max_batch_1": off.rate,
+        "heavy_mean_batch_32": on.mean_batch,
+        "heavy_p99_ms_32": on.pct(99),
+        "heavy_batching_gain": on.rate / off.rate if off.rate else float("nan"),
+    }
+
+
+def peer_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> dict[str, Any]:
+    """MLServer on the same default model file, same clients; errors are reported, not raised."""
+    from peer_mlserver import run_peer
+
+    from shared.imaging import prepare
+
+    arrays = [prepare(png, max_pixels=10**8).image.reshape(1, 28, 28, 1).astype(np.float32) for png in images]
+    try:
+        out = run_peer(
+            stack.data_dir, stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", arrays, 32, args.seconds
+        )
+    except (Exception, SystemExit) as exc:  # an install or start failure is a result too: say what failed
+        return {"mlserver_error": f"{type(exc).__name__}: {exc}"[-2000:]}
+    print(
+        f"{'MLServer (adaptive batching, synchronous, stores nothing): 32 clients':<58}"
+        f"{out['mlserver_requests_per_s_32']:9.1f} req/s   p50 {out['mlserver_p50_ms_32']:7.1f} ms"
+        f"  p99 {out['mlserver_p99_ms_32']:7.1f} ms",
+        flush=True,
+    )
+    return out
+
+
+def merge(result: dict[str, Any], extra: dict[str, Any], prefix: str) -> None:
+    """Add `extra`'s fields; a name already present is kept and the newcomer is stored as prefix_name."""
+    for key, value in extra.items():
+        result[key if key not in result else f"{prefix}_{key}"] = value
+
+
+def busy_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """bench/busy.py's result: it is run with --json and its last output line (one JSON object) is merged."""
+    script = BENCH / "busy.py"
+    if not script.exists():
+        return {"busy_error": "bench/busy.py is not in this tree"}
+    cmd = [sys.executable, str(script), "--json"] + (["--database-url", args.database_url] if args.database_url else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    try:
+        out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return out
+    except (IndexError, json.JSONDecodeError):
+        return {"busy_error": f"exit {done.returncode}: {(done.stderr or done.stdout)[-1000:]}"}
+
+
+def full_run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Baseline (with --compare), working tree, heavy mode and the peer, in that order, in this one process run."""
+    images = sample_pngs()
+    result: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "seconds_per_run": args.seconds,
+        "loadavg_start": os.getloadavg()[0],
+    }
+    if args.compare:
+        base = bench.stack(f"baseline {args.compare}", bench.worktree(args.compare), 1)
+        result["ref"] = args.compare
+        merge(result, {f"baseline_{k}": v for k, v in standard_runs(base, args, images, full=False).items()}, "x")
+    work = bench.stack("working tree", ROOT, 2)
+    result["raw_img_per_s_b1"] = raw_throughput(work, 1, 5)
+    result["raw_img_per_s_b64"] = raw_throughput(work, 64, 5)
+    result.update(standard_runs(work, args, images, full=True))
+    if args.heavy or args.json:
+        result.update(heavy_runs(work, args, images))
+    if args.peer == "mlserver":
+        result.update(peer_runs(work, args, images))
+    if args.busy:
+        merge(result, busy_fields(args), "busy")
+    result["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def summary(result: dict[str, Any]) -> None:
+    print(
+        f"\nraw model.predict  batch 1: {result['raw_img_per_s_b1']:.0f} img/s  batch 64: "
+        f"{result['raw_img_per_s_b64']:.0f} img/s   (load average {result['loadavg_start']:.1f} at the start)"
+    )
+    if "baseline_jobs_per_s_32" in result:
+        print(
+            f"32 clients: {result['jobs_per_s_32']:.1f} jobs/s vs baseline {result['baseline_jobs_per_s_32']:.1f} "
+            f"= {result['jobs_per_s_32'] / result['baseline_jobs_per_s_32']:.2f}x (target >= 3x)"
+        )
+    print(
+        f"p99 at 32 clients {result['p99_ms_32']:.0f} ms (target <= 300); p50 at 1 client {result['p50_ms_1']:.1f} ms "
+        f"vs {result['p50_ms_1_max_batch_1']:.1f} ms with MAX_BATCH=1 (target <= 15 and <=)"
+    )
+    if "heavy_batching_gain" in result:
+        print(
+            f"heavy model ({result['heavy_flops_ratio']:.1f}x FLOPs): batching gain "
+            f"{result['heavy_batching_gain']:.2f}x (target >= 3), mean batch {result['heavy_mean_batch_32']:.1f}"
+        )
+
+
+def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Jobs/s with 32 clients and micro-batching, metrics on and off interleaved (on, off, on, off, ...)."""
+    stack, images = bench.stack("working tree", ROOT, 2), sample_pngs()
+    rates: dict[str, list[float]] = {"true": [], "false": []}
+    for i in range(args.repeats):
+        for enabled in ("true", "false") if i % 2 == 0 else ("false", "true"):  # ABBA: drift hits both alike
+            stack.start_api(INFERQ_METRICS_ENABLED=enabled)
+            try:
+                run = e2e(
+                    stack, clients=32, max_batch=64, seconds=args.seconds, images=images, INFERQ_METRICS_ENABLED=enabled
+                )
+            finally:
+                stack.stop_api()
+            run.label = f"metrics {'on' if enabled == 'true' else 'off'} (round {i + 1})"
+            show(run)
+            rates[enabled].append(run.rate)
+    on, off = float(np.mean(rates["true"])), float(np.mean(rates["false"]))
+    pairs = [a / b for a, b in zip(rates["true"], rates["false"], strict=True)]
+    print(
+        f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: cost {1 - on / off:+.1%}; per-round on/off "
+        f"{', '.join(f'{p:.3f}' for p in pairs)} (spread = the noise)"
+    )
+    return {
+        "metrics_on_jobs_per_s_32": on,
+        "metrics_off_jobs_per_s_32": off,
+        "metrics_cost": 1 - on / off,
+        "metrics_round_ratios": pairs,
+    }
+
+
+def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """ms of CPU per job per stage; with --compare, the baseline's table beside (run with its code, this harness)."""
+    from profile_online import print_table
+
+    tables = {}
+    trees = ([(f"baseline {args.compare}", bench.worktree(args.compare))] if args.compare else []) + [("now", ROOT)]
+    for i, (name, tree) in enumerate(trees):
+        stack = bench.stack(name, tree, 1 + i)
+        code = (
+            "import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from profile_online import *; "
+            "from shared.settings import Settings; from online_stack import sample_pngs; "
+            "print(json.dumps(profile_jobs(Settings(max_batch=1), json.loads(sys.argv[3]), sample_pngs(), "
+            "int(sys.argv[4]))))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tree), str(BENCH), json.dumps(stack.headers), str(args.profile)],
+            env=stack.env,
+            cwd=tree,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        tables[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    names = list(tables)
+    print(f"\nCPU per single-image job, by stage (ms; {args.profile} jobs one at a time, INFERQ_MAX_BATCH=1)\n")
+    print_table(tables[names[0]] if len(names) > 1 else None, tables[names[-1]], (names[0], names[-1]))
+    return {"profile": tables}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20, help="Measured seconds per end-to-end run.")
+    ap.add_argument(
+        "--database-url",
+        default="",
+        help="A PostgreSQL server; each stack gets its own new database "
+        "there (inferq_bench_*), dropped afterwards. Default: SQLite in the temp dir.",
+    )
+    ap.add_argument("--redis-url", default="", help="Default: the bundled redis-server on a free port.")
+    ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
+    ap.add_argument("--epochs", type=int, default=1, help="Epochs of the default model trained per stack.")
+    ap.add_argument("--compare", metavar="REF", default="", help="Run the same load on a worktree of REF first.")
+    ap.add_argument("--json", action="store_true", help="Print one JSON object as the last line (implies --heavy).")
+    ap.add_argument("--heavy", action="store_true", help="Also the wide CNN at 32 clients, batching on vs off.")
+    ap.add_argument("--peer", choices=["mlserver"], default=None, help="Also Seldon MLServer on the same model.")
+    ap.add_argument("--busy", action="store_true", help="Also run bench/busy.py --json and merge its fields.")
+    ap.add_argument("--metrics-overhead", action="store_true", help="Only: metrics on vs off, interleaved.")
+    ap.add_argument("--repeats", type=int, default=2, help="Rounds of on+off for --metrics-overhead.")
+    ap.add_argument("--profile", type=int, metavar="JOBS", default=0, help="Only: CPU per job per stage.")
+    ap.add_argument("--upload-rss", type=int, metavar="IMAGES", default=0, help="Only: API RSS during an upload.")
+    return ap.parse_args()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=20, help="Measured seconds per end-to-end run.")
-    ap.add_argument("--database-url", default="", help="Default: SQLite in a temp dir.")
-    ap.add_argument("--redis-url", default="", help="Default: the bundled redis-server on a free port.")
-    ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
-    ap.add_argument("--epochs", type=int, default=5, help="Epochs of the default model trained first.")
-    ap.add_argument(
-        "--metrics-overhead",
-        action="store_true",
-        help="Only 32 clients with micro-batching, metrics on / off / on / off (API and worker restarted each time).",
-    )
-    args = ap.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="inferq-bench-"))
-    redis = None
-    if not args.redis_url:
-        redis = EmbeddedRedis(tmp / "redis", free_port(), appendonly=False).start()
-    settings = Settings(
-        data_dir=tmp,
-        database_url=args.database_url,
-        redis_url=args.redis_url or redis.url,
-        api_port=free_port(),
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
-    env.update(
-        INFERQ_DATA_DIR=str(tmp),
-        INFERQ_DATABASE_URL=settings.resolved_database_url,
-        INFERQ_REDIS_URL=settings.broker_url(),
-        INFERQ_API_PORT=str(settings.api_port),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
-        INFERQ_RATE_LIMIT_ENABLED="false",  # the benchmark measures capacity, not the per-key request policy
-        INFERQ_WORKER_METRICS_PORT=str(free_port()),  # the worker's /metrics is served while metrics are on
-    )
-    api = None
+    args = parse_args()
+    if args.database_url and not args.database_url.startswith("postgresql"):
+        raise SystemExit("--database-url names a PostgreSQL server (the benchmark creates its own databases there)")
+    bench = Bench(args)
     try:
-        upgrade_database(settings)
-        HEADERS["Authorization"] = f"Bearer {ensure_local_key(settings)[0]}"
-        if args.database_url.startswith("postgresql"):
-            with sa.create_engine(settings.resolved_database_url).begin() as c:
-                c.execute(sa.text("TRUNCATE job_items, jobs, model_aliases, model_versions CASCADE"))
-        print(f"training the default model ({args.epochs} epochs) ...", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs), "--force"],
-            env=env,
-            check=True,
-            cwd=ROOT,
-            capture_output=True,
-        )
-        if args.metrics_overhead:
-            metrics_overhead(settings, env, args.seconds, tmp)
-            return
-        raw1 = raw_throughput(settings, 1, 5)
-        raw64 = raw_throughput(settings, 64, 5)
-        api = spawn(["api", "--workers", "2"], env, tmp / "api.log")
-        wait_for(lambda: port_open("127.0.0.1", settings.api_port), 60, "the API")
-        images = sample_pngs()
-        runs = [
-            e2e(settings, env, clients=c, max_batch=b, seconds=args.seconds, images=images, logs=tmp)
-            for b in (64, 1)
-            for c in (1, 32)
-        ]
-    finally:
-        if api is not None:
-            stop(api)
-        if redis is not None:
-            redis.stop()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if args.profile:
+            result = profile(bench, args)
+        elif args.metrics_overhead:
+            result = metrics_overhead(bench, args)
+        elif args.upload_rss:
+            from upload_rss import upload_rss
 
-    db_kind = settings.resolved_database_url.split(":", 1)[0]
-    print(f"\ninferq online benchmark  ({os.cpu_count()} cores, database {db_kind}, {args.seconds:.0f}s per run)\n")
-    print(f"raw model.predict   batch 1: {raw1:9.1f} img/s   batch 64: {raw64:9.1f} img/s\n")
-    print(f"{'end-to-end run':<32}{'jobs/s':>9}{'mean batch':>12}{'p50 ms':>9}{'p99 ms':>9}{'vs raw b1':>11}")
-    for r in runs:
-        print(f"{r.label:<32}{r.rate:9.1f}{r.mean_batch:12.2f}{r.pct(50):9.1f}{r.pct(99):9.1f}{r.rate / raw1:10.2f}x")
-    by = {(r.clients, r.max_batch): r for r in runs}
-    ratio = by[(32, 64)].rate / by[(32, 1)].rate
-    print(
-        f"\n32 clients: micro-batching vs MAX_BATCH=1 throughput ratio {ratio:.2f}x "
-        f"(target >= 3x); mean batch {by[(32, 64)].mean_batch:.1f} (target >= 8)"
-    )
-    print(f"32 clients with batching vs raw batch-64 throughput: {by[(32, 64)].rate / raw64:.1%}")
+            stack = bench.stack("working tree", ROOT, 2)
+            stack.start_api()
+            result = upload_rss(stack, bench.tmp, args.upload_rss)
+            print("\n".join(f"{k:<32}{v:14.1f}" for k, v in result.items()))
+        else:
+            result = full_run(bench, args)
+            summary(result)
+    finally:
+        bench.close()
+    if args.json:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import JSON, Index, String, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -142,3 +145,41 @@ def revoke_key(*, session: Session, key_id: str, tenant_id: str | None) -> ApiKe
         key.revoked_at = utcnow()
         session.flush()
     return key
+
+
+class KeyCache:
+    """Recently authenticated keys of one process, by a digest of the whole key (never the key itself), each for
+    `ttl_s` (INFERQ_API_KEY_CACHE_S); `forget` drops a revoked key at once. Thread-safe, bounded to `max_size`."""
+
+    def __init__(self, ttl_s: float, max_size: int = 4096) -> None:
+        self.ttl_s, self.max_size = ttl_s, max_size
+        self._entries: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _slot(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Any | None:
+        """What `put` stored for this key, if it has not expired."""
+        if self.ttl_s <= 0:
+            return None
+        hit = self._entries.get(self._slot(token))
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, token: str, value: Any) -> None:
+        """Remember an authenticated key's principal for ttl_s."""
+        if self.ttl_s <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if len(self._entries) >= self.max_size:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                if len(self._entries) >= self.max_size:
+                    self._entries.clear()
+            self._entries[self._slot(token)] = (now + self.ttl_s, value)
+
+    def forget(self, key_id: str) -> None:
+        """Drop every entry of the key `key_id` (it was revoked through this process)."""
+        with self._lock:
+            self._entries = {k: v for k, v in self._entries.items() if getattr(v[1], "key_id", None) != key_id}

@@ -310,13 +310,14 @@ def _write_array(open_fp: Any, what: str, staging: Path, settings: Settings, lab
         peak = 0.0 if h.dtype == np.uint8 else max(float(np.nanmax(b)) for b in _rows(fp, h, n, hh, ww))
     scale = 255.0 if h.dtype != np.uint8 and peak <= 1.0 else 1.0
     staging.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(staging / "images.npy", mode="w+", dtype=np.uint8, shape=(n, hh, ww))
-    with open_fp() as fp:
+    # written block by block, not through a memmap: a memmap's dirty pages count in the API's RSS (a 784 MB
+    # array raised it by ~770 MB); plain writes leave them to the page cache
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (n, hh, ww)}
+    with open_fp() as fp, open(staging / "images.npy", "wb") as out:
         _read_header(fp, what)
-        for i, block in enumerate(_rows(fp, h, n, hh, ww)):
-            out[i * ARRAY_ROWS : i * ARRAY_ROWS + len(block)] = _to_uint8(block, scale)
-    out.flush()
-    del out
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in _rows(fp, h, n, hh, ww):
+            out.write(np.ascontiguousarray(_to_uint8(block, scale)).tobytes())
     staged = Staged(layout="array", item_count=n, stored_bytes=n * hh * ww)
     if labels is not None:
         if labels.shape != (n,):

@@ -7,17 +7,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from shared import metrics
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from shared.models import Job, JobItem, utcnow
+from shared.models import Job, JobItem, ModelVersion, utcnow
 from shared.status import ItemStatus, JobKind, JobStatus
 from shared.storage import BlobStore
-from shared.webhooks import jobs_with_receivers, on_progress, on_started, on_status_change, tenants_listening
+from shared.webhook_models import WebhookEndpoint
+from shared.webhooks import on_progress, on_started, on_status_change, tenants_listening
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,12 @@ def create_classify_job(
     model_ref: str,
     top_k: int,
     tenant_id: str = "default",
+    dispatched_at: datetime | None = None,
+    inline_max_bytes: int = 0,
 ) -> Job:
-    """Store the inputs durably, then add the job and its items to the session (the caller commits)."""
+    """Store the inputs durably, then add the job and its items to the session (the caller commits).
+    Inputs of at most `inline_max_bytes` go into their item's row (durable with the commit) instead of a blob.
+    `dispatched_at` is stamped in the insert when the caller publishes right after its commit."""
     job = Job(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -67,12 +72,17 @@ def create_classify_job(
         params={"top_k": top_k},
         total_items=len(uploads),
         created_at=utcnow(),
+        dispatched_at=dispatched_at,
     )
+    inline = [len(up.data) <= inline_max_bytes for up in uploads]
     for idx, up in enumerate(uploads):
-        store.put(input_key(job.id, idx), up.data)
+        if not inline[idx]:
+            store.put(input_key(job.id, idx), up.data)
     session.add(job)
     session.add_all(
-        JobItem(job_id=job.id, idx=idx, filename=up.filename, input_key=input_key(job.id, idx))
+        JobItem(job_id=job.id, idx=idx, filename=up.filename, input_data=up.data)
+        if inline[idx]
+        else JobItem(job_id=job.id, idx=idx, filename=up.filename, input_key=input_key(job.id, idx))
         for idx, up in enumerate(uploads)
     )
     session.flush()  # one flush: the unit of work inserts the job before its items (their foreign key)
@@ -130,6 +140,14 @@ def start_attempt(session: Session, job_id: uuid.UUID, model_version_id: int | N
     return started
 
 
+class PendingInput(NamedTuple):
+    """An item still without a result: its id and where its input is (a blob key, or the bytes themselves)."""
+
+    item_id: int
+    key: str | None
+    data: bytes | None = None
+
+
 @dataclass(frozen=True)
 class Claim:
     """A first delivery of a classify job, taken in one statement: what the worker needs to run it."""
@@ -138,7 +156,7 @@ class Claim:
     model_ref: str
     tenant_id: str
     top_k: int
-    items: list[tuple[int, str | None]]  # (item id, input key) of the pending items, in index order
+    items: list[PendingInput]  # the pending items, in index order
 
 
 def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
@@ -156,19 +174,30 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
         return None
     model_ref, tenant_id, params, kind, created = row
     metrics.observe_started(kind, created, now)
-    if (params or {}).get("webhook") or tenants_listening(session, {tenant_id}):
+    listening = select(WebhookEndpoint.id).where(
+        WebhookEndpoint.tenant_id == tenant_id,
+        WebhookEndpoint.deleted_at.is_(None),
+        WebhookEndpoint.disabled_at.is_(None),
+    )
+    rows = session.execute(_pending_query(job_id).add_columns(listening.exists())).all()  # items + the tenant's
+    heard = rows[0][2] if rows else bool(tenants_listening(session, {tenant_id}))  # endpoints: one round trip
+    if (params or {}).get("webhook") or heard:
         on_started(session, job_id)  # webhook outbox row, in this same transaction
-    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), pending_inputs(session, job_id))
+    items = [PendingInput(*row[:3]) for row in rows]
+    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), items)
 
 
-def pending_inputs(session: Session, job_id: uuid.UUID) -> list[tuple[int, str | None]]:
-    """(item id, input key) of the job's items that have no result yet, in index order."""
-    q = (
-        select(JobItem.id, JobItem.input_key)
+def _pending_query(job_id: uuid.UUID) -> Any:
+    return (
+        select(JobItem.id, JobItem.input_key, JobItem.input_data)
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
         .order_by(JobItem.idx)
     )
-    return [(item_id, key) for item_id, key in session.execute(q)]
+
+
+def pending_inputs(session: Session, job_id: uuid.UUID) -> list[PendingInput]:
+    """The job's items that have no result yet, in index order."""
+    return [PendingInput(*row) for row in session.execute(_pending_query(job_id))]
 
 
 def mark_dispatched(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
@@ -267,54 +296,66 @@ def finish_if_done(session: Session, job_id: uuid.UUID) -> JobStatus | None:
 def settle_jobs(
     session: Session, job_ids: Sequence[uuid.UUID], model_version_id: int | None
 ) -> dict[uuid.UUID, JobStatus]:
-    """After a batch's results are written: recount its jobs and finish the done ones, in a fixed number of
-    statements for the whole batch (jobs with webhook receivers take the per-job path, which records events).
-    Returns the jobs that reached a terminal state here."""
+    """After a batch's results are written: recount its jobs, stamp the model version and finish the done ones, in
+    one statement for every job without a webhook receiver (jobs with one take the per-job path, which records
+    events). Returns the jobs that reached a terminal state here."""
     ids = sorted(set(job_ids))
-    finished: dict[uuid.UUID, JobStatus] = {}
-    hooked = jobs_with_receivers(session, ids)
-    for job_id in ids:
-        if job_id in hooked and (status := finish_if_done(session, job_id)) is not None:
-            finished[job_id] = status
-    plain = [j for j in ids if j not in hooked]
-    if model_version_id is not None:
+    now = utcnow()
+    rows = session.execute(_settle_plain(ids, model_version_id, now)).all() if ids else []
+    finished = {row.id: JobStatus(row.status) for row in rows if row.moved}
+    metrics.observe_finished((row.kind, row.status, row.created_at, row.finished_at) for row in rows if row.moved)
+    hooked = sorted(set(ids) - {row.id for row in rows})  # a webhook of their own or a listening tenant
+    if hooked and model_version_id is not None:
         session.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.model_version_id.is_(None))
+            .where(Job.id.in_(hooked), Job.model_version_id.is_(None))
             .values(model_version_id=model_version_id)
             .execution_options(synchronize_session=False)
         )
-    if not plain:
-        return finished
-    counted = select(func.count()).where(JobItem.job_id == Job.id).correlate(Job)
-    session.execute(
+    for job_id in hooked:
+        if (status := finish_if_done(session, job_id)) is not None:
+            finished[job_id] = status
+    return finished
+
+
+def _settle_plain(ids: list[uuid.UUID], model_version_id: int | None, now: datetime) -> Any:
+    """UPDATE .. FROM the items' counts of the jobs without receivers: counts, model version (where unset), and
+    running -> succeeded/failed (compare-and-set) when no item is pending; RETURNING each row and whether it moved."""
+    counted = (
+        select(
+            JobItem.job_id,
+            func.sum(case((JobItem.status == ItemStatus.SUCCEEDED.value, 1), else_=0)).label("ok"),
+            func.sum(case((JobItem.status == ItemStatus.FAILED.value, 1), else_=0)).label("bad"),
+        )
+        .where(JobItem.job_id.in_(ids))
+        .group_by(JobItem.job_id)
+        .subquery()
+    )
+    done = and_(Job.status == JobStatus.RUNNING.value, counted.c.ok + counted.c.bad >= Job.total_items)
+    all_failed = and_(done, counted.c.ok == 0, Job.total_items > 0)
+    listening = select(WebhookEndpoint.id).where(
+        WebhookEndpoint.tenant_id == Job.tenant_id,
+        WebhookEndpoint.deleted_at.is_(None),
+        WebhookEndpoint.disabled_at.is_(None),
+    )
+    return (
         update(Job)
-        .where(Job.id.in_(plain))
+        .where(Job.id == counted.c.job_id, Job.params["webhook"].as_string().is_(None), ~listening.exists())
         .values(
-            completed_items=counted.where(JobItem.status == ItemStatus.SUCCEEDED.value).scalar_subquery(),
-            failed_items=counted.where(JobItem.status == ItemStatus.FAILED.value).scalar_subquery(),
+            completed_items=counted.c.ok,
+            failed_items=counted.c.bad,
+            model_version_id=func.coalesce(Job.model_version_id, model_version_id),
+            status=case((all_failed, JobStatus.FAILED.value), (done, JobStatus.SUCCEEDED.value), else_=Job.status),
+            error_type=case((all_failed, "all-items-failed"), else_=Job.error_type),
+            error=case((all_failed, "none of the images could be classified; see each item's error"), else_=Job.error),
+            finished_at=case((done, now), else_=Job.finished_at),
+            updated_at=case((done, now), else_=Job.updated_at),
+        )
+        .returning(
+            Job.id, Job.status, Job.kind, Job.created_at, Job.finished_at, (Job.finished_at == now).label("moved")
         )
         .execution_options(synchronize_session=False)
     )
-    all_failed = and_(Job.completed_items == 0, Job.total_items > 0)
-    now = utcnow()
-    done = session.execute(
-        update(Job)
-        .where(Job.id.in_(plain), Job.status == JobStatus.RUNNING.value)
-        .where(Job.completed_items + Job.failed_items >= Job.total_items)
-        .values(
-            status=case((all_failed, JobStatus.FAILED.value), else_=JobStatus.SUCCEEDED.value),
-            error_type=case((all_failed, "all-items-failed"), else_=Job.error_type),
-            error=case((all_failed, "none of the images could be classified; see each item's error"), else_=Job.error),
-            finished_at=now,
-            updated_at=now,
-        )
-        .returning(Job.id, Job.status, Job.kind, Job.created_at, Job.finished_at)
-        .execution_options(synchronize_session=False)
-    ).all()
-    finished.update((row.id, JobStatus(row.status)) for row in done)
-    metrics.observe_finished((row.kind, row.status, row.created_at, row.finished_at) for row in done)
-    return finished
 
 
 def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) -> bool:
@@ -331,8 +372,9 @@ def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) 
 
 
 def get_job(session: Session, job_id: uuid.UUID, *, tenant_id: str | None = None) -> Job:
-    """The job, or JobNotFound (also for another tenant's job)."""
-    job = session.get(Job, job_id)
+    """The job, or JobNotFound (also for another tenant's job). Its model version comes in the same query; that
+    version's aliases only when read (a poll never needs them: one round trip saved)."""
+    job = session.get(Job, job_id, options=[joinedload(Job.model_version).lazyload(ModelVersion.aliases)])
     if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         raise JobNotFound(f"job {job_id} does not exist")
     return job

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,6 +157,35 @@ class StackCollector(Collector):
         return counts
 
 
+MemoryInfo = Callable[[], dict[str, dict[str, int]]]
+
+
+class GpuMemoryCollector(Collector):
+    """`inferq_gpu_memory_bytes{device,kind}` ("current" and "peak" bytes in use, per visible GPU), read at scrape
+    time from `read()` (TensorFlow's get_memory_info in a worker: see worker.gpu.memory_info). No GPU, no samples:
+    on the CPU the family is absent altogether."""
+
+    def __init__(self, read: MemoryInfo) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            devices = self.read()
+        except Exception as exc:  # a scrape must not fail because the runtime does
+            log.warning("GPU memory unavailable: %s", exc)
+            return
+        if not devices:
+            return
+        family = GaugeMetricFamily(
+            "inferq_gpu_memory_bytes", "GPU memory held by this worker process's TensorFlow.", labels=["device", "kind"]
+        )
+        for device, info in sorted(devices.items()):
+            for kind in ("current", "peak"):
+                if kind in info:
+                    family.add_metric([device, kind], float(info[kind]))
+        yield family
+
+
 def process_registry() -> CollectorRegistry:
     """This process's metrics, or every process's of PROMETHEUS_MULTIPROC_DIR when that is set."""
     if not os.environ.get(MULTIPROC_ENV):
@@ -166,10 +195,14 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-def serve(*, host: str, port: int) -> bool:
-    """Serve this process's metrics at http://host:port/metrics in a daemon thread; False if the port is taken."""
+def serve(*, host: str, port: int, extra: Iterable[Collector] = ()) -> bool:
+    """Serve this process's metrics (plus `extra` collectors, read at scrape time) at http://host:port/metrics in a
+    daemon thread; False if the port is taken."""
+    registry = process_registry()
+    for collector in extra:
+        registry.register(collector)
     try:
-        start_http_server(port, addr=host, registry=process_registry())
+        start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         log.warning("metrics endpoint %s:%d not started: %s (set INFERQ_WORKER_METRICS_PORT)", host, port, exc)
         return False

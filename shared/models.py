@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -154,6 +155,9 @@ class JobItem(Base):
     idx: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
     input_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a small input's bytes, kept in the row instead of a blob (INFERQ_INLINE_INPUT_MAX_BYTES): durable with the
+    # job's own commit, one fsync and no blob round trip; loaded only when asked for (deferred)
+    input_data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     status: Mapped[str] = mapped_column(String(20), default=ItemStatus.PENDING.value)
     label: Mapped[str | None] = mapped_column(String(100), nullable=True)
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     api_threads: int = Field(32, ge=1, description="Threads per API process (long polls hold one each).")
 
     # --- batching ------------------------------------------------------------------------------------------
+    inline_input_max_bytes: int = Field(
+        64 * 1024,
+        ge=0,
+        description="Classify inputs up to this size are stored in their job item's row (committed with the job) "
+        "instead of the blob store: no blob write and read per image. 0 stores every input as a blob.",
+    )
     max_batch: int = Field(64, ge=1, description="Largest forward pass of the micro-batcher (images).")
     max_batch_wait_ms: float = Field(10.0, ge=0, description="Longest a first image waits for company.")
     worker_concurrency: int = Field(32, ge=1, description="Task threads per inference worker process.")
@@ -198,6 +204,13 @@ class Settings(BaseSettings):
     )
     api_key_touch_interval_s: float = Field(
         60.0, ge=0, description="Least seconds between two writes of a key's last_used_at."
+    )
+    api_key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an API process remembers a key that authenticated (no database read per request). "
+        "A key revoked through this process's API stops at once; one revoked elsewhere (another API process, "
+        "`inferq keys revoke`) stops within this time. 0 reads the database on every request.",
     )
     retention_days: float = Field(
         30.0, ge=0, description="Finished jobs and datasets older than this are deleted (0 keeps them forever)."

@@ -105,15 +105,6 @@ def on_progress(session: Session, job_id: uuid.UUID) -> None:
     record_job_event(session, job_id, WebhookEvent.PROGRESS)
 
 
-def jobs_with_receivers(session: Session, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of these jobs have a webhook of their own or a live endpoint of their tenant (two statements)."""
-    if not job_ids:
-        return set()
-    rows = session.execute(select(Job.id, Job.tenant_id, Job.params).where(Job.id.in_(job_ids))).all()
-    listening = tenants_listening(session, {tenant for _, tenant, _ in rows})
-    return {job_id for job_id, tenant, params in rows if tenant in listening or (params or {}).get("webhook")}
-
-
 def tenants_listening(session: Session, tenants: set[str]) -> set[str]:
     """Which of these tenants have at least one live webhook endpoint."""
     q = (

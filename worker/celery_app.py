@@ -13,7 +13,7 @@ from shared.celery_app import make_celery
 from shared.imaging import configure_pillow
 from shared.redaction import install_log_redaction
 from shared.settings import Settings
-from worker import context
+from worker import context, gpu
 
 
 def create_worker_app(settings: Settings) -> Celery:
@@ -39,7 +39,8 @@ def create_worker_app(settings: Settings) -> Celery:
 
 def _serve_metrics(settings: Settings) -> None:
     """This worker process's /metrics on INFERQ_METRICS_HOST:INFERQ_WORKER_METRICS_PORT (one port per process)."""
-    metrics.serve(host=settings.metrics_host, port=settings.worker_metrics_port)
+    gpu_memory = metrics.GpuMemoryCollector(gpu.memory_info)  # absent on the CPU
+    metrics.serve(host=settings.metrics_host, port=settings.worker_metrics_port, extra=[gpu_memory])
 
 
 def _warm_up(**_: Any) -> None:

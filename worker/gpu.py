@@ -90,3 +90,17 @@ def device_summary() -> str:
         gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
         parts.append(f"tensorflow={getattr(tf, '__version__', '?')} gpus={gpus or 'none (CPU)'}")
     return " ".join(parts)
+
+
+def memory_info() -> dict[str, dict[str, int]]:
+    """{"GPU:0": {"current": bytes, "peak": bytes}} for each GPU TensorFlow sees in this process; {} on the CPU or
+    before TensorFlow is loaded (a scrape never imports it)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not hasattr(tf, "config"):
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for index, _ in enumerate(tf.config.list_logical_devices("GPU")):
+        name = f"GPU:{index}"
+        info = tf.config.experimental.get_memory_info(name)
+        out[name] = {"current": int(info["current"]), "peak": int(info["peak"])}
+    return out

@@ -110,13 +110,15 @@ class Inputs:
     settled: list[jobstore.ItemResult] = field(default_factory=list)  # errors, and unreadable items (label None)
 
 
-def load_inputs(ctx: WorkerContext, items: list[tuple[int, str | None]]) -> Inputs:
-    """Prepare the pending items: undecodable ones become error results and pictures with nothing to read become
-    label-less results with their warnings (neither fails the job nor reaches the model)."""
+def load_inputs(ctx: WorkerContext, items: list[jobstore.PendingInput]) -> Inputs:
+    """Prepare the pending items (bytes from the row, or from the blob store): undecodable ones become error results
+    and pictures with nothing to read become label-less results with their warnings (neither fails the job nor
+    reaches the model)."""
     found = Inputs()
-    for item_id, key in items:
+    for item_id, key, data in items:
         try:
-            prepared = prepare(ctx.store.get(key or ""), max_pixels=ctx.settings.max_image_pixels)
+            raw = data if data is not None else ctx.store.get(key or "")
+            prepared = prepare(raw, max_pixels=ctx.settings.max_image_pixels)
         except InferqError as exc:
             found.settled.append(jobstore.ItemResult(item_id=item_id, error_type=exc.type_slug, error=exc.detail))
             continue
@@ -163,7 +165,7 @@ def _run_started(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
 
 
 def _classify(
-    ctx: WorkerContext, job_id: uuid.UUID, mv: ModelVersion, items: list[tuple[int, str | None]], top_k: int
+    ctx: WorkerContext, job_id: uuid.UUID, mv: ModelVersion, items: list[jobstore.PendingInput], top_k: int
 ) -> Outcome:
     if ctx.settings.fault_injection and mv.name == FAULT_POISON_MODEL:  # never on in production
         log.critical("fault injection: job %s names %s; the worker process exits now", job_id, FAULT_POISON_MODEL)

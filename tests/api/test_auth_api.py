@@ -155,3 +155,29 @@ def test_the_auth_lookup_never_writes_a_secret(app: Flask) -> None:
     with db_session(app) as session:
         rows = [r._asdict() for r in session.execute(ApiKey.__table__.select())]
     assert rows and not [r for r in rows if any(key.split("_", 2)[2] in str(v) for v in r.values())]
+
+
+def test_a_key_revoked_elsewhere_stops_within_the_cache_time(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key revoked outside this process (`inferq keys revoke`) is still served from the KeyCache until
+    INFERQ_API_KEY_CACHE_S passes, then refused; the cache holds no key, only a digest of it."""
+    key = make_key(services_of(app).sessions, scopes=["jobs"])
+    assert _plain(app).get("/v1/jobs", headers=auth_headers(key)).status_code == 200
+    with services_of(app).sessions() as session:
+        apikeys.revoke_key(session=session, key_id=key.split("_")[1], tenant_id=None)
+        session.commit()
+    assert _plain(app).get("/v1/jobs", headers=auth_headers(key)).status_code == 200  # remembered
+    cache = services_of(app).keys
+    assert all(key not in slot for slot in cache._entries)
+    later = apikeys.time.monotonic() + cache.ttl_s + 0.01
+    monkeypatch.setattr(apikeys.time, "monotonic", lambda: later)
+    assert_problem(_plain(app).get("/v1/jobs", headers=auth_headers(key)), 401, "unauthenticated")
+
+
+def test_an_unknown_key_is_never_cached(app: Flask) -> None:
+    """Only keys that authenticated are remembered: a refused key is read (and refused) again each time."""
+    before = len(services_of(app).keys._entries)
+    for _ in range(2):
+        assert_problem(
+            _plain(app).get("/v1/jobs", headers={"X-API-Key": "iq_0123456789ab_" + "x" * 43}), 401, "unauthenticated"
+        )
+    assert len(services_of(app).keys._entries) == before

@@ -74,7 +74,7 @@ def _keys(app: Flask) -> list[IdempotencyKey]:
 
 def test_same_key_and_body_replays_the_first_answer(app: Flask) -> None:
     """A retry gets the first answer byte for byte (status, Location, body) marked Idempotent-Replayed; one job,
-    one stored input, one message."""
+    one stored input (in its item's row: a small input is inline, so no blob), one message."""
     client, image = app.test_client(), png_bytes()
     first = _multipart(client, "retry-1", image)
     assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
@@ -86,7 +86,7 @@ def test_same_key_and_body_replays_the_first_answer(app: Flask) -> None:
             first.get_data(),
         )
         assert resp.headers["Idempotent-Replayed"] == "true" and resp.mimetype == "application/json"
-    assert (row_counts(app), len(blob_files(app)), _sent(app)) == ((1, 1), 1, 1)
+    assert (row_counts(app), len(blob_files(app)), _sent(app)) == ((1, 1), 0, 1)
 
 
 def test_a_multipart_retry_with_another_boundary_is_the_same_request(app: Flask) -> None:

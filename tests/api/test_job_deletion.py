@@ -20,6 +20,12 @@ from tests.factories import assert_problem, blob_files, db_session, png_bytes, p
 HOOK = "https://hooks.example.com/inferq"
 
 
+@pytest.fixture(autouse=True)
+def inputs_as_blobs(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests follow stored input blobs: every input goes to the blob store (none inline in its row)."""
+    monkeypatch.setattr(services_of(app).settings, "inline_input_max_bytes", 0)
+
+
 def _move(app: Flask, job_id: str, *statuses: JobStatus) -> None:
     with session_scope(services_of(app).sessions) as s:
         for status in statuses:

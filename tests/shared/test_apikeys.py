@@ -101,3 +101,23 @@ def test_last_use_is_written_at_most_once_per_interval(session: Session) -> None
     assert apikeys.touch(session=session, key_id=row.id, min_interval_s=60, now=now + timedelta(seconds=61))
     session.expire_all()
     assert session.get(ApiKey, row.id).last_used_at == now + timedelta(seconds=61)  # type: ignore[union-attr]
+
+
+def test_key_cache_expires_forgets_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyCache: an entry lives ttl_s, `forget(key_id)` drops it at once, and ttl 0 remembers nothing."""
+    from types import SimpleNamespace
+
+    now = [100.0]
+    monkeypatch.setattr(apikeys.time, "monotonic", lambda: now[0])
+    cache = apikeys.KeyCache(2.0)
+    principal = SimpleNamespace(key_id="abc")
+    cache.put("iq_abc_secret", principal)
+    assert cache.get("iq_abc_secret") is principal and cache.get("iq_abc_other") is None
+    now[0] += 2.5
+    assert cache.get("iq_abc_secret") is None
+    cache.put("iq_abc_secret", principal)
+    cache.forget("abc")
+    assert cache.get("iq_abc_secret") is None
+    off = apikeys.KeyCache(0)
+    off.put("iq_abc_secret", principal)
+    assert off.get("iq_abc_secret") is None

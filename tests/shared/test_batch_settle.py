@@ -73,7 +73,7 @@ def test_first_claim_counts_the_attempt_and_returns_pending_items(
         job = s.get(Job, job_id)
         assert job is not None and (job.status, job.attempts) == ("running", 1) and job.started_at is not None
         keys = list(s.scalars(select(JobItem.input_key).where(JobItem.job_id == job_id).order_by(JobItem.idx)))
-    assert [key for _, key in claim.items] == keys
+    assert [p.key for p in claim.items] == keys
     with sessions.begin() as s:
         assert jobstore.claim_first_attempt(s, job_id) is None  # a redelivery takes the careful path
 
@@ -127,7 +127,7 @@ def test_settle_counts_partial_jobs_and_fails_all_failed_ones(
     partial, broken, mixed = _new_jobs(sessions, store, [3, 2, 2])
     claims = _claim_all(sessions, [partial, broken, mixed])
     results = [_ok(claims[partial].items[0][0]), _bad(claims[partial].items[1][0])]
-    results += [_bad(item_id) for item_id, _ in claims[broken].items]
+    results += [_bad(p.item_id) for p in claims[broken].items]
     results += [_ok(claims[mixed].items[0][0]), _bad(claims[mixed].items[1][0])]
     with sessions.begin() as s:
         assert jobstore.write_results(s, results, None) == 6

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import jobs as jobstore
 from shared import leases
 from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from shared.jobs import ItemResult
+from shared.jobs import ItemResult, Upload
 from shared.models import Job, JobItem, utcnow
 from shared.status import ItemStatus, JobStatus
 from shared.storage import LocalBlobStore
@@ -402,3 +402,21 @@ def test_mark_dispatched_starts_the_lease(session: Session, store: LocalBlobStor
     session.refresh(job)
     assert job.dispatched_at is not None
     assert leases.stale_queued_jobs(session, lease_s=60) == []
+
+
+def test_small_inputs_live_in_their_row_and_large_ones_in_blobs(session: Session, store: LocalBlobStore) -> None:
+    """With inline_max_bytes, an input up to that size is stored in its item's row (no blob), a larger one as a
+    blob; pending_inputs hands the worker the bytes or the key accordingly."""
+    small, large = b"x" * 10, b"y" * 11
+    job = jobstore.create_classify_job(
+        session=session,
+        store=store,
+        uploads=[Upload(None, small), Upload(None, large)],
+        model_ref="m",
+        top_k=1,
+        inline_max_bytes=10,
+    )
+    session.commit()
+    pending = jobstore.pending_inputs(session, job.id)
+    assert [(p.key, p.data) for p in pending] == [(None, small), (jobstore.input_key(job.id, 1), None)]
+    assert not store.exists(jobstore.input_key(job.id, 0)) and store.get(jobstore.input_key(job.id, 1)) == large

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from inferq.top import parse, total
+from shared import metrics
 from worker import gpu
 from worker.gpu import ENV_VAR, configure_tensorflow, device_label, device_summary, pin_gpu
 
@@ -86,7 +88,14 @@ class FakeConfig:
     def __init__(self, names: list[str]) -> None:
         self.devices = [types.SimpleNamespace(name=n) for n in names]
         self.grown: list[str] = []
-        self.experimental = types.SimpleNamespace(set_memory_growth=self._grow)
+        self.experimental = types.SimpleNamespace(set_memory_growth=self._grow, get_memory_info=self._memory)
+
+    def _memory(self, name: str) -> dict[str, int]:
+        index = int(name.rsplit(":", 1)[1])
+        return {"current": 1000 * (index + 1), "peak": 5000 * (index + 1)}
+
+    def list_logical_devices(self, kind: str) -> list[types.SimpleNamespace]:
+        return self.devices if kind == "GPU" else []
 
     def _grow(self, device: types.SimpleNamespace, enabled: bool) -> None:
         if device.name.endswith("1"):
@@ -131,6 +140,23 @@ def test_configure_without_gpu_logs_cpu(
         assert configure_tensorflow() == []
     record = next(r for r in caplog.records if "no GPU visible: running on the CPU" in r.getMessage())
     assert record.levelno == level
+
+
+def test_gpu_memory_gauge_per_device(no_tf: pytest.MonkeyPatch) -> None:
+    """inferq_gpu_memory_bytes has current and peak bytes of each GPU TensorFlow reports, by device."""
+    fake_tf(no_tf, ["/device:GPU:0", "/device:GPU:1"])
+    assert gpu.memory_info() == {"GPU:0": {"current": 1000, "peak": 5000}, "GPU:1": {"current": 2000, "peak": 10000}}
+    scraped = parse(metrics.scrape(metrics.GpuMemoryCollector(gpu.memory_info)).decode())
+    assert total(scraped, "inferq_gpu_memory_bytes", device="GPU:1", kind="peak") == 10000
+    assert total(scraped, "inferq_gpu_memory_bytes", device="GPU:0", kind="current") == 1000
+
+
+def test_gpu_memory_gauge_absent_on_cpu(no_tf: pytest.MonkeyPatch) -> None:
+    """Without TensorFlow loaded, or with no GPU, the scrape has no inferq_gpu_memory_bytes family at all."""
+    collector = metrics.GpuMemoryCollector(gpu.memory_info)
+    assert "inferq_gpu_memory_bytes" not in metrics.scrape(collector).decode()
+    fake_tf(no_tf, [])
+    assert "inferq_gpu_memory_bytes" not in metrics.scrape(collector).decode()
 
 
 @pytest.mark.slow

@@ -1,0 +1,265 @@
+"""The stacks bench/online.py drives: one per source tree (the working tree, or a temporary worktree of a git ref),
+each with a database the benchmark created itself, its own data dir, API and worker processes, and the load."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_DB_PREFIX = "inferq_bench_"  # every database this benchmark creates (and the only ones it drops) is named so
+SETUP = (
+    "from shared.db import upgrade_database; from shared.settings import Settings; "
+    "from inferq.access import ensure_local_key; s = Settings(); upgrade_database(s); print(ensure_local_key(s)[0])"
+)
+
+
+@dataclass
+class Run:
+    label: str
+    clients: int
+    max_batch: int
+    jobs: int
+    seconds: float
+    latencies: list[float]
+    mean_batch: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
+
+
+def create_own_database(server_url: str) -> str:
+    """A new, empty PostgreSQL database on the server of `server_url`, named inferq_bench_<hex>; its URL. The
+    database named in `server_url` is only connected to (to issue CREATE DATABASE), never written."""
+    url = make_url(server_url)
+    name = f"{OWN_DB_PREFIX}{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_own_database(own_url: str, server_url: str) -> None:
+    """Drop a database made by create_own_database; refuses any other name."""
+    name = make_url(own_url).database or ""
+    if not name.startswith(OWN_DB_PREFIX):
+        raise SystemExit(f"refusing to drop {name!r}: bench/online.py only drops databases it created")
+    admin = sa.create_engine(make_url(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def assert_own_database(url: str) -> None:
+    """Anything destructive first checks that the database is one this benchmark made (named inferq_bench_*)."""
+    if url.startswith("postgresql") and not (make_url(url).database or "").startswith(OWN_DB_PREFIX):
+        raise SystemExit(
+            f"refusing to run against {make_url(url).database!r}: bench/online.py only writes to "
+            f"databases it created ({OWN_DB_PREFIX}*)"
+        )
+
+
+def pgroup_pids(pgid: int) -> list[int]:
+    """Every live process of a process group (an API's gunicorn master and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@dataclass
+class Stack:
+    """One source tree's running stack; `env` points every process at this tree's code and this stack's state."""
+
+    name: str
+    tree: Path
+    data_dir: Path
+    database_url: str
+    env: dict[str, str]
+    api_port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    api: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def spawn(self, args: list[str], log: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "inferq", *args],
+            env=dict(self.env, **extra_env),
+            cwd=self.tree,
+            start_new_session=True,
+            stdout=open(self.data_dir / log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+
+    def prepare(self, epochs: int) -> None:
+        """Migrate this tree's schema into the stack's own database, make an API key, train the default model."""
+        assert_own_database(self.database_url)
+        out = subprocess.run(
+            [sys.executable, "-c", SETUP], env=self.env, cwd=self.tree, check=True, capture_output=True, text=True
+        )
+        self.headers = {"Authorization": f"Bearer {out.stdout.strip().splitlines()[-1]}"}
+        subprocess.run(
+            [sys.executable, "-m", "inferq", "train-default", "--epochs", str(epochs), "--force"],
+            env=self.env,
+            cwd=self.tree,
+            check=True,
+            capture_output=True,
+        )
+
+    def start_api(self, **extra_env: str) -> None:
+        self.stop_api()
+        self.api = self.spawn(["api", "--workers", self.env.get("BENCH_API_WORKERS", "2")], "api.log", **extra_env)
+        wait_for(lambda: requests.get(f"{self.url}/healthz", timeout=2).ok, 90, f"the API of {self.name}")
+
+    def stop_api(self) -> None:
+        if self.api is not None:
+            stop(self.api)
+            self.api = None
+
+
+def sample_pngs(n: int = 50) -> list[bytes]:
+    from inferq.samples import as_user_photo, mnist_sample
+
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        as_user_photo(mnist_sample(i % 10, i // 10)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def client_loop(
+    stack: Stack, images: list[bytes], deadline: float, lat: list[float], lock: threading.Lock, model: str | None
+) -> None:
+    """Submit one single-image job, long-poll it to the end, repeat until the deadline."""
+    s = requests.Session()
+    s.headers.update(stack.headers)
+    form = {"model": model} if model else None
+    i = 0
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        files = [("images", ("d.png", images[i % len(images)], "image/png"))]
+        job = s.post(f"{stack.url}/v1/jobs", files=files, data=form, timeout=60).json()
+        while job["status"] not in ("succeeded", "failed", "canceled"):  # long poll, as the CLI does
+            job = s.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
+        if job["status"] != "succeeded":
+            raise SystemExit(f"a benchmark job ended {job['status']}: {job.get('error')}")
+        with lock:
+            lat.append(time.perf_counter() - t0)
+        i += 1
+
+
+def load(stack: Stack, *, clients: int, seconds: float, images: list[bytes], model: str | None) -> tuple[list, float]:
+    """`clients` threads of client_loop for `seconds`; (latencies, elapsed)."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    start = time.monotonic()
+    threads = [
+        threading.Thread(target=client_loop, args=(stack, images, deadline, lat, lock, model)) for _ in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, time.monotonic() - start
+
+
+def e2e(
+    stack: Stack,
+    *,
+    clients: int,
+    max_batch: int,
+    seconds: float,
+    images: list[bytes],
+    model: str | None = None,
+    **extra_env: str,
+) -> Run:
+    """Completed single-image jobs per second through the HTTP API and a real worker process."""
+    log = f"worker-{clients}-{max_batch}-{model or 'default'}-{uuid.uuid4().hex[:6]}.log"
+    worker = stack.spawn(["worker", "--queues", "inference"], log, INFERQ_MAX_BATCH=str(max_batch), **extra_env)
+    try:
+        wait_for(lambda: " ready." in (stack.data_dir / log).read_text(), 300, f"the worker of {stack.name}")
+        load(stack, clients=min(clients, 4), seconds=3, images=images, model=model)  # warm-up: model load
+        engine = sa.create_engine(stack.database_url)
+        with engine.connect() as c:
+            since = c.execute(sa.text("SELECT max(id) FROM job_items")).scalar() or 0
+        lat, elapsed = load(stack, clients=clients, seconds=seconds, images=images, model=model)
+        with engine.connect() as c:
+            n, passes = c.execute(
+                sa.text(
+                    "SELECT count(*), sum(1.0 / batch_size) FROM job_items WHERE id > :s AND batch_size IS NOT NULL"
+                ),
+                {"s": since},
+            ).one()
+        engine.dispose()
+    finally:
+        stop(worker)
+    mean = (n / float(passes)) if passes else 0.0
+    label = f"{stack.name}: {clients} client(s), max_batch={max_batch}" + (f", {model}" if model else "")
+    return Run(label, clients, max_batch, len(lat), elapsed, lat, mean)
