@@ -81,7 +81,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     # 404 now, not a failed job later (remembered per process for INFERQ_MODEL_REF_TTL_S)
     svc.known_refs.check(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
     job = jobstore.create_classify_job(
-        session=session, store=svc.store, uploads=parsed.uploads, model_ref=str(ref), top_k=top_k, tenant_id=tenant
+        session=session,
+        store=svc.store,
+        uploads=parsed.uploads,
+        model_ref=str(ref),
+        top_k=top_k,
+        tenant_id=tenant,
+        explain=parsed.explain,
     )
     job.dispatched_at = utcnow()  # optimistic: the publish follows the commit; a failed one clears it again
     try:

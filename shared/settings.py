@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels (width*height) of one image.")
     max_top_k: int = Field(10, ge=1, description="Largest top_k a job may ask for.")
     default_top_k: int = Field(3, ge=1)
+    explain_occlusion_patch: int = Field(
+        4,
+        ge=1,
+        le=28,
+        description="Side in pixels of the square blanked per step of an occlusion explanation (TFLite models); "
+        "must divide 28: 4 means 49 extra images per explained image.",
+    )
     page_size_max: int = Field(500, ge=1, description="Largest page of results or jobs.")
     max_wait_s: float = Field(60.0, ge=0, description="Longest long poll (GET /v1/jobs/{id}?wait=).")
     wait_poll_interval_s: float = Field(
@@ -202,6 +209,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if 28 % self.explain_occlusion_patch:
+            raise ValueError(f"INFERQ_EXPLAIN_OCCLUSION_PATCH must divide 28, got {self.explain_occlusion_patch}")
         if self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 f"INFERQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must be longer than "
