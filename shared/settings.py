@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         "`inferq up` or `inferq flower` generated and saved in data_dir/flower-auth (mode 0600).",
     )
 
+    # --- the web app (pages at /, signed in with an API key) ------------------------------------------------------
+    web_enabled: bool = Field(True, description="Serve the web app's pages at / from the API process.")
+    web_session_ttl_s: float = Field(
+        8 * 3600.0, gt=0, description="Seconds a web session lives after its last use (kept in Redis)."
+    )
+    web_cookie_secure: bool = Field(
+        False, description="Mark the session cookie Secure (set true behind HTTPS; requests over HTTPS get it anyway)."
+    )
+
     # --- metrics (Prometheus) -----------------------------------------------------------------------------------
     metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve them (false: neither).")
     metrics_public: bool = Field(
