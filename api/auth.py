@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, Request, Response, current_app, g, request
 from werkzeug.routing import Rule
-
-import redis
 
 from api.deps import services
 from api.problems import problem_response

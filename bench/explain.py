@@ -81,8 +81,9 @@ def main() -> None:
         from worker.optimize import convert
 
         tflite = Path(tmp) / "model.tflite"
-        tflite.write_bytes(convert(getattr(keras_model, "model"), "dynamic-range"))
-        compare(f"tflite dynamic, occlusion {args.patch}px", load_model(tflite, "tflite"), images, args.rounds, args.patch)
+        tflite.write_bytes(convert(keras_model.model, "dynamic-range"))  # type: ignore[attr-defined]
+        lite = load_model(tflite, "tflite")
+        compare(f"tflite dynamic-range, occlusion {args.patch}px", lite, images, args.rounds, args.patch)
     print(f"batch {args.batch}, {args.rounds} alternating rounds, medians; cpu count {os.cpu_count()}")
 
 

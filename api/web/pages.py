@@ -6,11 +6,13 @@ the browser's session cookie, so the web app shows nothing an API client could n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import WEB_SESSIONS, principal_of_key
 from api.deps import services
@@ -18,13 +20,18 @@ from api.web.sessions import COOKIE, SessionStore, WebSession, csrf_matches
 from shared import apikeys
 from shared.settings import Settings
 
-bp = Blueprint("web", __name__.rsplit(".", 1)[0], template_folder="templates", static_folder="static", static_url_path="/static/web")
+bp = Blueprint(
+    "web",
+    __name__.rsplit(".", 1)[0],
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static/web",
+)
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-PAGES = ("classify", "jobs", "models")  # the nav, in order
 
 
 def register_web(app: Flask, settings: Settings) -> None:
@@ -54,7 +61,7 @@ def _security_headers(resp: Response) -> Response:
     return resp
 
 
-def _set_cookie(resp: Response, sid: str) -> Response:
+def _set_cookie(resp: BaseResponse, sid: str) -> BaseResponse:
     settings = services().settings
     resp.set_cookie(
         COOKIE,
@@ -97,13 +104,13 @@ def _signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @bp.get("/")
-def home() -> Response:
+def home() -> BaseResponse:
     """The front door: the Classify page."""
     return redirect(url_for("web.page", name="classify"))
 
 
 @bp.get("/signin")
-def signin() -> Response:
+def signin() -> BaseResponse:
     """The sign-in form, with a fresh pre-session holding its CSRF token."""
     sid, web = _store().create()
     body = render_template("signin.html", csrf=web.csrf, next=request.args.get("next", ""), error=None)
@@ -111,7 +118,7 @@ def signin() -> Response:
 
 
 @bp.post("/signin")
-def signin_post() -> Response:
+def signin_post() -> BaseResponse:
     """Check the CSRF token and the API key; on success a new session (new id: no fixation) names the key."""
     store = _store()
     pre = _current()
@@ -131,7 +138,7 @@ def signin_post() -> Response:
 
 
 @bp.post("/signout")
-def signout() -> Response:
+def signout() -> BaseResponse:
     """End the session (CSRF-checked) and forget the cookie."""
     web = _current()
     if web is not None and not csrf_matches(web, request.form.get("csrf_token")):
@@ -149,7 +156,7 @@ def job_page(web: WebSession | None, key_id: str | None, job_id: str) -> str:
     return render_template("job.html", page="jobs", csrf=web.csrf if web else "", key_id=key_id, job_id=job_id)
 
 
-@bp.get("/<any(classify, jobs, models):name>")
+@bp.get("/<any(classify, jobs, datasets, models):name>")
 @_signed_in
 def page(web: WebSession | None, key_id: str | None, name: str) -> str:
     """A page of the nav."""

@@ -95,7 +95,9 @@ def test_after_sign_in_the_api_answers_the_cookie_and_posts_need_the_csrf_token(
     assert browser.get("/v1/jobs").status_code == 200
     refused = post_files(browser, [png_bytes()])
     assert_problem(refused, 403, "csrf-failed")
-    wrong = browser.post("/v1/jobs", data={"images": (io.BytesIO(png_bytes()), "a.png")}, headers={CSRF_HEADER: "x" + token})
+    wrong = browser.post(
+        "/v1/jobs", data={"images": (io.BytesIO(png_bytes()), "a.png")}, headers={CSRF_HEADER: "x" + token}
+    )
     assert_problem(wrong, 403, "csrf-failed")
     ok = browser.post("/v1/jobs", data={"images": (io.BytesIO(png_bytes()), "a.png")}, headers={CSRF_HEADER: token})
     assert ok.status_code == 202

@@ -17,6 +17,7 @@ from werkzeug.serving import make_server
 
 from shared.settings import Settings
 from tests.access import make_key
+from tests.dataset_factories import digits, npz_bytes
 from tests.factories import png_bytes
 from tests.integration.conftest import register_artifact_copy
 
@@ -151,10 +152,27 @@ def test_promoting_a_version_moves_production_after_a_confirmation(
     assert model.json()["aliases"]["production"] == 2
 
 
+def test_a_dataset_is_uploaded_scored_and_its_confusion_matrix_drawn(page: Any, shots: Path) -> None:
+    """Upload a labelled .npz with a progress bar, score it, watch it finish with downloads and a confusion matrix."""
+    x, y = digits(40)
+    page.get_by_role("link", name="Datasets", exact=True).click()
+    page.locator("#ds-file").set_input_files(
+        [{"name": "bars.npz", "mimeType": "application/octet-stream", "buffer": npz_bytes(x=x, y=y)}]
+    )
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#datasets tbody tr th.name", has_text="bars.npz").wait_for(timeout=30_000)
+    assert "40 items" in page.locator("#status").inner_text()
+    page.locator("#datasets tbody tr button.score").first.click()
+    page.locator("#score-facts dd", has_text="succeeded").wait_for(timeout=120_000)
+    assert page.locator("#score-facts a.file").count() >= 1 and "40 of 40" in page.locator("#score-facts").inner_text()
+    assert page.locator("#confusion svg rect").count() >= 1
+    page.screenshot(path=str(shots / "datasets.png"), full_page=True)
+
+
 def test_the_pages_fit_a_phone_and_work_from_the_keyboard(page: Any, shots: Path) -> None:
     """At 360 px nothing scrolls sideways; Tab reaches the page's controls, each with a label."""
     page.set_viewport_size({"width": 360, "height": 740})
-    for name in ("classify", "jobs", "models"):
+    for name in ("classify", "jobs", "datasets", "models"):
         page.goto(f"/{name}")
         page.wait_for_load_state("networkidle")
         assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
