@@ -156,7 +156,7 @@ def job_page(web: WebSession | None, key_id: str | None, job_id: str) -> str:
     return render_template("job.html", page="jobs", csrf=web.csrf if web else "", key_id=key_id, job_id=job_id)
 
 
-@bp.get("/<any(classify, jobs, datasets, models):name>")
+@bp.get("/<any(classify, jobs, datasets, models, webhooks):name>")
 @_signed_in
 def page(web: WebSession | None, key_id: str | None, name: str) -> str:
     """A page of the nav."""

@@ -169,10 +169,28 @@ def test_a_dataset_is_uploaded_scored_and_its_confusion_matrix_drawn(page: Any, 
     page.screenshot(path=str(shots / "datasets.png"), full_page=True)
 
 
+def test_webhook_endpoints_are_added_rotated_and_deleted(page: Any, shots: Path) -> None:
+    """An endpoint is added (its secret shown once), its secret rotated after a confirmation, then deleted."""
+    page.get_by_role("link", name="Webhooks", exact=True).click()
+    page.get_by_label("Endpoint URL").fill("https://hooks.example.com/inferq")
+    page.get_by_role("button", name="Add endpoint").click()
+    row = page.locator("#endpoints tbody tr", has_text="https://hooks.example.com/inferq")
+    row.wait_for()
+    first = page.locator("#secret").inner_text()
+    assert first.startswith("whsec_")
+    page.screenshot(path=str(shots / "webhooks.png"), full_page=True)
+    row.get_by_role("button", name="Rotate secret").click()
+    page.wait_for_function("s => document.getElementById('secret').textContent !== s", arg=first)
+    assert page.locator("#secret").inner_text().startswith("whsec_")
+    row.get_by_role("button", name="Delete").click()
+    row.wait_for(state="detached")
+    assert [d for d in page.dialogs if "Rotate" in d or "Delete" in d] and not page.errors
+
+
 def test_the_pages_fit_a_phone_and_work_from_the_keyboard(page: Any, shots: Path) -> None:
     """At 360 px nothing scrolls sideways; Tab reaches the page's controls, each with a label."""
     page.set_viewport_size({"width": 360, "height": 740})
-    for name in ("classify", "jobs", "datasets", "models"):
+    for name in ("classify", "jobs", "datasets", "models", "webhooks"):
         page.goto(f"/{name}")
         page.wait_for_load_state("networkidle")
         assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
