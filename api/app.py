@@ -16,6 +16,7 @@ from api.limits import document_limits, register_limits
 from api.metrics import register_metrics
 from api.openapi import document_classify_body
 from api.problems import register_error_handlers, validation_problem
+from api.web.pages import register_web
 from shared.celery_app import make_celery
 from shared.imaging import configure_pillow
 from shared.redaction import install_log_redaction
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(model_admin.bp)
     app.register_api(webhooks.bp)
     app.register_api(keys.bp)
+    register_web(app, settings)  # the pages at / (a client of the routes above)
 
     @app.get("/openapi.json", doc_ui=False)
     def openapi_json() -> Response:

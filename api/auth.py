@@ -1,6 +1,8 @@
 """Who is calling: API-key authentication on every route but health, readiness and the docs, and scopes.
 
-A request carries its key as `Authorization: Bearer iq_...` or `X-API-Key: iq_...`. No key, or a key that is
+A request carries its key as `Authorization: Bearer iq_...` or `X-API-Key: iq_...`, or comes from a browser signed
+in to the web app (its session cookie names the key; unsafe methods must echo the session's CSRF token in
+`X-CSRF-Token`). No key, or a key that is
 malformed, unknown or revoked, is a 401 problem with `WWW-Authenticate`; a key without the route's scope is a 403.
 The key's tenant is the request's tenant: every object lookup is filtered by it (another tenant's object is a 404).
 """
@@ -14,13 +16,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, Request, Response, current_app, g, request
 from werkzeug.routing import Rule
 
 from api.deps import services
 from api.problems import problem_response
+from api.web.sessions import COOKIE, CSRF_HEADER, SessionStore, csrf_matches
 from shared import apikeys
-from shared.errors import InsufficientScope, Unauthenticated
+from shared.errors import CsrfFailed, InsufficientScope, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,10 @@ REALM = 'Bearer realm="inferq"'
 # Routes anyone may call: probes and the API's own description.
 METRICS_ENDPOINT = "metrics"  # public unless INFERQ_METRICS_PUBLIC=false (then it needs the admin scope)
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "health.readyz", "openapi_json", "static"})
+# The web app's pages and files: they carry no data (the page's script reads it from /v1 with the session).
+WEB_BLUEPRINT = "web"
+WEB_SESSIONS = "inferq_web_sessions"  # app.extensions key of the web app's SessionStore
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The scope each blueprint's routes need, then per-endpoint exceptions; any other route needs ADMIN (fail closed).
 BLUEPRINT_SCOPES = {
     "jobs": JOBS,
@@ -80,7 +88,9 @@ def current_tenant() -> str:
 def is_public(rule: Rule, doc_prefix: str) -> bool:
     """True for routes that need no key: health, readiness, /openapi.json and everything under the docs prefix."""
     docs = doc_prefix.rstrip("/")
-    return rule.endpoint in PUBLIC_ENDPOINTS or bool(docs) and (rule.rule == docs or rule.rule.startswith(docs + "/"))
+    if rule.endpoint in PUBLIC_ENDPOINTS or rule.endpoint.startswith(WEB_BLUEPRINT + "."):
+        return True
+    return bool(docs) and (rule.rule == docs or rule.rule.startswith(docs + "/"))
 
 
 def required_scope(endpoint: str) -> str:
@@ -130,6 +140,34 @@ def _look_up(token: str) -> Principal | None:
     return principal
 
 
+def principal_of_key(key_id: str) -> Principal | None:
+    """The principal of a live key found by its id (a web session's), or None when it is gone or revoked."""
+    with services().sessions() as session:
+        key = session.get(apikeys.ApiKey, key_id)
+        if key is None or key.revoked_at is not None:
+            return None
+        return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))
+
+
+def _session_principal() -> Principal | Response | None:
+    """The principal of a signed-in browser; a 403 problem when an unsafe request lacks the session's CSRF token;
+    None when the cookie names no live session (then the request is judged as one without a key)."""
+    store = current_app.extensions.get(WEB_SESSIONS)
+    if not isinstance(store, SessionStore):
+        return None
+    try:
+        web = store.get(request.cookies.get(COOKIE))
+    except redis.RedisError:
+        log.warning("reading a web session failed; the request is treated as one without a key", exc_info=True)
+        return None
+    if web is None or web.key_id is None:
+        return None
+    if request.method not in SAFE_METHODS and not csrf_matches(web, request.headers.get(CSRF_HEADER)):
+        detail = f"a signed-in browser must send the session's CSRF token in {CSRF_HEADER} with this method"
+        return problem_response(CsrfFailed(detail).to_problem(request.path))
+    return principal_of_key(web.key_id)
+
+
 def _unauthenticated(detail: str, *, invalid: bool) -> Response:
     challenge = REALM + (', error="invalid_token"' if invalid else "")
     return problem_response(Unauthenticated(detail).to_problem(request.path), {"WWW-Authenticate": challenge})
@@ -147,6 +185,12 @@ def authenticate_request() -> Response | None:
         g.principal = ANONYMOUS
         return None
     token = bearer_token(request)
+    if token is None and request.cookies.get(COOKIE):
+        outcome = _session_principal()
+        if isinstance(outcome, Principal):
+            return _authorize(outcome, endpoint)
+        if outcome is not None:
+            return outcome
     if token is None:
         return _unauthenticated(
             "this route needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>` "
@@ -156,6 +200,11 @@ def authenticate_request() -> Response | None:
     principal = _principal_for(token)
     if principal is None:
         return _unauthenticated("the API key is not valid (malformed, unknown or revoked)", invalid=True)
+    return _authorize(principal, endpoint)
+
+
+def _authorize(principal: Principal, endpoint: str) -> Response | None:
+    """Set g.principal; a 403 when its key lacks the route's scope."""
     g.principal = principal
     needed = required_scope(endpoint)
     if needed not in principal.scopes:

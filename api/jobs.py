@@ -89,6 +89,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         tenant_id=tenant,
         dispatched_at=utcnow(),  # optimistic, in the insert: the publish follows the commit; a failure clears it
         inline_max_bytes=settings.inline_input_max_bytes,
+        explain=parsed.explain,
     )
     try:
         attach_job_webhook(session, job, webhook)

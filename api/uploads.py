@@ -21,6 +21,7 @@ class ClassifyRequest:
     uploads: list[Upload]
     model: str | None
     top_k: int | None
+    explain: bool = False
 
 
 def read_classify_request(request: Request, settings: Settings) -> ClassifyRequest:
@@ -53,7 +54,18 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
         top_k = 0
     if top_k is not None and top_k < 1:
         raise ValidationFailed(f"top_k must be a whole number of at least 1, got {raw!r}")
-    return ClassifyRequest(uploads, request.form.get("model") or None, top_k)
+    explain = _form_bool(request.form.get("explain"), "explain")
+    return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain)
+
+
+def _form_bool(raw: str | None, name: str) -> bool:
+    """A boolean form field: absent or empty is false; true/false/1/0 (any case) otherwise, else a 422."""
+    value = (raw or "").strip().lower()
+    if value in ("", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise ValidationFailed(f"{name} must be true or false, got {raw!r}")
 
 
 def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
@@ -78,7 +90,7 @@ def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
         except (binascii.Error, ValueError) as exc:
             raise ValidationFailed(f"images[{idx}].data is not valid base64", index=idx) from exc
         uploads.append(Upload(filename=img.filename, data=data))
-    return ClassifyRequest(uploads, body.model, body.top_k)
+    return ClassifyRequest(uploads, body.model, body.top_k, body.explain)
 
 
 def _check_count(n: int, settings: Settings) -> None:

@@ -140,7 +140,9 @@ class Stack:
     def _banner(self) -> None:
         s = self.settings
         sample = self._sample_image()
+        web = f"Web app    {s.resolved_api_url}/  (sign in with the API key below)\n" if s.web_enabled else ""
         text = (
+            f"{web}"
             f"API docs   {s.resolved_api_url}/docs\n"
             f"OpenAPI    {s.resolved_api_url}/openapi.json\n"
             f"Flower     http://{s.api_host}:{s.flower_port}  (login {self.flower_auth})\n"

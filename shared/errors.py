@@ -167,6 +167,10 @@ class InsufficientScope(InferqError):
     type_slug, title, status = "insufficient-scope", "The API key lacks a scope this request needs", 403
 
 
+class CsrfFailed(InferqError):
+    type_slug, title, status = "csrf-failed", "The request lacks the session's CSRF token", 403
+
+
 class ApiKeyNotFound(InferqError):
     type_slug, title, status = "api-key-not-found", "No such API key", 404
 

@@ -545,3 +545,15 @@ def _centre(digit: np.ndarray) -> np.ndarray:
     left = int(np.clip(round(_CENTRE - float((xs * digit).sum()) / mass), 0, _SIDE - width))
     canvas[top : top + height, left : left + width] = digit
     return np.clip(canvas / 255, 0, 1).astype(np.float32)
+
+
+def to_pixels(image: np.ndarray) -> bytes:
+    """A float (28, 28) picture in [0, 1] as 784 uint8 bytes (how inputs the model saw are stored)."""
+    return bytes(np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8).tobytes())
+
+
+def pixels_png(pixels: bytes) -> bytes:
+    """784 stored uint8 bytes as a 28x28 greyscale PNG (a few hundred bytes)."""
+    out = io.BytesIO()
+    Image.frombytes("L", (_SIDE, _SIDE), pixels).save(out, format="PNG", optimize=True)
+    return out.getvalue()

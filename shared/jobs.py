@@ -42,6 +42,8 @@ class ItemResult:
     error_type: str | None = None
     error: str | None = None
     batch_size: int | None = None
+    input_image: bytes | None = None  # 28x28 uint8, with the job option explain
+    explanation: bytes | None = None  # 28x28 uint8 saliency map, with the job option explain
 
 
 def input_key(job_id: uuid.UUID, idx: int) -> str:
@@ -59,6 +61,7 @@ def create_classify_job(
     tenant_id: str = "default",
     dispatched_at: datetime | None = None,
     inline_max_bytes: int = 0,
+    explain: bool = False,
 ) -> Job:
     """Store the inputs durably, then add the job and its items to the session (the caller commits).
     Inputs of at most `inline_max_bytes` go into their item's row (durable with the commit) instead of a blob.
@@ -69,7 +72,7 @@ def create_classify_job(
         kind=JobKind.CLASSIFY.value,
         status=JobStatus.QUEUED.value,
         model_ref=model_ref,
-        params={"top_k": top_k},
+        params={"top_k": top_k, "explain": True} if explain else {"top_k": top_k},
         total_items=len(uploads),
         created_at=utcnow(),
         dispatched_at=dispatched_at,
@@ -157,6 +160,7 @@ class Claim:
     tenant_id: str
     top_k: int
     items: list[PendingInput]  # the pending items, in index order
+    explain: bool = False  # the job option: saliency maps and the pictures the model saw
 
 
 def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
@@ -183,8 +187,9 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     heard = rows[0][2] if rows else bool(tenants_listening(session, {tenant_id}))  # endpoints: one round trip
     if (params or {}).get("webhook") or heard:
         on_started(session, job_id)  # webhook outbox row, in this same transaction
+    params = params or {}
     items = [PendingInput(*row[:3]) for row in rows]
-    return Claim(job_id, model_ref, tenant_id, int((params or {}).get("top_k", 1)), items)
+    return Claim(job_id, model_ref, tenant_id, int(params.get("top_k", 1)), items, bool(params.get("explain")))
 
 
 def _pending_query(job_id: uuid.UUID) -> Any:
@@ -231,6 +236,8 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
             error_type=bindparam("b_error_type"),
             error=bindparam("b_error"),
             batch_size=bindparam("b_batch_size"),
+            input_image=bindparam("b_input_image"),
+            explanation=bindparam("b_explanation"),
             model_version_id=bindparam("b_model_version_id"),
             completed_at=bindparam("b_completed_at"),
         )
@@ -247,6 +254,8 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
             "b_error_type": r.error_type,
             "b_error": r.error,
             "b_batch_size": r.batch_size,
+            "b_input_image": r.input_image,
+            "b_explanation": r.explanation,
             "b_model_version_id": model_version_id,
             "b_completed_at": now,
         }

@@ -163,6 +163,9 @@ class JobItem(Base):
     confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     top_k: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     warnings: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # codes of shared.imaging.WARNINGS
+    # with the job option explain: the 28x28 uint8 picture the model saw and its saliency map (784 bytes each)
+    input_image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    explanation: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     error_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)

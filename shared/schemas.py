@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared.imaging import WARNINGS
+from shared.imaging import WARNINGS, pixels_png
 from shared.models import PUBLIC_ALIAS, Job, JobItem, ModelVersion, utcnow
 from shared.status import JobKind, JobStatus
 
@@ -40,6 +41,11 @@ class JobCreate(BaseModel):
     images: list[ImageIn] = Field(min_length=1, description="The images to classify.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
     top_k: JsonInt | None = Field(None, ge=1, description="How many ranked labels to return per image.")
+    explain: bool = Field(
+        False,
+        description="Also return, per prediction, the 28x28 picture the model saw (`input_image`) and a saliency "
+        "map (`explanation`): which pixels drove the predicted label. Costs extra model passes in the worker.",
+    )
     webhook: str | None = Field(None, description="URL that receives this job's events, signed (see Webhooks).")
     webhook_events_filter: list[str] | None = Field(None, description="Events to send: start, progress, completed.")
 
@@ -75,6 +81,14 @@ class PredictionPublic(BaseModel):
     warnings: list[str] = Field(default_factory=list, description=_warnings_doc())
     error: dict[str, str] | None = None
     model_version: str | None = None
+    input_image: str | None = Field(
+        None, description="With `explain`: the 28x28 greyscale picture the model saw, as a base64 PNG."
+    )
+    explanation: str | None = Field(
+        None,
+        description="With `explain`: a 28x28 greyscale saliency map as a base64 PNG (brighter = that pixel pushed "
+        "the predicted label more; gradient x input for Keras models, occlusion for TFLite ones).",
+    )
 
     @classmethod
     def of(cls, item: JobItem, versions: dict[int, str]) -> PredictionPublic:
@@ -90,7 +104,14 @@ class PredictionPublic(BaseModel):
             warnings=list(item.warnings or []),
             error=error,
             model_version=versions.get(item.model_version_id or -1),
+            input_image=_png64(item.input_image),
+            explanation=_png64(item.explanation),
         )
+
+
+def _png64(pixels: bytes | None) -> str | None:
+    """Stored 28x28 pixels as a base64 PNG (None stays None)."""
+    return base64.b64encode(pixels_png(pixels)).decode("ascii") if pixels else None
 
 
 class Counts(BaseModel):

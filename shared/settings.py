@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         "`inferq up` or `inferq flower` generated and saved in data_dir/flower-auth (mode 0600).",
     )
 
+    # --- the web app (pages at /, signed in with an API key) ------------------------------------------------------
+    web_enabled: bool = Field(True, description="Serve the web app's pages at / from the API process.")
+    web_session_ttl_s: float = Field(
+        8 * 3600.0, gt=0, description="Seconds a web session lives after its last use (kept in Redis)."
+    )
+    web_cookie_secure: bool = Field(
+        False, description="Mark the session cookie Secure (set true behind HTTPS; requests over HTTPS get it anyway)."
+    )
+
     # --- metrics (Prometheus) -----------------------------------------------------------------------------------
     metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve them (false: neither).")
     metrics_public: bool = Field(
@@ -65,6 +74,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels (width*height) of one image.")
     max_top_k: int = Field(10, ge=1, description="Largest top_k a job may ask for.")
     default_top_k: int = Field(3, ge=1, description="Ranked labels per prediction when a job does not say top_k.")
+    explain_occlusion_patch: int = Field(
+        4,
+        ge=1,
+        le=28,
+        description="Side in pixels of the square blanked per step of an occlusion explanation (TFLite models); "
+        "must divide 28: 4 means 49 extra images per explained image.",
+    )
     page_size_max: int = Field(500, ge=1, description="Largest page of results or jobs.")
     max_wait_s: float = Field(60.0, ge=0, description="Longest long poll (GET /v1/jobs/{id}?wait=).")
     wait_poll_interval_s: float = Field(
@@ -228,6 +244,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
+        if 28 % self.explain_occlusion_patch:
+            raise ValueError(f"INFERQ_EXPLAIN_OCCLUSION_PATCH must divide 28, got {self.explain_occlusion_patch}")
         if self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 f"INFERQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must be longer than "

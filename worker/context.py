@@ -30,6 +30,7 @@ from shared.settings import Settings
 from shared.status import JobStatus
 from shared.storage import make_store
 from worker.batcher import MicroBatcher, Request, SinkFn
+from worker.explain import explain_results
 from worker.runtime import LoadedModel, ModelCache, load_model
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class WorkerContext:
             self._bounded(model.predict),
             max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-            sink=self._sink(mv.id, list(mv.labels)),
+            sink=self._sink(mv.id, list(mv.labels), model),
             name=f"batcher-{mv.ref}",
         )
         while len(self._batchers) > self.settings.model_cache_size:
@@ -128,7 +129,7 @@ class WorkerContext:
 
         return bounded
 
-    def _sink(self, version_id: int, labels: list[str]) -> SinkFn:
+    def _sink(self, version_id: int, labels: list[str], model: LoadedModel | None = None) -> SinkFn:
         threshold = self.settings.low_confidence_threshold
 
         def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
@@ -145,6 +146,10 @@ class WorkerContext:
                 for item_id, row, noticed in zip(req.tag.item_ids, out, _noticed(req.tag), strict=True)
                 for t in [top_k(row, labels, req.tag.top_k)]
             ]
+            if model is not None:
+                results = explain_results(
+                    model, requests, outputs, results, patch=self.settings.explain_occlusion_patch
+                )
             finished = self.commit_results(results, version_id, {req.tag.job_id for req in requests})
             for req in requests:
                 if req.tag.job_id in finished:

@@ -38,6 +38,7 @@ class BatchTag:
     item_ids: tuple[int, ...]
     top_k: int
     warnings: tuple[tuple[str, ...], ...] = ()  # preprocessing's warnings per item (aligned with item_ids)
+    explain: bool = False  # the job option: the sink adds saliency maps and the pictures the model saw
     finished: list[str] = field(default_factory=list, compare=False)  # the job's terminal status, set by the sink
 
 
@@ -68,7 +69,7 @@ def run_classify(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
         with session_scope(ctx.sessions) as session:
             jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
         return Outcome(str(job_id), JobStatus.FAILED.value)
-    return _classify(ctx, job_id, mv, claim.items, claim.top_k)
+    return _classify(ctx, job_id, mv, claim.items, claim.top_k, explain=claim.explain)
 
 
 def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion] | Outcome:
@@ -155,7 +156,9 @@ def _run_started(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     job, mv = started
     with session_scope(ctx.sessions) as session:
         items = jobstore.pending_inputs(session, job_id)
-    outcome = _classify(ctx, job_id, mv, items, int(job.params.get("top_k", 1)))
+    outcome = _classify(
+        ctx, job_id, mv, items, int(job.params.get("top_k", 1)), explain=bool(job.params.get("explain"))
+    )
     if outcome.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
         return outcome
     with session_scope(ctx.sessions) as session:  # every item was written before a crash: finish it now
@@ -165,13 +168,21 @@ def _run_started(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
 
 
 def _classify(
-    ctx: WorkerContext, job_id: uuid.UUID, mv: ModelVersion, items: list[jobstore.PendingInput], top_k: int
+    ctx: WorkerContext,
+    job_id: uuid.UUID,
+    mv: ModelVersion,
+    items: list[jobstore.PendingInput],
+    top_k: int,
+    *,
+    explain: bool = False,
 ) -> Outcome:
     if ctx.settings.fault_injection and mv.name == FAULT_POISON_MODEL:  # never on in production
         log.critical("fault injection: job %s names %s; the worker process exits now", job_id, FAULT_POISON_MODEL)
         os._exit(9)
     inputs = load_inputs(ctx, items)
-    tag = BatchTag(job_id=job_id, item_ids=tuple(inputs.ids), top_k=top_k, warnings=tuple(inputs.warnings))
+    tag = BatchTag(
+        job_id=job_id, item_ids=tuple(inputs.ids), top_k=top_k, warnings=tuple(inputs.warnings), explain=explain
+    )
     if inputs.settled:
         tag.finished.extend(s.value for s in ctx.commit_results(inputs.settled, mv.id, {job_id}).values())
     if inputs.ids:

@@ -115,8 +115,9 @@ def test_every_route_is_public_or_needs_a_known_scope(app: Flask) -> None:
     prefix = app.config["INFERQ_DOC_PREFIX"]
     public = {r.rule for r in app.url_map.iter_rules() if auth.is_public(r, prefix)}
     assert {"/healthz", "/readyz", "/openapi.json"} <= public
+    pages = {r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith("web.")}  # shells: data comes from /v1
     assert all(
-        r.startswith("/docs") or r in {"/healthz", "/readyz", "/openapi.json", "/static/<path:filename>"}
+        r.startswith("/docs") or r in {"/healthz", "/readyz", "/openapi.json", "/static/<path:filename>"} | pages
         for r in public
     )
     for rule in app.url_map.iter_rules():

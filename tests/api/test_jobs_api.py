@@ -359,6 +359,8 @@ def test_results_paging(app: Flask, client: FlaskClient) -> None:
         "warnings": [],
         "error": None,
         "model_version": None,
+        "input_image": None,  # only with the option explain
+        "explanation": None,
     }
 
 
@@ -416,6 +418,8 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
         "warnings": ["low-contrast"],
         "error": None,
         "model_version": "mnist-cnn:1",
+        "input_image": None,  # only with the option explain
+        "explanation": None,
     }
     assert (bad["status"], bad["label"], bad["warnings"], bad["error"]) == (
         "failed",

@@ -69,6 +69,7 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert up.poll() is None, (tmp_path / "up.log").read_text()
         banner = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{api_port}/docs" in banner and f"http://127.0.0.1:{flower_port}" in banner
+        assert f"Web app    http://127.0.0.1:{api_port}/" in banner
         key_file = tmp_path / "var" / "api-key"
         key = key_file.read_text().strip()
         assert key in banner and "Authorization: Bearer $(cat" in banner and key_file.stat().st_mode & 0o077 == 0
