@@ -29,12 +29,18 @@ def load_settings(**overrides: object) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def main() -> None:
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show TensorFlow's own C++ start-up and device logs (hidden by default)."
+)
+def main(verbose: bool) -> None:
     """inferq: asynchronous batch inference for image classifiers.
 
-    Every setting is an INFERQ_* environment variable (see README); with none set, everything runs on
-    embedded defaults under ./var (SQLite, a bundled redis-server, local files).
+    Every setting is an INFERQ_* environment variable (docs/operations/configuration.md); with none set,
+    everything runs on embedded defaults under ./var (SQLite, a bundled redis-server, local files).
     """
+    # TensorFlow reads this when it is first imported (only ever inside a command), and the processes a command
+    # starts (`up`'s worker, training's helpers) inherit it. A value the user set stays, unless --verbose.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @main.command()
