@@ -93,12 +93,12 @@ def register_artifact_copy(settings: Settings, source: Path, *, version: int, al
     engine.dispose()
 
 
-@pytest.fixture
-def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: Path) -> Settings:
-    """Settings on real PostgreSQL and Redis, with the trained model registered as mnist-cnn@production."""
+def make_stack_settings(data_dir: Path, database_url: str, redis_url: str, model_artifact: Path) -> Settings:
+    """Settings on real PostgreSQL and Redis (the database migrated), with the trained model registered as
+    mnist-cnn@production."""
     settings = Settings(
-        data_dir=tmp_path,
-        database_url=pg_url,
+        data_dir=data_dir,
+        database_url=database_url,
         redis_url=redis_url,
         queued_lease_s=1.0,
         reconcile_interval_s=0.5,
@@ -107,6 +107,12 @@ def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: 
     upgrade_database(settings)
     register_artifact_copy(settings, model_artifact, version=1, aliases=("production",))
     return settings
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path, pg_url: str, redis_url: str, model_artifact: Path) -> Settings:
+    """Settings on real PostgreSQL and Redis, with the trained model registered as mnist-cnn@production."""
+    return make_stack_settings(tmp_path, pg_url, redis_url, model_artifact)
 
 
 class WorkerProcess:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,11 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from shared.settings import Settings
 from tests.access import make_key
+from tests.conftest import fresh_database
 from tests.dataset_factories import digits, npz_bytes
 from tests.factories import png_bytes
-from tests.integration.conftest import register_artifact_copy
+from tests.integration.conftest import WorkerProcess, make_stack_settings, register_artifact_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -41,24 +41,38 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def web(stack_settings: Settings, start_worker: Callable[..., Any], model_artifact: Path) -> Iterator[tuple[str, str]]:
-    """The real API on a free port with a worker behind it, mnist-cnn:2 registered too; yields (URL, key)."""
+@pytest.fixture(scope="module")
+def web(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_admin_url: str,
+    redis_server_url: str,
+    redis_db: int,
+    model_artifact: Path,
+) -> Iterator[tuple[str, str]]:
+    """One real stack for the module's browser tests (a worker costs seconds to start): the API on a free port, a
+    worker behind it, mnist-cnn:2 registered too; yields (URL, key). The tests run in this module's order."""
     from api.app import create_app
 
-    register_artifact_copy(stack_settings, model_artifact, version=2)
-    start_worker()
-    app = create_app(stack_settings)
-    key = make_key(app.extensions["inferq"].sessions)
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}", key
-    finally:
-        httpd.shutdown()
-        thread.join(10)
-        app.extensions["inferq"].engine.dispose()
+    with fresh_database(pg_admin_url) as database_url:
+        settings = make_stack_settings(
+            tmp_path_factory.mktemp("web"), database_url, f"{redis_server_url}/{redis_db}", model_artifact
+        )
+        register_artifact_copy(settings, model_artifact, version=2)
+        worker = WorkerProcess(settings)
+        app = create_app(settings)
+        httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        try:
+            worker.wait_ready()
+            key = make_key(app.extensions["inferq"].sessions)
+            thread.start()
+            yield f"http://127.0.0.1:{httpd.server_port}", key
+        finally:
+            if thread.is_alive():
+                httpd.shutdown()
+                thread.join(10)
+            worker.stop()
+            app.extensions["inferq"].engine.dispose()
 
 
 @pytest.fixture
