@@ -9,6 +9,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.backpressure import LaneGauge
 from shared.db import make_engine, make_sessionmaker
 from shared.notify import FinishedWaiter
 from shared.registry import KnownRefs
@@ -27,6 +28,7 @@ class Services:
     celery: Celery
     waiter: FinishedWaiter
     known_refs: KnownRefs
+    lane_gauge: LaneGauge
 
 
 def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
@@ -40,6 +42,7 @@ def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
         celery=celery,
         waiter=FinishedWaiter(settings.broker_url()),
         known_refs=KnownRefs(settings.model_ref_ttl_s),
+        lane_gauge=LaneGauge(settings),
     )
 
     @app.teardown_appcontext
