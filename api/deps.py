@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.apikeys import KeyCache
+from shared.backpressure import LaneGauge
 from shared.db import make_engine, make_sessionmaker
 from shared.notify import FinishedWaiter
 from shared.registry import KnownRefs
@@ -29,6 +30,7 @@ class Services:
     waiter: FinishedWaiter
     known_refs: KnownRefs
     keys: KeyCache
+    lane_gauge: LaneGauge
 
 
 def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
@@ -43,6 +45,7 @@ def register_services(app: Flask, settings: Settings, celery: Celery) -> None:
         waiter=FinishedWaiter(settings.broker_url()),
         known_refs=KnownRefs(settings.model_ref_ttl_s),
         keys=KeyCache(settings.api_key_cache_s),
+        lane_gauge=LaneGauge(settings),
     )
 
     @app.teardown_appcontext

@@ -59,7 +59,7 @@ def _job_id(text: str) -> uuid.UUID:
 @bp.post(
     "",
     summary="Submit a classify job",
-    responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem},
+    responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem, "503": Problem},
 )
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
@@ -69,6 +69,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     if isinstance(body, dict) and body.get("kind") == "score":  # bulk scoring of a stored dataset
         return create_score_job(body, read_job_webhook(request, services().settings))
     svc = services()
+    svc.lane_gauge.check()  # 503 lane-full before the body is read when the interactive lane is backed up
     settings = svc.settings
     parsed = read_classify_request(request, settings)
     webhook = read_job_webhook(request, settings)  # 422 webhook-url-refused before anything is written

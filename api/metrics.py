@@ -9,7 +9,7 @@ from flask import Flask, Response, current_app, g, request
 
 from api.deps import Services
 from shared import metrics
-from shared.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
+from shared.celery_app import INFERENCE_QUEUE, lane_queues
 from shared.errors import PROBLEM_BASE
 from shared.settings import Settings
 
@@ -75,6 +75,6 @@ def register_metrics(app: Flask, settings: Settings) -> None:
     app.after_request(_record)
     svc = services_of(app)
     app.extensions["inferq_metrics"] = metrics.StackCollector(
-        redis_url=settings.broker_url(), lanes=(INFERENCE_QUEUE, TRAINING_QUEUE), sessions=svc.sessions
+        redis_url=settings.broker_url(), lanes=(*lane_queues(settings).values(), INFERENCE_QUEUE), sessions=svc.sessions
     )
     app.add_url_rule("/metrics", ENDPOINT, metrics_view, methods=["GET"])

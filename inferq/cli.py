@@ -96,13 +96,27 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     default=None,
     help="GPU index to pin this worker to (sets CUDA_VISIBLE_DEVICES); default INFERQ_GPU, empty = CPU.",
 )
-@click.option("--queues", default="inference,training", show_default=True, help="Queues to consume.")
+@click.option(
+    "--lanes",
+    default=None,
+    help="Lanes to serve, comma-separated from interactive,bulk,training,ops (default INFERQ_WORKER_LANES: all).",
+)
+@click.option("--queues", default=None, hidden=True, help="Pre-lanes form: inference = interactive,bulk,ops.")
 @click.option("--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY).")
 @click.option("--beat/--no-beat", default=False, help="Also run the periodic reconciler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, loglevel: str) -> None:
+def worker(  # noqa: PLR0913 - one parameter per CLI option
+    gpu: str | None, lanes: str | None, queues: str | None, concurrency: int | None, beat: bool, loglevel: str
+) -> None:
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
+    from shared.celery_app import lanes_of_queues, queues_for
+
     settings = load_settings() if gpu is None else load_settings(gpu=gpu)
+    try:
+        lanes = lanes or (lanes_of_queues(queues) if queues else settings.worker_lanes)
+        queues = ",".join(queues_for(settings, lanes))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--lanes") from exc
     from worker.gpu import pin_gpu
 
     label = pin_gpu(settings.gpu)
@@ -113,7 +127,7 @@ def worker(gpu: str | None, queues: str, concurrency: int | None, beat: bool, lo
     from worker.celery_app import create_worker_app
 
     app = create_worker_app(settings)
-    training_only = set(queues.split(",")) == {"training"}
+    training_only = queues == settings.queue_training
     if training_only:  # one training job at a time, and never a second one reserved behind it
         concurrency = concurrency or 1
     argv = [

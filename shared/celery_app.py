@@ -7,8 +7,16 @@ from kombu import Queue
 
 from shared.settings import Settings
 
+# Lanes: one Celery queue each, so interactive work never queues behind bulk chunks and webhook deliveries and
+# maintenance never queue behind inference. The names are settings (INFERQ_QUEUE_*); these are their defaults.
+INTERACTIVE_QUEUE = "interactive"  # classify jobs
+BULK_QUEUE = "bulk"  # bulk scoring chunks
+TRAINING_QUEUE = "training"  # train / optimize / benchmark
+OPS_QUEUE = "ops"  # webhook delivery, reconciler, retention, idempotency purge
+# Before lanes everything but training travelled on this queue: workers serving the interactive lane still drain
+# it, so messages published by an older API or reconciler are never stranded by an upgrade.
 INFERENCE_QUEUE = "inference"
-TRAINING_QUEUE = "training"
+LANES = ("interactive", "bulk", "training", "ops")
 
 CLASSIFY_TASK = "inferq.classify"
 TRAIN_TASK = "inferq.train"
@@ -18,15 +26,61 @@ SCORE_CHUNK_TASK = "inferq.score_chunk"
 RETENTION_TASK = "inferq.retention.purge"
 IDEMPOTENCY_PURGE_TASK = "inferq.idempotency.purge"
 
-ROUTES = {
-    CLASSIFY_TASK: {"queue": INFERENCE_QUEUE},
-    RECONCILE_TASK: {"queue": INFERENCE_QUEUE},
-    WEBHOOK_DISPATCH_TASK: {"queue": INFERENCE_QUEUE},
-    SCORE_CHUNK_TASK: {"queue": INFERENCE_QUEUE},
-    RETENTION_TASK: {"queue": INFERENCE_QUEUE},
-    IDEMPOTENCY_PURGE_TASK: {"queue": INFERENCE_QUEUE},
-    TRAIN_TASK: {"queue": TRAINING_QUEUE},
+TASK_LANES = {
+    CLASSIFY_TASK: "interactive",
+    SCORE_CHUNK_TASK: "bulk",
+    TRAIN_TASK: "training",
+    RECONCILE_TASK: "ops",
+    WEBHOOK_DISPATCH_TASK: "ops",
+    RETENTION_TASK: "ops",
+    IDEMPOTENCY_PURGE_TASK: "ops",
 }
+
+
+def lane_queues(settings: Settings) -> dict[str, str]:
+    """Lane name -> its Celery queue name (INFERQ_QUEUE_INTERACTIVE ... INFERQ_QUEUE_OPS)."""
+    return {
+        "interactive": settings.queue_interactive,
+        "bulk": settings.queue_bulk,
+        "training": settings.queue_training,
+        "ops": settings.queue_ops,
+    }
+
+
+def routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each task's queue: the queue of its lane."""
+    queues = lane_queues(settings)
+    return {task: {"queue": queues[lane]} for task, lane in TASK_LANES.items()}
+
+
+def queues_for(settings: Settings, lanes: str) -> list[str]:
+    """The queues a worker serving `lanes` ("interactive,bulk" ...) consumes, interactive first; a worker of the
+    interactive lane also drains the pre-lanes `inference` queue. An unknown lane name raises ValueError."""
+    wanted = [name.strip() for name in lanes.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(LANES))
+    if unknown or not wanted:
+        raise ValueError(f"unknown lane(s) {unknown or lanes!r}; lanes are {', '.join(LANES)}")
+    by_lane = lane_queues(settings)
+    queues = [by_lane[lane] for lane in LANES if lane in wanted]  # the LANES order: interactive before bulk
+    if "interactive" in wanted and INFERENCE_QUEUE not in queues:
+        queues.insert(1, INFERENCE_QUEUE)
+    return queues
+
+
+DEFAULT_QUEUES = {"interactive": INTERACTIVE_QUEUE, "bulk": BULK_QUEUE, "training": TRAINING_QUEUE, "ops": OPS_QUEUE}
+# What the pre-lanes `inferq worker --queues ...` served, as lanes (old scripts and manifests keep working).
+LEGACY_QUEUE_LANES = {INFERENCE_QUEUE: ("interactive", "bulk", "ops"), TRAINING_QUEUE: ("training",)}
+
+
+def lanes_of_queues(queues: str) -> str:
+    """The lanes equivalent to a pre-lanes `--queues` list ("inference,training"); ValueError for another name."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if not names or set(names) - set(LEGACY_QUEUE_LANES):
+        raise ValueError(f"--queues takes {', '.join(LEGACY_QUEUE_LANES)}; use --lanes for the lanes")
+    return ",".join(lane for name in names for lane in LEGACY_QUEUE_LANES[name])
+
+
+ROUTES = {task: {"queue": DEFAULT_QUEUES[lane]} for task, lane in TASK_LANES.items()}  # with the default names
 
 
 def train_time_limit(settings: Settings) -> int:
@@ -35,7 +89,7 @@ def train_time_limit(settings: Settings) -> int:
     return max(1, min(settings.train_time_limit, settings.visibility_timeout - 1))
 
 
-def transport_options(settings: Settings) -> dict[str, int]:
+def transport_options(settings: Settings) -> dict[str, object]:
     """Redis transport options: the visibility timeout, and how often kombu sweeps for messages a dead worker held.
     kombu's default sweeps every 10 s x throttle 10 = ~100 s; sweeping every visibility_timeout/10 (1-10 s) with
     no throttle hands a killed worker's messages on within about 1.1 x the visibility timeout."""
@@ -44,6 +98,9 @@ def transport_options(settings: Settings) -> dict[str, int]:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": interval,
         "unacked_restore_throttle": 1,
+        # Poll a worker's queues in the order it lists them (interactive first, see queues_for) instead of
+        # round robin: whenever a consumer has room for a message, a waiting interactive job is taken first.
+        "queue_order_strategy": "priority",
     }
 
 
@@ -55,9 +112,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options(settings),
         "broker_pool_limit": 10,
-        "task_default_queue": INFERENCE_QUEUE,
-        "task_queues": [Queue(INFERENCE_QUEUE), Queue(TRAINING_QUEUE)],
-        "task_routes": ROUTES,
+        "task_default_queue": settings.queue_interactive,
+        "task_queues": [Queue(q) for q in [*lane_queues(settings).values(), INFERENCE_QUEUE]],
+        "task_routes": routes(settings),
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,

@@ -198,6 +198,12 @@ class QueueFull(RetryLater):
     type_slug, title, status = "queue-full", "The tenant's queue is full", 429
 
 
+class LaneFull(RetryLater):
+    """A 503: the interactive lane's backlog is past INFERQ_INTERACTIVE_BACKLOG_MAX (shared/backpressure.py)."""
+
+    type_slug, title, status = "lane-full", "The interactive lane is full", 503
+
+
 class RateLimited(RetryLater):
     type_slug, title, status = "rate-limited", "Too many requests", 429
 

@@ -72,10 +72,8 @@ def configure(*, metrics_enabled: bool) -> None:
 
 
 def lane_of(kind: str) -> str:
-    """The Celery queue a job kind travels on (train jobs on the training lane, the rest on inference)."""
-    from shared.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
-
-    return TRAINING_QUEUE if kind == "train" else INFERENCE_QUEUE
+    """The lane a job kind travels on: classify on interactive, score on bulk, train on training."""
+    return {"classify": "interactive", "score": "bulk", "train": "training"}.get(kind, "interactive")
 
 
 def observe_finished(rows: Iterable[tuple[str, str, Any, Any]]) -> None:

@@ -99,6 +99,28 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(10.0, ge=0, description="Longest a first image waits for company.")
     worker_concurrency: int = Field(32, ge=1, description="Task threads per inference worker process.")
 
+    # --- lanes: one Celery queue per kind of work (docs/lanes.md) ---------------------------------------------
+    queue_interactive: str = Field("interactive", min_length=1, description="Celery queue of classify jobs.")
+    queue_bulk: str = Field("bulk", min_length=1, description="Celery queue of bulk scoring chunks.")
+    queue_training: str = Field("training", min_length=1, description="Celery queue of training jobs.")
+    queue_ops: str = Field(
+        "ops", min_length=1, description="Celery queue of webhook deliveries, the reconciler, retention and purges."
+    )
+    interactive_backlog_max: int = Field(
+        2000,
+        ge=0,
+        description="Classify messages waiting in the interactive lane past which POST /v1/jobs answers 503 "
+        "lane-full with Retry-After (bulk jobs are never refused for it); 0 = no limit.",
+    )
+    lane_depth_cache_s: float = Field(
+        0.5, ge=0, description="How long an API process reuses its reading of the interactive lane's depth."
+    )
+    lane_full_retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 lane-full answer.")
+    worker_lanes: str = Field(
+        "interactive,bulk,training,ops",
+        description="Lanes an `inferq worker` serves unless --lanes says otherwise (comma-separated).",
+    )
+
     # --- reliability ----------------------------------------------------------------------------------------
     task_soft_time_limit: int = Field(300, ge=1, description="Seconds before a task is asked to stop.")
     task_time_limit: int = Field(360, ge=1, description="Seconds before a task is killed.")

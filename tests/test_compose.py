@@ -234,13 +234,13 @@ def test_gpu_worker_reserves_nvidia_gpu_zero(services):
 
 
 def test_gpu_worker_is_pinned_to_gpu_zero(services):
-    """worker-gpu0 passes --gpu 0 and INFERQ_GPU=0 and consumes the inference queue."""
+    """worker-gpu0 passes --gpu 0 and INFERQ_GPU=0 and serves the inference lanes (interactive, bulk, ops)."""
     worker = services["worker-gpu0"]
     argv = argv_of(worker["command"])
     assert argv[:2] == ["inferq", "worker"]
     assert argv[argv.index("--gpu") + 1] == "0"
     assert env_of(worker)["INFERQ_GPU"] == "0"
-    assert "inference" in argv[argv.index("--queues") + 1].split(",")
+    assert argv[argv.index("--lanes") + 1] == "interactive,bulk,ops"
 
 
 def test_gpu_worker_image_has_cuda_tensorflow(services):
@@ -251,13 +251,13 @@ def test_gpu_worker_image_has_cuda_tensorflow(services):
 
 
 def test_cpu_worker_uses_no_gpu_and_consumes_training(services):
-    """worker-cpu reserves no device, has an empty INFERQ_GPU, and consumes inference and training."""
+    """worker-cpu reserves no device, has an empty INFERQ_GPU, and serves every lane, training included."""
     worker = services["worker-cpu"]
     argv = argv_of(worker["command"])
     assert "deploy" not in worker
     assert "--gpu" not in argv
     assert env_of(worker)["INFERQ_GPU"] == ""
-    assert set(argv[argv.index("--queues") + 1].split(",")) == {"inference", "training"}
+    assert "--lanes" not in argv and "--queues" not in argv  # INFERQ_WORKER_LANES' default: every lane
 
 
 def test_published_ports(services):

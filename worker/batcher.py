@@ -1,4 +1,10 @@
-"""A bounded micro-batcher: images from concurrent tasks meet in one forward pass (max size, max wait)."""
+"""An adaptive micro-batcher: images from concurrent tasks meet in one forward pass.
+
+The policy (docs/lanes.md): a pass takes the first request plus whatever is already pending, at once. Only when
+more work was pending (requests are actually arriving) does it wait for more, each time for at most about two
+recent inter-arrival gaps, never past max_wait after the first request came, and never beyond max_batch images. A
+lone request therefore never waits (no fixed delay), and under load batches also grow by themselves: requests
+arriving during a forward pass are all pending when it ends."""
 
 from __future__ import annotations
 
@@ -63,6 +69,8 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self._carry: Request | None = None
+        self._gap = max_wait_s  # EWMA of the time between two submits (seconds): how fast work is arriving
+        self._last_submit = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -72,8 +80,15 @@ class MicroBatcher:
         if len(inputs) == 0:
             req.future.set_result(inputs[:0])
         else:
+            self._note_arrival(req.enqueued)
             self._queue.put(req)
         return req.future
+
+    def _note_arrival(self, now: float) -> None:
+        """Update the inter-arrival estimate (approximate under concurrent submits: it only sizes a wait)."""
+        if self._last_submit:
+            self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_submit, self.max_wait_s)
+        self._last_submit = now
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread after the queued work is done."""
@@ -81,21 +96,16 @@ class MicroBatcher:
         self._thread.join(timeout)
 
     def _collect(self) -> list[Request] | None:
-        """Block for a first request, then gather more until max_batch images or max_wait passes."""
+        """Block for a first request, then take what is pending; wait for more only while work keeps arriving."""
         first = self._carry or self._queue.get()
         self._carry = None
         if first is None:
             return None
         batch, size = [first], len(first.inputs)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = first.enqueued + self.max_wait_s
         while size < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
+            nxt = self._next(deadline, arriving=len(batch) > 1)
             if nxt is None:
-                self._queue.put(None)
                 break
             if size + len(nxt.inputs) > self.max_batch and size > 0:
                 self._carry = nxt  # it opens the next pass: never split a small request across passes
@@ -103,6 +113,22 @@ class MicroBatcher:
             batch.append(nxt)
             size += len(nxt.inputs)
         return batch
+
+    def _next(self, deadline: float, *, arriving: bool) -> Request | None:
+        """A pending request at once; else, if requests are arriving, one that comes within ~2 gaps (<= deadline)."""
+        try:
+            nxt = self._queue.get_nowait()
+        except queue.Empty:
+            wait = min(2 * self._gap, deadline - time.monotonic()) if arriving else 0.0
+            if wait <= 0:
+                return None
+            try:
+                nxt = self._queue.get(timeout=wait)
+            except queue.Empty:
+                return None
+        if nxt is None:  # close(): put the sentinel back for _collect's next call
+            self._queue.put(None)
+        return nxt
 
     def _run(self) -> None:
         while (batch := self._collect()) is not None:

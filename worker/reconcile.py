@@ -40,7 +40,6 @@ from shared.celery_app import (
     INFERENCE_QUEUE,
     SCORE_CHUNK_TASK,
     TRAIN_TASK,
-    TRAINING_QUEUE,
     train_time_limit,
 )
 from shared.db import session_scope
@@ -146,7 +145,8 @@ def _classify(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
     def plan(_: Session, job_id: uuid.UUID) -> list[Dispatch]:
         return [Dispatch(CLASSIFY_TASK, (str(job_id),))]
 
-    sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, idle(INFERENCE_QUEUE)), _claim_queued(s), plan)
+    lane_idle = idle(s.queue_interactive) and idle(INFERENCE_QUEUE)  # the pre-lanes queue may still hold some
+    sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, lane_idle), _claim_queued(s), plan)
     return sent + _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s), plan)
 
 
@@ -158,7 +158,7 @@ def _train(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
 
     with session_scope(ctx.sessions) as session:  # the training queue is read only when a training job waits
         waiting = bool(leases.stale_queued_jobs(session, lease_s=s.queued_lease_s, limit=1, kind=kind))
-    include_dispatched = waiting and idle(TRAINING_QUEUE)
+    include_dispatched = waiting and idle(s.queue_training)
     sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, include_dispatched), _claim_queued(s), plan)
     return sent + _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s), plan)
 
@@ -178,8 +178,9 @@ def _score(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
             return []
         return messages
 
-    sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, idle(INFERENCE_QUEUE)), _claim_queued(s), missing)
-    if idle(INFERENCE_QUEUE):  # chunk publishing failed part-way: send the chunks that have no rows
+    lane_idle = idle(s.queue_bulk) and idle(INFERENCE_QUEUE)
+    sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, lane_idle), _claim_queued(s), missing)
+    if lane_idle:  # chunk publishing failed part-way: send the chunks that have no rows
         find = _find_undispatched(s.queued_lease_s, kind)
         sent += _sweep(ctx, publish, find, leases.claim_undispatched, missing)
     sent += _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s, count=True), stalled)
@@ -248,8 +249,8 @@ BACKLOG_SCAN = 200  # a queue this short is read to count its job messages; a lo
 def celery_backlog(app: Celery) -> Backlog:
     """Job messages waiting in a broker queue (all priorities); an unreadable broker counts as a backlog.
 
-    Only job messages count: the beat's own messages (this reconciler, the webhook dispatcher, retention) share the
-    inference queue and pile up exactly while the workers are busy, so counting them would make a queue whose job
+    Only job messages count: the beat's own messages (this reconciler, the webhook dispatcher, retention) share a
+    queue and pile up exactly while the workers are busy, so counting them would make a queue whose job
     messages Redis lost look busy, and defer their re-dispatch for as long as the load lasts."""
 
     def backlog(queue: str) -> int:

@@ -174,3 +174,45 @@ def test_a_malformed_rate_limit_refuses_to_start(make_app: AppFactory) -> None:
     """INFERQ_RATE_LIMIT must parse ('600/minute'): a typo stops the app at start, not at the first request."""
     with pytest.raises(ValueError, match="INFERQ_RATE_LIMIT"):
         make_app(rate_limit="lots per minute")
+
+
+# --- backpressure on the interactive lane ---------------------------------------------------------------------
+
+
+def test_a_full_interactive_lane_is_503_with_retry_after_and_bulk_still_goes(
+    make_app: AppFactory, redis_url: str
+) -> None:
+    """Past INFERQ_INTERACTIVE_BACKLOG_MAX messages waiting in the interactive lane (real Redis) a classify job is a
+    503 lane-full problem with Retry-After and nothing written; a score job is still accepted; once the lane
+    drains (after the depth cache) classify jobs are accepted again."""
+    import redis
+
+    app = make_app(
+        redis_url=redis_url,
+        rate_limit_enabled=False,
+        interactive_backlog_max=3,
+        lane_depth_cache_s=0,
+        lane_full_retry_after_s=7,
+    )
+    client = app.test_client()
+    lane = redis.Redis.from_url(redis_url)
+    try:
+        lane.rpush("interactive", "m1", "m2")
+        lane.rpush("inference", "m3")  # the pre-lanes queue counts too
+        before = (row_counts(app), len(blob_files(app)), _sent(app))
+        resp = post_files(client, [png_bytes()])
+        body = assert_problem(resp, 503, "lane-full")
+        assert resp.headers["Retry-After"] == "7" and body["retry_after_s"] == 7
+        assert body["limit_setting"] == "INFERQ_INTERACTIVE_BACKLOG_MAX" and body["limit"] == 3
+        assert (row_counts(app), len(blob_files(app)), _sent(app)) == before
+
+        ds = client.post(
+            "/v1/datasets?filename=d.npy", data=npy_bytes(digits(5)[0]), content_type="application/octet-stream"
+        ).get_json()
+        assert client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"]}).status_code == 202
+
+        lane.delete("interactive", "inference")
+        assert post_files(client, [png_bytes()]).status_code == 202
+    finally:
+        lane.delete("interactive", "inference")
+        lane.close()

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE, celery_config, make_celery
+from shared.celery_app import (
+    BULK_QUEUE,
+    INTERACTIVE_QUEUE,
+    OPS_QUEUE,
+    TRAINING_QUEUE,
+    celery_config,
+    make_celery,
+    queues_for,
+)
 from shared.settings import Settings
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) missing")
@@ -24,8 +32,9 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
 KEDA_CRD = ROOT / "deploy" / "keda" / "keda.sh_scaledobjects.yaml"
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests target (autoscaling/v2, policy/v1, batch/v1)
-QUEUES = {INFERENCE_QUEUE, TRAINING_QUEUE}
-WORKERS = {INFERENCE_QUEUE: "inferq-worker-inference", TRAINING_QUEUE: "inferq-worker-training"}
+QUEUES = {INTERACTIVE_QUEUE, BULK_QUEUE, OPS_QUEUE, TRAINING_QUEUE}
+WORKERS = {"interactive,bulk,ops": "inferq-worker-inference", "training": "inferq-worker-training"}
+WORKER_OF_QUEUE = {INTERACTIVE_QUEUE: "inferq-worker-inference", TRAINING_QUEUE: "inferq-worker-training"}
 
 
 def renderer() -> list[str] | None:
@@ -112,24 +121,26 @@ def test_every_listname_is_a_queue_of_the_code_and_scales_the_worker_consuming_i
     deployments, scaled = of_kind(objects, "Deployment"), of_kind(objects, "ScaledObject")
     routes: dict[str, dict[str, str]] = celery_config(Settings())["task_routes"]  # type: ignore[assignment]
     assert {route["queue"] for route in routes.values()} == QUEUES  # a new lane needs a Deployment here
-    for queue, name in WORKERS.items():
+    for lanes, name in WORKERS.items():
         command = deployments[name]["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert command[command.index("--queues") + 1] == queue
+        assert command[command.index("--lanes") + 1] == lanes
+        lane_queues = set(queues_for(Settings(), lanes)) & QUEUES  # the pre-lanes queue is drained, not scaled on
         so = scaled[name]
         assert so["spec"]["scaleTargetRef"]["name"] == name
-        (trigger,) = so["spec"]["triggers"]
-        assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == queue
-        assert int(trigger["metadata"]["listLength"]) >= 1
-        assert int(trigger["metadata"]["activationListLength"]) >= 0
-    assert {t["metadata"]["listName"] for so in scaled.values() for t in so["spec"]["triggers"]} <= QUEUES
+        assert {t["metadata"]["listName"] for t in so["spec"]["triggers"]} == lane_queues
+        for trigger in so["spec"]["triggers"]:
+            assert trigger["type"] == "redis"
+            assert int(trigger["metadata"]["listLength"]) >= 1
+            assert int(trigger["metadata"]["activationListLength"]) >= 0
+    served = {q for lanes in WORKERS for q in queues_for(Settings(), lanes)}
+    assert served >= QUEUES  # every lane has a Deployment consuming it
 
 
 def test_interactive_lane_stays_warm_and_training_scales_to_zero() -> None:
     """The inference lane keeps at least one worker; the training lane goes down to zero pods when idle."""
     scaled = of_kind(render("cpu"), "ScaledObject")
-    assert scaled[WORKERS[INFERENCE_QUEUE]]["spec"]["minReplicaCount"] >= 1
-    assert scaled[WORKERS[TRAINING_QUEUE]]["spec"]["minReplicaCount"] == 0
+    assert scaled[WORKER_OF_QUEUE[INTERACTIVE_QUEUE]]["spec"]["minReplicaCount"] >= 1
+    assert scaled[WORKER_OF_QUEUE[TRAINING_QUEUE]]["spec"]["minReplicaCount"] == 0
 
 
 def test_celery_sends_each_lane_to_the_bare_list_keda_watches(redis_url: str) -> None:
@@ -144,7 +155,11 @@ def test_celery_sends_each_lane_to_the_bare_list_keda_watches(redis_url: str) ->
     app = make_celery(settings)
     client = redis.Redis.from_url(redis_url)
     try:
-        for task, queue in (("inferq.classify", INFERENCE_QUEUE), ("inferq.train", TRAINING_QUEUE)):
+        for task, queue in (
+            ("inferq.classify", INTERACTIVE_QUEUE),
+            ("inferq.score_chunk", BULK_QUEUE),
+            ("inferq.train", TRAINING_QUEUE),
+        ):
             app.send_task(task, args=["00000000-0000-0000-0000-000000000000"])
             assert client.llen(queue) == 1, (task, sorted(client.keys("*")))
         assert not [k for k in client.keys("*\x06\x16*")]
@@ -184,8 +199,8 @@ def test_worker_grace_period_covers_the_longest_task() -> None:
     from shared.celery_app import train_time_limit
 
     pods = pod_specs(render("cpu"))
-    assert pods[WORKERS[INFERENCE_QUEUE]]["terminationGracePeriodSeconds"] > settings.task_time_limit
-    assert pods[WORKERS[TRAINING_QUEUE]]["terminationGracePeriodSeconds"] > train_time_limit(settings)
+    assert pods[WORKER_OF_QUEUE[INTERACTIVE_QUEUE]]["terminationGracePeriodSeconds"] > settings.task_time_limit
+    assert pods[WORKER_OF_QUEUE[TRAINING_QUEUE]]["terminationGracePeriodSeconds"] > train_time_limit(settings)
     assert settings.visibility_timeout > settings.train_time_limit  # a running training task is not redelivered
 
 

@@ -194,7 +194,7 @@ class RedisServer(EmbeddedRedis):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.start()
 
-    def queue_length(self, queue: str = "inference") -> int:
+    def queue_length(self, queue: str = "interactive") -> int:
         import redis
 
         client = redis.Redis.from_url(self.url)
@@ -205,14 +205,14 @@ class RedisServer(EmbeddedRedis):
 
 
 class FaultWorker:
-    """`inferq worker --queues ... --beat` as a subprocess in its own process group; without TensorFlow unless
+    """`inferq worker --lanes ... --beat` as a subprocess in its own process group; without TensorFlow unless
     the worker must train."""
 
-    def __init__(self, settings: Settings, name: str, *, queues: str, tensorflow: bool) -> None:
+    def __init__(self, settings: Settings, name: str, *, lanes: str, tensorflow: bool) -> None:
         self.settings, self.log_path = settings, settings.data_dir / f"worker-{name}.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         entry = ["-m", "inferq"] if tensorflow else ["-m", "tests.faults.worker_main"]
-        cmd = [sys.executable, *entry, "worker", "--queues", queues, "--beat", "--loglevel", "INFO"]
+        cmd = [sys.executable, *entry, "worker", "--lanes", lanes, "--beat", "--loglevel", "INFO"]
         self.proc = subprocess.Popen(
             cmd, env=fault_env(settings), cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -260,9 +260,11 @@ class FaultStack:
         self.image = _png()
 
     # --- workers ------------------------------------------------------------------------------------------
-    def start_worker(self, wait: bool = True, *, queues: str = "inference", tensorflow: bool = False) -> FaultWorker:
+    def start_worker(
+        self, wait: bool = True, *, lanes: str = "interactive,bulk,ops", tensorflow: bool = False
+    ) -> FaultWorker:
         tensorflow = tensorflow or self.keras
-        w = FaultWorker(self.settings, f"{len(self.workers)}", queues=queues, tensorflow=tensorflow)
+        w = FaultWorker(self.settings, f"{len(self.workers)}", lanes=lanes, tensorflow=tensorflow)
         self.workers.append(w)
         if wait:
             self.wait_worker_ready(w)

@@ -41,13 +41,13 @@ def scored(s: FaultStack, job_id: uuid.UUID) -> int:
 
 
 def broker_state(s: FaultStack) -> tuple[int, int]:
-    """(score-chunk messages waiting in the `inference` list, messages kombu holds delivered but unacknowledged --
+    """(score-chunk messages waiting in the `bulk` list, messages kombu holds delivered but unacknowledged --
     those go back to a list only after the visibility timeout). Beat's periodic messages are not counted."""
     import redis
 
     client = redis.Redis.from_url(s.redis.url)
     try:
-        waiting = client.lrange("inference", 0, -1)
+        waiting = client.lrange("bulk", 0, -1)
         chunks = sum(1 for m in waiting if json.loads(m)["headers"]["task"] == SCORE_CHUNK_TASK)  # type: ignore[union-attr]
         return chunks, int(client.hlen("unacked"))  # type: ignore[arg-type]
     finally:

@@ -2,7 +2,7 @@
 
 The fault model is TFLite (served by LiteRT), so nothing in these workers needs TensorFlow; the CLI's
 `configure_tensorflow()` alone would import it (~10 s of every worker start, and there are ~20 starts in the suite).
-Everything else is the real CLI. Run as `python -m tests.faults.worker_main worker --queues ... --beat`.
+Everything else is the real CLI. Run as `python -m tests.faults.worker_main worker --lanes ... --beat`.
 """
 
 from __future__ import annotations

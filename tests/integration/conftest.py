@@ -121,7 +121,7 @@ class WorkerProcess:
     def __init__(self, settings: Settings, *args: str) -> None:
         self.log_path = settings.data_dir / f"worker-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "inferq", "worker", "--queues", "inference", *args]
+        cmd = [sys.executable, "-m", "inferq", "worker", "--lanes", "interactive,bulk,ops", *args]
         self.proc = subprocess.Popen(
             cmd,
             env=env_for(settings),

@@ -75,7 +75,7 @@ def test_a_version_trained_on_the_training_queue_can_be_promoted(
 ) -> None:
     """POST trainings runs on a worker consuming the training queue, shows its history on GET /v1/jobs/{id},
     registers mnist-cnn:2, and promoting it makes the next classify job run on it."""
-    start_worker("--queues", "inference,training")
+    start_worker("--lanes", "interactive,bulk,training,ops")
     resp = api_client.post("/v1/models/mnist-cnn/trainings", json={"epochs": 1, "limit": 300, "augment": False})
     assert resp.status_code == 202, resp.get_data(as_text=True)
     job_id = resp.get_json()["id"]

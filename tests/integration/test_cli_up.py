@@ -97,7 +97,7 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert f"{url}/metrics" in banner and worker_metrics in banner
         assert "inferq_batch_size_count" in requests.get(worker_metrics, timeout=10).text
         top = run_cli("top", "--once", "--api-url", url, "--worker-url", worker_metrics, env=env)
-        assert top.returncode == 0 and "inference" in top.stdout and "workers 1" in top.stdout, top.stdout
+        assert top.returncode == 0 and "interactive" in top.stdout and "workers 1" in top.stdout, top.stdout
         children = psutil.Process(up.pid).children(recursive=True)
         assert len(children) >= 4  # redis, api, worker, flower
     finally:

@@ -48,20 +48,21 @@ def finished(client: Any, job_ids: list[str]) -> bool:
 
 
 def test_metrics_move_as_jobs_flow(stack_settings: Settings, api_client: Any) -> None:
-    """Queued jobs raise the inference lane's depth (a score job by its chunks) and the submission counters; a
+    """Queued jobs raise their lane's depth (a score job the bulk lane's by its chunks) and the submission counters; a
     worker then drains the lane to 0 and its endpoint counts batches and finished jobs of both kinds."""
     settings = stack_settings.model_copy(update={"chunk_size": CHUNK, "worker_metrics_port": free_port()})
     api_client.application.extensions["inferq"].settings = settings  # the API splits the dataset by CHUNK
     before = api_scrape(api_client)
-    assert total(before, "inferq_queue_depth", lane="inference") == 0
+    assert total(before, "inferq_queue_depth", lane="bulk") == 0
 
     score_id = submit_score(api_client)
     queued = api_scrape(api_client)
-    assert total(queued, "inferq_queue_depth", lane="inference") == ITEMS // CHUNK  # one message per chunk
+    assert total(queued, "inferq_queue_depth", lane="bulk") == ITEMS // CHUNK  # one message per chunk
     assert total(queued, "inferq_jobs", status="queued") == 1
     classify_ids = [submit(api_client, [png_of(d)]) for d in (1, 2, 3)]
     queued = api_scrape(api_client)
-    assert total(queued, "inferq_queue_depth", lane="inference") == ITEMS // CHUNK + 3
+    assert total(queued, "inferq_queue_depth", lane="bulk") == ITEMS // CHUNK
+    assert total(queued, "inferq_queue_depth", lane="interactive") == 3
     for kind, n in (("score", 1), ("classify", 3)):
         gained = total(queued, "inferq_jobs_submitted_total", kind=kind) - total(
             before, "inferq_jobs_submitted_total", kind=kind
@@ -75,9 +76,9 @@ def test_metrics_move_as_jobs_flow(stack_settings: Settings, api_client: Any) ->
 
         def drained_scrape() -> dict[Any, float] | None:
             scraped = api_scrape(api_client)
-            return scraped if total(scraped, "inferq_queue_depth", lane="inference") == 0 else None
+            return scraped if total(scraped, "inferq_queue_depth") == 0 else None
 
-        drained = wait_until(drained_scrape, 30, "the inference lane to drain")
+        drained = wait_until(drained_scrape, 30, "the lanes to drain")
         assert total(drained, "inferq_jobs", status="succeeded") == 4
         url = f"http://{settings.metrics_host}:{settings.worker_metrics_port}/metrics"
         scraped = parse(requests.get(url, timeout=5).text)
@@ -86,7 +87,8 @@ def test_metrics_move_as_jobs_flow(stack_settings: Settings, api_client: Any) ->
         assert total(scraped, "inferq_batch_size_sum", kind="score") == ITEMS
         assert total(scraped, "inferq_job_duration_seconds_count", kind="classify", outcome="succeeded") == 3
         assert total(scraped, "inferq_job_duration_seconds_count", kind="score", outcome="succeeded") == 1
-        assert total(scraped, "inferq_job_queue_seconds_count", lane="inference") == 4
+        assert total(scraped, "inferq_job_queue_seconds_count", lane="interactive") == 3
+        assert total(scraped, "inferq_job_queue_seconds_count", lane="bulk") == 1
         assert total(scraped, "inferq_images_total", outcome="succeeded") == ITEMS + 3
         assert total(scraped, "inferq_model_loads_total") >= 1
         assert total(scraped, "inferq_forward_seconds_count", model="mnist-cnn", version="1", format="keras") >= 2

@@ -51,7 +51,7 @@ class Worker:
         self.log_path = settings.data_dir / f"score-worker-{time.monotonic_ns()}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "inferq", "worker", "--queues", "inference"],
+                [sys.executable, "-m", "inferq", "worker", "--lanes", "interactive,bulk,ops"],
                 env=env,
                 cwd=REPO,
                 stdout=log,

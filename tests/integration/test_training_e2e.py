@@ -49,7 +49,7 @@ def test_a_model_trained_on_an_uploaded_zip_classifies_with_its_labels(
     assert resp.status_code == 201, resp.get_data(as_text=True)
     dataset = resp.get_json()["id"]
     t0 = time.monotonic()
-    start_worker("--queues", "inference,training")
+    start_worker("--lanes", "interactive,bulk,training,ops")
     t1 = time.monotonic()
     body = {"dataset": dataset, "epochs": 2, "imbalance": "oversample", "augment": False, "seed": 1}
     resp = api_client.post("/v1/models/shapes/trainings", json=body)

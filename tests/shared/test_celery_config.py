@@ -10,11 +10,16 @@ from kombu import Queue
 from shared.celery_app import (
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
+    INTERACTIVE_QUEUE,
     RECONCILE_TASK,
+    SCORE_CHUNK_TASK,
     TRAIN_TASK,
     TRAINING_QUEUE,
+    WEBHOOK_DISPATCH_TASK,
     celery_config,
+    lanes_of_queues,
     make_celery,
+    queues_for,
 )
 from tests.factories import make_settings
 
@@ -44,16 +49,36 @@ def test_prefetch_is_bounded(tmp_path: Path, max_batch: int, concurrency: int) -
 
 
 def test_routes(tmp_path: Path) -> None:
-    """Classify and reconcile go to the inference queue, training to its own queue."""
+    """Each kind of work has its lane's queue: classify interactive, chunks bulk, training, webhooks/maintenance ops."""
     conf = celery_config(make_settings(tmp_path))
     routes = conf["task_routes"]
-    assert routes[CLASSIFY_TASK] == {"queue": INFERENCE_QUEUE} == {"queue": "inference"}  # type: ignore[index]
+    assert routes[CLASSIFY_TASK] == {"queue": INTERACTIVE_QUEUE} == {"queue": "interactive"}  # type: ignore[index]
+    assert routes[SCORE_CHUNK_TASK] == {"queue": "bulk"}  # type: ignore[index]
     assert routes[TRAIN_TASK] == {"queue": TRAINING_QUEUE} == {"queue": "training"}  # type: ignore[index]
-    assert routes[RECONCILE_TASK] == {"queue": INFERENCE_QUEUE}  # type: ignore[index]
+    assert routes[RECONCILE_TASK] == routes[WEBHOOK_DISPATCH_TASK] == {"queue": "ops"}  # type: ignore[index]
     assert (CLASSIFY_TASK, TRAIN_TASK) == ("inferq.classify", "inferq.train")
     queues = conf["task_queues"]
-    assert {q.name for q in queues} == {"inference", "training"}  # type: ignore[attr-defined]
+    assert {q.name for q in queues} == {"interactive", "bulk", "training", "ops", "inference"}  # type: ignore[attr-defined]
     assert all(isinstance(q, Queue) for q in queues)  # type: ignore[attr-defined]
+
+
+def test_queue_names_are_settings(tmp_path: Path) -> None:
+    """An operator may rename a lane's queue; routes follow."""
+    conf = celery_config(make_settings(tmp_path, queue_interactive="fast", queue_bulk="slow"))
+    assert conf["task_routes"][CLASSIFY_TASK] == {"queue": "fast"}  # type: ignore[index]
+    assert conf["task_routes"][SCORE_CHUNK_TASK] == {"queue": "slow"}  # type: ignore[index]
+
+
+def test_a_worker_consumes_its_lanes_interactive_first_and_drains_the_old_queue(tmp_path: Path) -> None:
+    """--lanes picks queues in lane order (polled in that order); the interactive lane also drains `inference`."""
+    s = make_settings(tmp_path)
+    assert queues_for(s, "ops,bulk,interactive") == ["interactive", INFERENCE_QUEUE, "bulk", "ops"]
+    assert queues_for(s, "bulk") == ["bulk"]
+    assert queues_for(s, "interactive,bulk,training,ops")[:2] == ["interactive", INFERENCE_QUEUE]
+    with pytest.raises(ValueError, match="unknown lane"):
+        queues_for(s, "bulk,gpu")
+    with pytest.raises(ValueError):
+        queues_for(s, " , ")
 
 
 def test_json_only(tmp_path: Path) -> None:
@@ -75,7 +100,7 @@ def test_make_celery_applies_config_without_connecting(tmp_path: Path) -> None:
     app = make_celery(make_settings(tmp_path, visibility_timeout=900))
     assert app.conf.task_acks_late is True
     assert app.conf.broker_transport_options["visibility_timeout"] == 900
-    assert app.amqp.router.route({}, CLASSIFY_TASK)["queue"].name == INFERENCE_QUEUE
+    assert app.amqp.router.route({}, CLASSIFY_TASK)["queue"].name == INTERACTIVE_QUEUE
     assert app.amqp.router.route({}, TRAIN_TASK)["queue"].name == TRAINING_QUEUE
 
 
@@ -93,4 +118,17 @@ def test_dead_workers_messages_are_swept_within_a_tenth_of_the_visibility_timeou
     default ~100 s, so they come back soon after the visibility timeout."""
     limits = {"task_time_limit": 8, "task_soft_time_limit": 6, "train_time_limit": 9}
     opts = celery_config(make_settings(tmp_path, visibility_timeout=visibility, **limits))["broker_transport_options"]
-    assert opts == {"visibility_timeout": visibility, "unacked_restore_interval": sweep, "unacked_restore_throttle": 1}
+    assert opts == {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": sweep,
+        "unacked_restore_throttle": 1,
+        "queue_order_strategy": "priority",
+    }
+
+
+def test_the_pre_lanes_queues_option_maps_to_lanes() -> None:
+    """`--queues inference` (old manifests and scripts) serves the lanes `inference` used to carry."""
+    assert lanes_of_queues("inference") == "interactive,bulk,ops"
+    assert lanes_of_queues("inference,training") == "interactive,bulk,ops,training"
+    with pytest.raises(ValueError, match="--lanes"):
+        lanes_of_queues("interactive")

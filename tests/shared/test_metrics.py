@@ -64,4 +64,8 @@ def test_job_timings_accept_naive_and_aware_times() -> None:
     metrics.observe_finished([("score", "failed", None, created)])  # no start time: nothing observed
     scraped = parse(metrics.scrape().decode())
     assert total(scraped, "inferq_job_duration_seconds_count", kind="score") == before + 1
-    assert metrics.lane_of("train") == TRAINING_QUEUE and metrics.lane_of("score") == INFERENCE_QUEUE
+    assert (metrics.lane_of("train"), metrics.lane_of("score"), metrics.lane_of("classify")) == (
+        "training",
+        "bulk",
+        "interactive",
+    )

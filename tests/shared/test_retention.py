@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.celery_app import INFERENCE_QUEUE, RETENTION_TASK, celery_config
+from shared.celery_app import OPS_QUEUE, RETENTION_TASK, celery_config
 from shared.datasets import Dataset, dataset_prefix
 from shared.models import Job, utcnow
 from shared.retention import purge_expired, retention_overrides, set_retention
@@ -135,5 +135,5 @@ def test_beat_runs_the_purge_on_the_inference_queue(settings: Settings) -> None:
 
     config = celery_config(make_settings(settings.data_dir, retention_interval_s=120))
     assert config["beat_schedule"]["retention"] == {"task": RETENTION_TASK, "schedule": 120}  # type: ignore[index]
-    assert config["task_routes"][RETENTION_TASK] == {"queue": INFERENCE_QUEUE}  # type: ignore[index]
+    assert config["task_routes"][RETENTION_TASK] == {"queue": OPS_QUEUE}  # type: ignore[index]
     assert purge_old_data.name == RETENTION_TASK

@@ -10,7 +10,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared.celery_app import INFERENCE_QUEUE, ROUTES, WEBHOOK_DISPATCH_TASK, celery_config
+from shared.celery_app import OPS_QUEUE, ROUTES, WEBHOOK_DISPATCH_TASK, celery_config
 from shared.webhooks import new_secret, signature_header, signed_headers
 from tests.factories import make_settings
 from worker.webhooks_dispatch import retry_delay
@@ -58,7 +58,7 @@ def test_dispatcher_is_scheduled_and_routed(tmp_path: Path) -> None:
     """Beat runs inferq.webhooks.dispatch every INFERQ_WEBHOOK_DISPATCH_INTERVAL_S on the inference queue."""
     conf = celery_config(make_settings(tmp_path, webhook_dispatch_interval_s=3.5))
     assert conf["beat_schedule"]["webhooks"] == {"task": "inferq.webhooks.dispatch", "schedule": 3.5}  # type: ignore[index]
-    assert ROUTES[WEBHOOK_DISPATCH_TASK] == {"queue": INFERENCE_QUEUE}
+    assert ROUTES[WEBHOOK_DISPATCH_TASK] == {"queue": OPS_QUEUE}
 
 
 def test_retry_schedule_spans_about_three_days(tmp_path: Path) -> None:

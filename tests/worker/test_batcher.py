@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -133,3 +134,40 @@ def test_empty_request_resolves_immediately() -> None:
     assert len(batcher.submit(np.ones((0, 2))).result(1)) == 0
     assert batcher.stats.passes == 0
     batcher.close()
+
+
+def test_a_lone_request_goes_at_once_whatever_the_max_wait() -> None:
+    """Nothing else pending: the pass starts at once, not after max_wait (no fixed delay)."""
+    batcher = MicroBatcher(row_sums, max_batch=64, max_wait_s=2.0)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            batcher.submit(np.ones((1, 2))).result(5)
+            assert time.monotonic() - started < 0.5
+        assert batcher.stats.passes == 3 and batcher.stats.largest == 1
+    finally:
+        batcher.close()
+
+
+def test_the_wait_grows_only_while_work_keeps_arriving(gated: tuple[GatedModel, MicroBatcher]) -> None:
+    """Requests pending after a pass mean work is arriving: the next pass waits for the ones still coming
+    (a few ms apart), then goes; a pass after the stream stopped does not wait."""
+    model, _ = gated
+    batcher = MicroBatcher(model, max_batch=64, max_wait_s=0.5)
+    try:
+        first = batcher.submit(np.ones((1, 2)))
+        assert model.entered.wait(5)
+        pending = [batcher.submit(np.ones((1, 2))) for _ in range(3)]
+        model.gate.set()
+        late = []
+        for _ in range(2):
+            time.sleep(0.005)
+            late.append(batcher.submit(np.ones((1, 2))))
+        for f in [first, *pending, *late]:
+            f.result(5)
+        started = time.monotonic()
+        batcher.submit(np.ones((1, 2))).result(5)
+        assert time.monotonic() - started < 0.25  # well under max_wait: nothing was arriving
+        assert model.sizes == [1, 5, 1]
+    finally:
+        batcher.close()

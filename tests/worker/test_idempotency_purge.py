@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 import worker.idempotency_tasks
-from shared.celery_app import IDEMPOTENCY_PURGE_TASK, INFERENCE_QUEUE, celery_config
+from shared.celery_app import IDEMPOTENCY_PURGE_TASK, OPS_QUEUE, celery_config
 from shared.idempotency import Claim, IdempotencyKey, claim_key
 from shared.models import utcnow
 from tests.worker.conftest import ContextFactory
@@ -19,7 +19,7 @@ def test_beat_runs_the_purge_on_the_inference_queue(make_ctx: ContextFactory) ->
     ctx = make_ctx(idempotency_purge_interval_s=900)
     config = celery_config(ctx.settings)
     assert config["beat_schedule"]["idempotency"] == {"task": IDEMPOTENCY_PURGE_TASK, "schedule": 900}  # type: ignore[index]
-    assert config["task_routes"][IDEMPOTENCY_PURGE_TASK] == {"queue": INFERENCE_QUEUE}  # type: ignore[index]
+    assert config["task_routes"][IDEMPOTENCY_PURGE_TASK] == {"queue": OPS_QUEUE}  # type: ignore[index]
     assert worker.idempotency_tasks.purge_idempotency_keys.name == IDEMPOTENCY_PURGE_TASK
 
 

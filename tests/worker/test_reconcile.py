@@ -13,8 +13,11 @@ from sqlalchemy import func, select, update
 from shared import jobs as jobstore
 from shared import leases
 from shared.celery_app import (
+    BULK_QUEUE,
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
+    INTERACTIVE_QUEUE,
+    OPS_QUEUE,
     RECONCILE_TASK,
     SCORE_CHUNK_TASK,
     TRAIN_TASK,
@@ -136,13 +139,13 @@ def test_a_score_job_whose_publish_failed_gets_every_chunk(ctx: WorkerContext) -
 
 
 def test_a_published_queued_score_job_waits_behind_a_backlog(ctx: WorkerContext) -> None:
-    """A score job published long ago is re-published only once the inference queue is empty."""
+    """A score job published long ago is re-published only once the bulk queue (and the pre-lanes one) is empty."""
     job_id = score_job(ctx)
     set_job(ctx, job_id, dispatched_at=ago(3600))
     asked: list[str] = []
     sent: list[Dispatch] = []
     assert reconcile(ctx, sent.append, backlog=lambda queue: asked.append(queue) or 7) == 0
-    assert INFERENCE_QUEUE in asked and sent == []
+    assert BULK_QUEUE in asked and sent == []
     assert reconcile(ctx, sent.append) == 1
     assert [m.args for m in sent] == [(str(job_id), i) for i in range(3)]
 
@@ -202,7 +205,7 @@ def test_a_published_training_job_waits_behind_the_training_queue(ctx: WorkerCon
     job_id = train_job(ctx, dispatched_at=ago(3600))
     sent: list[Dispatch] = []
     assert reconcile(ctx, sent.append, backlog=lambda queue: 1 if queue == TRAINING_QUEUE else 0) == 0
-    assert reconcile(ctx, sent.append, backlog=lambda queue: 1 if queue == INFERENCE_QUEUE else 0) == 1
+    assert reconcile(ctx, sent.append, backlog=lambda queue: 1 if queue == BULK_QUEUE else 0) == 1
     assert [m.job_id for m in sent] == [job_id]
 
 
@@ -237,27 +240,29 @@ def test_an_idle_pass_reads_the_training_queue_only_when_a_training_job_waits(ct
     queue is read once a training job has waited past the lease."""
     asked: list[str] = []
     assert reconcile(ctx, lambda _m: None, backlog=lambda queue: asked.append(queue) or 0) == 0
-    assert asked == [INFERENCE_QUEUE]
+    assert sorted(asked) == sorted([INTERACTIVE_QUEUE, INFERENCE_QUEUE, BULK_QUEUE])
     train_job(ctx, dispatched_at=ago(3600))
     asked.clear()
     assert reconcile(ctx, lambda _m: None, backlog=lambda queue: asked.append(queue) or 0) == 1
-    assert sorted(asked) == [INFERENCE_QUEUE, TRAINING_QUEUE]
+    assert sorted(asked) == sorted([INTERACTIVE_QUEUE, INFERENCE_QUEUE, BULK_QUEUE, TRAINING_QUEUE])
 
 
 def test_the_backlog_counts_job_messages_not_the_beats_own(tmp_path: Path, redis_url: str) -> None:
-    """The beat's reconcile and webhook messages in the inference queue are no backlog; job messages are; a long
-    queue counts whole without being read."""
+    """The beat's reconcile and webhook messages (in ops, or left in the pre-lanes queue) are no backlog; job
+    messages are; a long queue counts whole without being read."""
     app = make_celery(Settings(data_dir=tmp_path, redis_url=redis_url))
     backlog = celery_backlog(app)
-    assert backlog(INFERENCE_QUEUE) == 0
+    assert backlog(OPS_QUEUE) == 0
     for task in (RECONCILE_TASK, WEBHOOK_DISPATCH_TASK, RECONCILE_TASK):
         app.send_task(task)
-    assert backlog(INFERENCE_QUEUE) == 0
+        app.send_task(task, queue=INFERENCE_QUEUE)  # as a pre-lanes beat published them
+    assert backlog(OPS_QUEUE) == 0 == backlog(INFERENCE_QUEUE)
     app.send_task(CLASSIFY_TASK, args=[str(uuid.uuid4())])
     app.send_task(SCORE_CHUNK_TASK, args=[str(uuid.uuid4()), 3])
-    assert backlog(INFERENCE_QUEUE) == 2
+    app.send_task(CLASSIFY_TASK, args=[str(uuid.uuid4())], queue=INFERENCE_QUEUE)
+    assert (backlog(INTERACTIVE_QUEUE), backlog(BULK_QUEUE), backlog(INFERENCE_QUEUE)) == (1, 1, 1)
     with app.connection_for_read() as conn:
-        assert job_messages(conn.default_channel, INFERENCE_QUEUE, scan=4) == 5
+        assert job_messages(conn.default_channel, INFERENCE_QUEUE, scan=2) == 4
 
 
 def test_passes_do_not_overlap_within_a_process(ctx: WorkerContext) -> None:

@@ -1,0 +1,45 @@
+"""Lanes on the real stack (PostgreSQL, Redis, worker subprocesses): a worker serves only the lanes it is given,
+and a worker of the interactive lane drains messages an older version left on the pre-lanes `inference` queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from shared.celery_app import INFERENCE_QUEUE
+from shared.settings import Settings
+from tests.integration.conftest import wait_until
+from tests.integration.test_metrics_e2e import finished, submit_score
+from tests.integration.test_pipeline import png_of, submit
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def status(client: Any, job_id: str) -> str:
+    return str(client.get(f"/v1/jobs/{job_id}").get_json()["status"])
+
+
+def test_a_bulk_worker_never_takes_interactive_work_and_an_interactive_one_drains_the_old_queue(
+    stack_settings: Settings, api_client: Any, start_worker: Any
+) -> None:
+    """With only a `--lanes bulk` worker, a score job finishes while a classify job (in the interactive lane) and
+    one published as before lanes (on `inference`) stay queued, their messages untouched; a `--lanes interactive`
+    worker then runs both."""
+    broker = redis.Redis.from_url(stack_settings.broker_url())
+    try:
+        start_worker("--lanes", "bulk")
+        old = submit(api_client, [png_of(3)])
+        broker.rename(stack_settings.queue_interactive, INFERENCE_QUEUE)  # as an older API published it
+        new = submit(api_client, [png_of(7)])
+        score = submit_score(api_client)
+        wait_until(lambda: finished(api_client, [score]), 120, "the score job on the bulk worker")
+        assert (status(api_client, old), status(api_client, new)) == ("queued", "queued")
+        assert broker.llen(stack_settings.queue_interactive) == 1 == broker.llen(INFERENCE_QUEUE)
+
+        start_worker("--lanes", "interactive")
+        wait_until(lambda: finished(api_client, [old, new]), 120, "both classify jobs on the interactive worker")
+        assert broker.llen(stack_settings.queue_interactive) == 0 == broker.llen(INFERENCE_QUEUE)
+    finally:
+        broker.close()
