@@ -28,13 +28,30 @@ def load_settings(**overrides: object) -> Settings:
         sys.exit(2)
 
 
+def quiet_tensorflow() -> None:
+    """Turn TensorFlow's C++ start-up lines and absl's warnings off, before TensorFlow is imported.
+
+    Set in os.environ, so the worker processes `inferq up` starts inherit it. An explicit
+    TF_CPP_MIN_LOG_LEVEL in the environment wins.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quieten
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's C++ and absl start-up logs.")
+def main(verbose: bool) -> None:
     """inferq: asynchronous batch inference for image classifiers.
 
     Every setting is an INFERQ_* environment variable (see README); with none set, everything runs on
     embedded defaults under ./var (SQLite, a bundled redis-server, local files).
     """
+    if not verbose:
+        quiet_tensorflow()
 
 
 @main.command()
