@@ -9,7 +9,7 @@ from flask import Response, jsonify
 from flask_openapi3 import Info, OpenAPI
 
 from api import datasets, health, jobs, keys, model_admin, models, scoring, webhooks
-from api.auth import document_security, register_auth
+from api.auth import document_security, register_auth, register_auth_refusal
 from api.deps import register_services
 from api.idempotency import document_idempotency, register_idempotency
 from api.limits import document_limits, register_limits
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     register_metrics(app, settings)  # first: its after-request hook sees every answer, 401s and 429s included
     register_auth(app, DOC_PREFIX)
     register_limits(app, settings, DOC_PREFIX)  # after auth: requests are counted per API key
+    register_auth_refusal(app)  # after the limiter: a missing or bad key is counted per client address, then 401
     register_idempotency(app)  # after auth and limits: keys belong to a tenant; replays count as requests
     register_error_handlers(app)
     for bp in (health.bp, jobs.bp, models.bp, datasets.bp, scoring.bp):

@@ -22,7 +22,7 @@ from werkzeug.routing import Rule
 
 from api.deps import services
 from api.problems import problem_response
-from api.web.sessions import COOKIE, CSRF_HEADER, SessionStore, csrf_matches
+from api.web_sessions import COOKIE, CSRF_HEADER, SessionStore, csrf_matches
 from shared import apikeys
 from shared.errors import CsrfFailed, InsufficientScope, Unauthenticated
 
@@ -173,8 +173,25 @@ def _unauthenticated(detail: str, *, invalid: bool) -> Response:
     return problem_response(Unauthenticated(detail).to_problem(request.path), {"WWW-Authenticate": challenge})
 
 
-def authenticate_request() -> Response | None:
-    """The before-request hook: set g.principal, or answer 401/403 before the view runs."""
+def authenticate_request() -> None:
+    """The first before-request hook: set g.principal, or keep the 401/403 for `answer_refusal`.
+
+    The refusal is answered by a later hook, after the rate limiter has counted the request (per client
+    address when the key is missing or not valid), so guessing keys is rate limited too.
+    """
+    refusal = _authenticate()
+    if refusal is not None:
+        g.auth_refusal = refusal
+
+
+def answer_refusal() -> Response | None:
+    """The before-request hook after the rate limiter: answer the refusal `authenticate_request` kept, if any."""
+    refusal: Response | None = g.pop("auth_refusal", None)
+    return refusal
+
+
+def _authenticate() -> Response | None:
+    """Set g.principal, or return the 401/403 answer."""
     rule = request.url_rule
     if rule is None or is_public(rule, current_app.config["INFERQ_DOC_PREFIX"]):  # no route (404/405) or public
         return None
@@ -217,9 +234,15 @@ def _authorize(principal: Principal, endpoint: str) -> Response | None:
 
 
 def register_auth(app: Flask, doc_prefix: str) -> None:
-    """Authenticate every request before its view (public routes excepted)."""
+    """Authenticate every request before its view (public routes excepted); `register_limits` must follow, then
+    `register_auth_refusal` (so refused requests are rate limited per client address)."""
     app.config["INFERQ_DOC_PREFIX"] = doc_prefix
     app.before_request(authenticate_request)
+
+
+def register_auth_refusal(app: Flask) -> None:
+    """Answer the refusals `authenticate_request` kept: registered after the rate limiter."""
+    app.before_request(answer_refusal)
 
 
 # --- the OpenAPI document ------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from inferq.edge import command_settings
 from shared import apikeys
 from shared.db import make_engine, make_sessionmaker, session_scope
 from shared.errors import InferqError
@@ -101,7 +102,7 @@ def keys() -> None:
 def keys_create(tenant: str, scopes: tuple[str, ...], name: str) -> None:
     """Create a key and print it once on stdout (only its hash is stored: keep it now)."""
     try:
-        with _session(Settings()) as session:
+        with _session(command_settings()) as session:
             row, key = apikeys.create_key(session=session, tenant_id=tenant, scopes=scopes or ("jobs",), name=name)
     except InferqError as exc:
         _fail(exc)
@@ -114,7 +115,7 @@ def keys_create(tenant: str, scopes: tuple[str, ...], name: str) -> None:
 @click.option("--tenant", default=None, help="Only this tenant's keys (default: every tenant's).")
 def keys_list(tenant: str | None) -> None:
     """List keys (never their secrets): id, tenant, name, scopes, created, last used, revoked."""
-    with _session(Settings()) as session:
+    with _session(command_settings()) as session:
         rows = apikeys.list_keys(session=session, tenant_id=tenant)
         table = Table()
         for col in ("id", "tenant", "name", "scopes", "created", "last used", "revoked"):
@@ -130,7 +131,7 @@ def keys_list(tenant: str | None) -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke the key KEY_ID (its prefix, as `keys list` shows it); requests with it get 401 from now on."""
     try:
-        with _session(Settings()) as session:
+        with _session(command_settings()) as session:
             apikeys.revoke_key(session=session, key_id=key_id, tenant_id=None)
     except InferqError as exc:
         _fail(exc)
@@ -150,7 +151,7 @@ def tenants_retention(tenant: str, days: float | None, use_default: bool) -> Non
     """Show TENANT's retention, or set it to DAYS (0 keeps its data forever), or back to the default."""
     from shared.retention import retention_overrides, set_retention
 
-    settings = Settings()
+    settings = command_settings()
     try:
         with _session(settings) as session:
             if days is not None or use_default:

@@ -11,36 +11,35 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from shared.settings import Settings
+from inferq.edge import command_settings, load_settings
 
 console = Console(stderr=True)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """The settings, or a one-line error and exit 2 if they are invalid or unsafe (no traceback)."""
-    from pydantic import ValidationError
-
+def quiet_tensorflow(verbose: bool) -> None:
+    """TensorFlow's C++ start-up and device lines and absl's warnings off (unless `verbose`), before TensorFlow is
+    imported (only ever inside a command). Set in os.environ, so the processes a command starts (`up`'s worker,
+    training's helpers) inherit it. A TF_CPP_MIN_LOG_LEVEL the user set stays, unless --verbose; errors still show.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    if verbose:
+        return
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        print(f"inferq: refusing to start: {reasons}", file=sys.stderr)
-        sys.exit(2)
+        from absl import logging as absl_logging
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quieten
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option(
-    "-v", "--verbose", is_flag=True, help="Show TensorFlow's own C++ start-up and device logs (hidden by default)."
-)
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's C++ and absl start-up logs.")
 def main(verbose: bool) -> None:
     """inferq: asynchronous batch inference for image classifiers.
 
     Every setting is an INFERQ_* environment variable (docs/operations/configuration.md); with none set,
     everything runs on embedded defaults under ./var (SQLite, a bundled redis-server, local files).
     """
-    # TensorFlow reads this when it is first imported (only ever inside a command), and the processes a command
-    # starts (`up`'s worker, training's helpers) inherit it. A value the user set stays, unless --verbose.
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(verbose)
 
 
 @main.command()
@@ -54,7 +53,7 @@ def up(gpus: str, train_epochs: int | None) -> None:
     """Bring up the whole stack: migrations, Redis, default model, API, worker(s) and Flower. Ctrl-C stops it."""
     from inferq.stack import Stack
 
-    Stack(load_settings(), gpus=[g for g in gpus.split(",") if g.strip()], train_epochs=train_epochs).run()
+    Stack(command_settings(), gpus=[g for g in gpus.split(",") if g.strip()], train_epochs=train_epochs).run()
 
 
 @main.command()
@@ -63,7 +62,7 @@ def up(gpus: str, train_epochs: int | None) -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
 def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API with gunicorn."""
-    settings = load_settings()
+    settings = command_settings()
     bind = f"{host or settings.api_host}:{port or settings.api_port}"
     if settings.metrics_enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # gunicorn's workers are processes: each keeps its metrics in this folder and /metrics adds them up
@@ -111,7 +110,7 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
     from shared.celery_app import lanes_of_queues, queues_for
 
-    settings = load_settings() if gpu is None else load_settings(gpu=gpu)
+    settings = command_settings() if gpu is None else load_settings(gpu=gpu)
     try:
         lanes = lanes or (lanes_of_queues(queues) if queues else settings.worker_lanes)
         queues = ",".join(queues_for(settings, lanes))
@@ -155,7 +154,7 @@ def flower(port: int | None, address: str | None) -> None:
     from inferq.access import ensure_flower_auth
     from shared.celery_app import make_celery
 
-    settings = load_settings()
+    settings = command_settings()
     credentials, created = ensure_flower_auth(settings)
     if created:
         console.print(f"Flower login created: {credentials} (saved in {settings.flower_auth_file}, mode 0600)")
@@ -185,7 +184,7 @@ def top(api_url: str | None, worker_urls: tuple[str, ...], interval: float, once
     """A live view of the stack from its /metrics: depth per lane, jobs/s, p50/p99, mean batch, workers."""
     from inferq.top import run
 
-    settings = load_settings()
+    settings = command_settings()
     base = (api_url or settings.resolved_api_url).rstrip("/")
     workers = list(worker_urls) or [f"http://{settings.metrics_host}:{settings.worker_metrics_port}/metrics"]
     run(f"{base}/metrics", workers, interval, once=once)
@@ -196,7 +195,7 @@ def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
     from shared.db import upgrade_database
 
-    settings = Settings()
+    settings = command_settings()
     upgrade_database(settings)
     console.print(f"[green]database is at the newest schema[/] ({settings.resolved_database_url.split('@')[-1]})")
 
@@ -208,7 +207,7 @@ def train_default(epochs: int | None, force: bool) -> None:
     """Train the default MNIST CNN (if not registered yet) and register it with the default alias."""
     from inferq.progress import train_with_progress
 
-    train_with_progress(Settings(), epochs=epochs, force=force)
+    train_with_progress(command_settings(), epochs=epochs, force=force)
 
 
 @main.command()
@@ -223,7 +222,9 @@ def classify(
     """Classify image files: submit one job, wait for it, print a table."""
     from inferq.client import classify_files
 
-    ok = classify_files(api_url or Settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout)
+    ok = classify_files(
+        api_url or command_settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout
+    )
     sys.exit(0 if ok else 1)
 
 
@@ -246,7 +247,7 @@ def score(dataset: Path, model: str | None, top_k: int | None, dest: Path, timeo
     from inferq.scoring_client import score_dataset
 
     ok = score_dataset(
-        api_url or Settings().resolved_api_url, dataset, model=model, top_k=top_k, dest=dest, timeout=timeout
+        api_url or command_settings().resolved_api_url, dataset, model=model, top_k=top_k, dest=dest, timeout=timeout
     )
     sys.exit(0 if ok else 1)
 
@@ -259,7 +260,7 @@ def jobs(status: str | None, limit: int, api_url: str | None) -> None:
     """List recent jobs."""
     from inferq.client import show_jobs
 
-    show_jobs(api_url or Settings().resolved_api_url, status=status, limit=limit)
+    show_jobs(api_url or command_settings().resolved_api_url, status=status, limit=limit)
 
 
 @main.group(invoke_without_command=True)
@@ -268,7 +269,7 @@ def jobs(status: str | None, limit: int, api_url: str | None) -> None:
 def models(ctx: click.Context, api_url: str | None) -> None:
     """List models, versions, aliases and metrics (subcommands: list, report, promote, optimize, benchmark,
     evaluate)."""
-    ctx.obj = api_url or Settings().resolved_api_url
+    ctx.obj = api_url or command_settings().resolved_api_url
     if ctx.invoked_subcommand is None:
         from inferq.client import show_models
 
@@ -412,7 +413,7 @@ def train(name: str, wait: bool, timeout: float, api_url: str | None, **params: 
     """
     from inferq.models_client import train as submit
 
-    url = api_url or Settings().resolved_api_url
+    url = api_url or command_settings().resolved_api_url
     if params.pop("no_augment"):
         params["augment"] = "none"
     body = {k: v for k, v in params.items() if v is not None}

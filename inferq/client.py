@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import requests
 from rich.console import Console
 from rich.table import Table
 
+from inferq.edge import command_settings
 from shared.settings import Settings
 
 out = Console()
@@ -23,7 +25,8 @@ class ApiError(RuntimeError):
 
 def api_key(settings: Settings | None = None) -> str:
     """The CLI's API key: INFERQ_API_KEY, else the key `inferq up` saved in data_dir/api-key ('' if neither)."""
-    settings = settings or Settings()
+    if settings is None:  # inside a CLI command: that command's one Settings; else (a library call) read now
+        settings = command_settings() if click.get_current_context(silent=True) else Settings()
     key = settings.api_key.get_secret_value().strip()
     if not key and settings.api_key_file.is_file():
         key = settings.api_key_file.read_text().strip()

@@ -176,6 +176,13 @@ def test_a_malformed_rate_limit_refuses_to_start(make_app: AppFactory) -> None:
         make_app(rate_limit="lots per minute")
 
 
+def test_requests_with_a_bad_key_are_counted_per_address(limited: Flask) -> None:
+    """Guessing keys is rate limited too: 401s count against the client address, and past the budget it is 429."""
+    guesser = keyed_client_class("iq_nosuchkey_0000000000000000")(limited, limited.response_class)
+    assert _burst(guesser, 6) == [401] * 5 + [429]
+    assert "client address" in guesser.get("/v1/jobs").get_json()["detail"]
+
+
 # --- backpressure on the interactive lane ---------------------------------------------------------------------
 
 

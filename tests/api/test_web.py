@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from api.web.sessions import COOKIE, CSRF_HEADER
+from api.web_sessions import COOKIE, CSRF_HEADER
 from shared import apikeys
 from shared.db import session_scope
 from shared.models import Job

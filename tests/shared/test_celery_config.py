@@ -24,8 +24,12 @@ from shared.celery_app import (
 from tests.factories import make_settings
 
 
-def test_late_acks_and_redelivery_on_lost_worker(tmp_path: Path) -> None:
-    """Tasks are acknowledged after they run and redelivered when a worker dies."""
+def test_late_acks_and_reject_on_worker_lost_are_set(tmp_path: Path) -> None:
+    """The two Celery options at-least-once delivery relies on are set (a config read, not a behaviour test).
+
+    That no job is lost when a worker dies is shown by real worker processes killed -9 mid-batch:
+    tests/faults/test_fault_worker_kill.py (test_kill9_mid_batch_then_restart and the five-kill run).
+    """
     conf = celery_config(make_settings(tmp_path))
     assert conf["task_acks_late"] is True
     assert conf["task_reject_on_worker_lost"] is True
