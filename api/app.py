@@ -15,7 +15,7 @@ from api.idempotency import document_idempotency, register_idempotency
 from api.limits import document_limits, register_limits
 from api.metrics import register_metrics
 from api.openapi import document_classify_body
-from api.problems import register_error_handlers, validation_problem
+from api.problems import register_error_handlers, register_storage_errors, validation_problem
 from api.web.pages import register_web
 from shared.celery_app import make_celery
 from shared.imaging import configure_pillow
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     register_auth_refusal(app)  # after the limiter: a missing or bad key is counted per client address, then 401
     register_idempotency(app)  # after auth and limits: keys belong to a tenant; replays count as requests
     register_error_handlers(app)
+    register_storage_errors(app, settings.storage_retry_after_s)
     for bp in (health.bp, jobs.bp, models.bp, datasets.bp, scoring.bp):
         app.register_api(bp)
     app.register_api(model_admin.bp)

@@ -19,7 +19,12 @@ MULTIPART_SCHEMA = {
         },
         "model": {"type": "string", "description": "'name', 'name:version' or 'name@alias'."},
         "top_k": {"type": "integer", "minimum": 1},
-        "explain": {"type": "boolean", "description": "Return each picture as the model saw it and a saliency map."},
+        "explain": {
+            "type": "string",
+            "enum": ["true", "false"],
+            "description": "Return each picture as the model saw it and a saliency map (a form field is text: "
+            "the word true or false).",
+        },
         "webhook": {"type": "string", "description": "URL that receives this job's events, signed."},
         "webhook_events_filter": {"type": "string", "description": "Comma-separated: start, progress, completed."},
     },

@@ -9,7 +9,7 @@ from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import PROBLEM_BASE, InferqError, PayloadTooLarge, ValidationFailed
+from shared.errors import PROBLEM_BASE, InferqError, PayloadTooLarge, StorageUnavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -31,6 +31,37 @@ def validation_problem(exc: ValidationError) -> Response:
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem_response(ValidationFailed(detail, errors=errors).to_problem(request.path))
+
+
+def register_storage_errors(app: Flask, retry_after_s: int) -> None:
+    """Errors of the blob store (S3 through s3fs/botocore, or the local disk) become a 503 storage-unavailable problem
+    with Retry-After, not a 500: the request changed nothing (inputs are stored before any row is written, and a
+    failed store aborts the transaction), so the same request can simply be sent again. A missing blob
+    (FileNotFoundError) is not an outage and stays a 500."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    def _unavailable(exc: Exception) -> Response:
+        if isinstance(exc, FileNotFoundError):
+            return _internal_error(exc)
+        log.warning("storage failed on %s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+        detail = "the blob store failed or could not be reached; nothing was kept: send the request again later"
+        error = StorageUnavailable(detail, retry_after_s=retry_after_s)
+        return problem_response(error.to_problem(request.path), error.headers)
+
+    for kind in (OSError, BotoCoreError, ClientError):
+        app.register_error_handler(kind, _unavailable)
+
+
+def _internal_error(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    body = {
+        "type": PROBLEM_BASE + "internal-error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "an unexpected error happened; it has been logged",
+        "instance": request.path,
+    }
+    return problem_response(body)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -74,12 +105,4 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        body = {
-            "type": PROBLEM_BASE + "internal-error",
-            "title": "Internal error",
-            "status": 500,
-            "detail": "an unexpected error happened; it has been logged",
-            "instance": request.path,
-        }
-        return problem_response(body)
+        return _internal_error(exc)

@@ -59,13 +59,12 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
 
 
 def _form_bool(raw: str | None, name: str) -> bool:
-    """A boolean form field: absent or empty is false; true/false/1/0 (any case) otherwise, else a 422."""
-    value = (raw or "").strip().lower()
-    if value in ("", "false", "0"):
+    """A boolean form field, spelled as the OpenAPI document says: absent is false, else exactly true or false."""
+    if raw is None or raw == "false":
         return False
-    if value in ("true", "1"):
+    if raw == "true":
         return True
-    raise ValidationFailed(f"{name} must be true or false, got {raw!r}")
+    raise ValidationFailed(f"{name} must be the word true or false, got {raw!r}")
 
 
 def _from_json(request: Request, settings: Settings) -> ClassifyRequest:

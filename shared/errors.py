@@ -204,6 +204,12 @@ class LaneFull(RetryLater):
     type_slug, title, status = "lane-full", "The interactive lane is full", 503
 
 
+class StorageUnavailable(RetryLater):
+    """A 503: the blob store failed or could not be reached (api/problems.py maps its errors to this)."""
+
+    type_slug, title, status = "storage-unavailable", "Storage is unavailable", 503
+
+
 class RateLimited(RetryLater):
     type_slug, title, status = "rate-limited", "Too many requests", 429
 

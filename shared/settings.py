@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str = Field("", description="Endpoint of an S3-compatible server (MinIO, Ceph...); empty = AWS.")
     s3_region: str = Field("", description="Region of the bucket; empty = botocore's default (AWS_DEFAULT_REGION).")
+    storage_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="Retry-After of the 503 storage-unavailable answer the API gives when the blob store (S3, or the "
+        "local disk) fails or cannot be reached; nothing of the request is kept.",
+    )
     s3_access_key_id: str = Field("", description="S3 key id; empty = the standard AWS chain (AWS_ACCESS_KEY_ID...).")
     s3_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret; empty = the standard AWS chain.")
 
