@@ -176,6 +176,13 @@ def create_training(path: ModelPath, body: TrainingCreate) -> tuple[Response, in
     return _queue(Operation.TRAIN, name, body.model_dump(exclude={"webhook", "webhook_events_filter"}), webhook)
 
 
+def _dataset_read(mv: ModelVersion) -> dict[str, str]:
+    """{"dataset": id} when the version was trained on an uploaded dataset: optimizing or evaluating it reads that
+    dataset's test split again, and a dataset named so by an unfinished job cannot be deleted (409 dataset-in-use)."""
+    dataset = str(mv.params.get("dataset_request") or MNIST)
+    return {} if dataset == MNIST else {"dataset": dataset}
+
+
 def _source(path: VersionPath) -> ModelVersion:
     return get_version(db(), _model_name(path.name), path.version, tenant_id=current_tenant())
 
@@ -191,7 +198,7 @@ def create_optimization(path: VersionPath, body: OptimizeCreate) -> tuple[Respon
     mv = _source(path)
     if mv.format != "keras":
         raise ModelNotOptimizable(f"{mv.ref} is a {mv.format} model; only keras versions can be converted")
-    return _queue(Operation.OPTIMIZE, mv.ref, body.model_dump())
+    return _queue(Operation.OPTIMIZE, mv.ref, {**body.model_dump(), **_dataset_read(mv)})
 
 
 @bp.post(
@@ -217,7 +224,7 @@ def create_evaluation(path: VersionPath, body: EvaluateCreate) -> tuple[Response
     accuracy per corruption, `overall` and `non_digits_labelled` (should be 0); the version's metrics keep it as
     `realworld` and the report shows `realworld_accuracy`."""
     mv = _source(path)
-    return _queue(Operation.EVALUATE, mv.ref, body.model_dump())
+    return _queue(Operation.EVALUATE, mv.ref, {**body.model_dump(), **_dataset_read(mv)})
 
 
 @bp.post(

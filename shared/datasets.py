@@ -123,7 +123,8 @@ def delete_dataset(*, session: Session, dataset_id: str | uuid.UUID, tenant_id: 
 
 
 def jobs_reading(session: Session, dataset_id: uuid.UUID, limit: int = 10) -> list[uuid.UUID]:
-    """Queued or running jobs whose parameters name the dataset (score: dataset_id, training: dataset)."""
+    """Queued or running jobs whose parameters name the dataset (score: dataset_id; training, and optimizing or
+    evaluating a version trained on it: dataset)."""
     key = str(dataset_id)
     q = (
         select(Job.id)

@@ -18,7 +18,7 @@ from shared.datasets import Dataset
 from shared.models import Job, JobItem
 from tests.api.conftest import AppFactory
 from tests.dataset_factories import class_folder_entries, digits, npy_bytes, npz_bytes, zip_bytes
-from tests.factories import SentTasks, assert_problem, db_session, services_of, settings_of
+from tests.factories import SentTasks, add_model_version, assert_problem, db_session, services_of, settings_of
 
 
 def upload(client: FlaskClient, name: str, data: bytes, multipart: bool = False) -> Any:
@@ -249,6 +249,24 @@ def test_delete_dataset_in_use_is_409(app: Flask, client: FlaskClient) -> None:
     assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
     out = list(csv.DictReader(io.StringIO(client.get(f"/v1/jobs/{job_id}/output").get_data(as_text=True))))
     assert [(r["index"], r["label"], r["true_label"]) for r in out] == [("0", "3", "")]
+
+
+def test_a_dataset_that_an_optimize_or_evaluate_job_reads_cannot_be_deleted(app: Flask, client: FlaskClient) -> None:
+    """Optimizing or evaluating a version trained on an uploaded dataset reads its test split again: while such a
+    job is unfinished, DELETE is a 409 naming it; once the jobs are canceled the dataset goes."""
+    ds = upload(client, "digits.zip", zip_bytes(class_folder_entries(2))).get_json()
+    with db_session(app) as s:
+        add_model_version(s, name="own", aliases=(), params={"dataset_request": ds["id"]})
+        s.commit()
+    jobs = [
+        client.post("/v1/models/own/versions/1/optimize", json={"method": "float16"}).get_json()["id"],
+        client.post("/v1/models/own/versions/1/evaluate", json={"per_corruption": 10}).get_json()["id"],
+    ]
+    body = assert_problem(client.delete(f"/v1/datasets/{ds['id']}"), 409, "dataset-in-use")
+    assert body["jobs"] == jobs
+    for job_id in jobs:
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert client.delete(f"/v1/datasets/{ds['id']}").status_code == 204
 
 
 def test_delete_route_is_documented(app: Flask) -> None:
