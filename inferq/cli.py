@@ -12,23 +12,9 @@ import click
 from rich.console import Console
 
 from inferq.edge import command_settings, load_settings
+from inferq.quiet import quiet_tensorflow
 
 console = Console(stderr=True)
-
-
-def quiet_tensorflow(verbose: bool) -> None:
-    """TensorFlow's C++ start-up and device lines and absl's warnings off (unless `verbose`), before TensorFlow is
-    imported (only ever inside a command). Set in os.environ, so the processes a command starts (`up`'s worker,
-    training's helpers) inherit it. A TF_CPP_MIN_LOG_LEVEL the user set stays, unless --verbose; errors still show.
-    """
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
-    if verbose:
-        return
-    try:
-        from absl import logging as absl_logging
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quieten
-        return
-    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -39,6 +39,29 @@ def test_tensorflow_logs_are_hidden_by_default_and_shown_with_verbose() -> None:
     assert loud.returncode == 0 and any(t in loud.stderr for t in TF_LINES), loud.stderr[-2000:]
 
 
+FILTER_PROBE = """
+import os, sys
+from inferq.quiet import start_up_noise_filtered
+with start_up_noise_filtered():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+    os.write(2, b"I0000 00:00:1796317599.102881   28671 port.cc:153] oneDNN custom operations are on.\\n")
+    os.write(2, b"E0000 00:00:1796317599.102881   28671 cuda.cc:10] failed call to cuInit\\n")
+    print("a Python warning", file=sys.stderr)
+print("after", file=sys.stderr)
+"""
+
+
+def test_only_start_up_info_and_warning_lines_are_filtered_out() -> None:
+    """Errors (E...) and anything else written while TensorFlow is imported still reach stderr, in order."""
+    out = subprocess.run([sys.executable, "-c", FILTER_PROBE], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "E0000 00:00:1796317599.102881   28671 cuda.cc:10] failed call to cuInit",
+        "a Python warning",
+        "after",
+    ]
+
+
 def test_verbose_is_in_the_help() -> None:
     out = subprocess.run([sys.executable, "-m", "inferq", "--help"], cwd=REPO, capture_output=True, text=True)
     assert "--verbose" in out.stdout
