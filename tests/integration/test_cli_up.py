@@ -12,8 +12,10 @@ import psutil
 import pytest
 import requests
 
+from shared.db import upgrade_database
 from shared.embedded import free_port
-from tests.integration.conftest import REPO, wait_until
+from shared.settings import Settings
+from tests.integration.conftest import REPO, register_artifact_copy, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -35,12 +37,17 @@ def test_help_lists_every_command() -> None:
     assert "--gpu" in run_cli("worker", "--help", env=env).stdout
 
 
-def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """`inferq up` on embedded defaults trains a model, makes and prints a local API key (which the CLI then
-    sends), serves a classify, Flower behind the printed login, the API's and the worker's metrics (which
-    `inferq top` reads), and Ctrl-C stops every process."""
+def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path, model_artifact: Path) -> None:
+    """`inferq up` on embedded defaults makes and prints a local API key (which the CLI then sends), serves a
+    classify, Flower behind the printed login, the API's and the worker's metrics (which `inferq top` reads), and
+    Ctrl-C stops every process. The data dir already holds the run's default model (model_artifact: trained once by
+    `inferq train-default`, the very command `up` runs), as on any `up` after the first: training it again here
+    would add two minutes of CPU and test nothing new."""
     api_port, flower_port, redis_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    settings = Settings(_env_file=None, data_dir=tmp_path / "var")  # what `up` builds from embedded defaults
+    upgrade_database(settings)
+    register_artifact_copy(settings, model_artifact, version=1, aliases=("production",))
     env.update(
         INFERQ_DATA_DIR=str(tmp_path / "var"),
         INFERQ_API_PORT=str(api_port),
@@ -53,7 +60,7 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     )
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115
     up = subprocess.Popen(
-        [sys.executable, "-m", "inferq", "up", "--train-epochs", "1"],
+        [sys.executable, "-m", "inferq", "up"],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -68,6 +75,7 @@ def test_up_serves_classify_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert up.poll() is None, (tmp_path / "up.log").read_text()
         banner = (tmp_path / "up.log").read_text()
+        assert "model mnist-cnn is already registered" in banner
         assert f"http://127.0.0.1:{api_port}/docs" in banner and f"http://127.0.0.1:{flower_port}" in banner
         assert f"Web app    http://127.0.0.1:{api_port}/" in banner
         key_file = tmp_path / "var" / "api-key"
