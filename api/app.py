@@ -14,7 +14,7 @@ from api.deps import register_services
 from api.idempotency import document_idempotency, register_idempotency
 from api.limits import document_limits, register_limits
 from api.metrics import register_metrics
-from api.openapi import document_classify_body
+from api.openapi import document_classify_body, document_constraints
 from api.problems import register_error_handlers, register_storage_errors, validation_problem
 from api.web.pages import register_web
 from shared.celery_app import make_celery
@@ -33,9 +33,10 @@ class InferqAPI(OpenAPI):
 
     @property
     def api_doc(self) -> dict[str, Any]:
-        spec = document_classify_body(super().api_doc)
+        settings = self.extensions["inferq"].settings
+        spec = document_constraints(document_classify_body(super().api_doc), settings)
         spec = document_security(spec, self.url_map.iter_rules(), DOC_PREFIX)
-        return document_idempotency(document_limits(spec, self.extensions["inferq"].settings))
+        return document_idempotency(document_limits(spec, settings))
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:

@@ -40,7 +40,7 @@ class JobPath(BaseModel):
 
 class JobsQuery(BaseModel):
     status: JobStatus | None = Field(None, description="Only jobs in this status.")
-    cursor: str | None = Field(None, description="next_cursor of the previous page.")
+    cursor: str | None = Field(None, pattern=jobstore.CURSOR_PATTERN, description="next_cursor of the previous page.")
     limit: int = Field(50, ge=1, le=500)
 
 

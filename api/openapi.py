@@ -5,7 +5,30 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from shared.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
 from shared.schemas import JobCreate
+from shared.settings import Settings
+from shared.webhooks import WebhookEvent
+
+# What the API's own checks enforce, stated so that a schema-driven client does not send what will be refused.
+# (Whether bytes decode as an image, dataset or model, or a URL's host resolves to a public address, no schema can
+# say: those stay 4xx problems of their own type.)
+WEBHOOK_URL = {"type": "string", "pattern": r"^https?://\S+$", "maxLength": 2048}
+OPTIONAL_WEBHOOK_URL = {  # "" or null: no webhook
+    "anyOf": [{"type": "string", "pattern": r"^(|https?://\S+)$", "maxLength": 2048}, {"type": "null"}]
+}
+EVENTS = [e.value for e in WebhookEvent]
+_EVENT = "(" + "|".join(EVENTS) + ")"
+EVENTS_TEXT = rf"^$|^[\s,]*{_EVENT}([\s,]*,[\s,]*{_EVENT})*[\s,]*$"  # "start, completed" ("" = none)
+BASE64 = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"  # what base64.b64decode(validate=True) reads
+# webhook_events_filter without a webhook URL is refused (it would filter nothing)
+FILTER_NEEDS_WEBHOOK = {
+    "if": {
+        "required": ["webhook_events_filter"],
+        "properties": {"webhook_events_filter": {"not": {"enum": [None, ""]}}},
+    },
+    "then": {"required": ["webhook"], "properties": {"webhook": WEBHOOK_URL}},
+}
 
 MULTIPART_SCHEMA = {
     "type": "object",
@@ -14,7 +37,7 @@ MULTIPART_SCHEMA = {
         "images": {
             "type": "array",
             "minItems": 1,
-            "items": {"type": "string", "format": "binary"},
+            "items": {"type": "string", "format": "binary", "minLength": 1},
             "description": "One or more image files (PNG, JPEG, WebP, BMP, GIF). Any field name works.",
         },
         "model": {"type": "string", "description": "'name', 'name:version' or 'name@alias'."},
@@ -25,10 +48,97 @@ MULTIPART_SCHEMA = {
             "description": "Return each picture as the model saw it and a saliency map (a form field is text: "
             "the word true or false).",
         },
-        "webhook": {"type": "string", "description": "URL that receives this job's events, signed."},
+        "webhook": {
+            "type": "string",
+            "pattern": r"^(|https?://\S+)$",
+            "maxLength": 2048,
+            "description": "URL that receives this job's events, signed.",
+        },
         "webhook_events_filter": {"type": "string", "description": "Comma-separated: start, progress, completed."},
     },
 }
+
+
+DATASET_BODY = {
+    "required": True,
+    "description": "The dataset file as the raw body (name it with ?filename=) or as one multipart file.",
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary", "minLength": 1}},
+            }
+        },
+    },
+}
+MODEL_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "labels"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "minLength": 1,
+                        "description": "The model; its file name ends in " + ", ".join(UPLOAD_SUFFIXES) + ".",
+                    },
+                    "labels": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "description": 'A JSON list of non-empty strings, one per output class: ["0", "1", ...].',
+                    },
+                    "input_spec": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "description": "JSON; default MNIST 28x28x1 in [0, 1].",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The spec with the constraints the API checks beyond its pydantic models: the limits that are settings,
+    webhook URLs and events, known corruption names, non-empty images, and the dataset and model upload bodies."""
+    spec = copy.deepcopy(spec)
+    schemas = spec["components"]["schemas"]
+    for name in ("JobCreate", "TrainingCreate"):
+        props = schemas[name]["properties"]
+        props["webhook"] = {**OPTIONAL_WEBHOOK_URL, "description": props["webhook"].get("description", "")}
+        for option in props["webhook_events_filter"]["anyOf"]:
+            if option.get("type") == "array":
+                option.update(minItems=1, items={"type": "string", "enum": EVENTS})
+            elif option.get("type") == "string":
+                option["pattern"] = EVENTS_TEXT
+        schemas[name].update(FILTER_NEEDS_WEBHOOK)
+    schemas["ImageIn"]["properties"]["data"].update(minLength=1, pattern=BASE64)
+    _set_maximum(schemas["JobCreate"]["properties"]["top_k"], settings.max_top_k)
+    multipart = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    multipart["schema"]["properties"]["top_k"]["maximum"] = settings.max_top_k
+    train = schemas["TrainingCreate"]["properties"]
+    train["epochs"]["maximum"] = settings.train_max_epochs
+    train["batch_size"]["maximum"] = settings.train_max_batch_size
+    corruptions = schemas["EvaluateCreate"]["properties"]["corruptions"]["anyOf"][0]
+    corruptions["items"] = {"type": "string", "enum": list(REALWORLD_CORRUPTIONS)}
+    schemas["EndpointCreate"]["properties"]["url"].update(WEBHOOK_URL)
+    spec["paths"]["/v1/datasets"]["post"]["requestBody"] = DATASET_BODY
+    spec["paths"]["/v1/models/{name}/uploads"]["post"]["requestBody"] = MODEL_UPLOAD_BODY
+    return spec
+
+
+def _set_maximum(schema: dict[str, Any], maximum: int) -> None:
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "integer":
+            option["maximum"] = maximum
+            if "ge" in option:  # pydantic leaves a JsonInt's bound under its own name: JSON Schema says minimum
+                option["minimum"] = option.pop("ge")
 
 
 def document_classify_body(spec: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from api.webhooks import attach_job_webhook
 from shared import jobs as jobstore
 from shared.celery_app import SCORE_CHUNK_TASK
 from shared.datasets import Dataset, get_dataset, iter_index
-from shared.errors import JobNotFound, ValidationFailed
+from shared.errors import JobHasNoFiles, JobNotFound, ValidationFailed
 from shared.models import Job, JobItem, utcnow
 from shared.registry import parse_ref
 from shared.schemas import JobPublic, JsonInt, Problem
@@ -115,7 +115,7 @@ class FileQuery(BaseModel):
     )
 
 
-@bp.get("/<job_id>/output", summary="Download a score job's predictions (streamed)")
+@bp.get("/<job_id>/output", summary="Download a score job's predictions (streamed)", responses={"409": Problem})
 def get_output(path: FilePath, query: FileQuery) -> Response:
     """One row per scored item: custom_id, index, label, confidence, top_k, true_label when known, and warnings
     (a list of codes, JSON text in CSV; see the `warnings` of a prediction). label, confidence and top_k are empty
@@ -123,7 +123,11 @@ def get_output(path: FilePath, query: FileQuery) -> Response:
     return _file(path.job_id, query.format, errors=False)
 
 
-@bp.get("/<job_id>/errors", summary="Download a score job's items that could not be scored (streamed)")
+@bp.get(
+    "/<job_id>/errors",
+    summary="Download a score job's items that could not be scored (streamed)",
+    responses={"409": Problem},
+)
 def get_errors(path: FilePath, query: FileQuery) -> Response:
     """One row per failed item: custom_id, index, error_type, error."""
     return _file(path.job_id, query.format, errors=True)
@@ -136,7 +140,7 @@ def _file(job_text: str, fmt: str, *, errors: bool) -> Response:
         raise JobNotFound(f"job {job_text!r} does not exist (job ids are UUIDs)") from None
     job = jobstore.get_job(db(), job_id, tenant_id=current_tenant())
     if job.kind != JobKind.SCORE.value:
-        raise ValidationFailed(f"job {job_id} is a {job.kind} job; output files exist for score jobs only")
+        raise JobHasNoFiles(f"job {job_id} is a {job.kind} job; output files exist for score jobs only")
     ds = db().get(Dataset, uuid.UUID(job.params["dataset_id"]))
     svc = services()
     rows = _rows(svc.sessions, svc.settings, job_id, ds, errors=errors)

@@ -85,6 +85,12 @@ class JobNotCancelable(InferqError):
     type_slug, title, status = "job-not-cancelable", "The job has already finished", 409
 
 
+class JobHasNoFiles(InferqError):
+    """Output and error files belong to score jobs; asked of another kind of job (like model-not-optimizable)."""
+
+    type_slug, title, status = "job-has-no-files", "Only score jobs have output files", 409
+
+
 class NotFound(InferqError):
     type_slug, title, status = "not-found", "No such resource", 404
 

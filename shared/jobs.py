@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
@@ -421,17 +421,21 @@ def jobs_page(
     return rows, (encode_cursor(rows[-1]) if more and rows else None)
 
 
+CURSOR_PATTERN = r"^[0-9]{1,16}_[0-9a-f]{32}$"  # stated in the OpenAPI document: every match is a valid cursor
+_CURSOR = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(job: Job) -> str:
-    """An opaque cursor pointing just after `job`."""
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """A cursor pointing just after `job`: its created_at in microseconds since 1970 (UTC), `_`, its id in hex."""
+    created = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=UTC)
+    return f"{(created - _EPOCH) // _MICROSECOND}_{job.id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Read a cursor made by encode_cursor (422 if it was not)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("cursor is not valid; pass the next_cursor of a previous page") from exc
+    """Read a cursor of the form encode_cursor makes (422 if it is not)."""
+    if not _CURSOR.fullmatch(cursor):
+        raise ValidationFailed("cursor is not valid; pass the next_cursor of a previous page")
+    micros, job_id = cursor.split("_")
+    return _EPOCH + int(micros) * _MICROSECOND, uuid.UUID(hex=job_id)

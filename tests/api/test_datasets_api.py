@@ -18,7 +18,16 @@ from shared.datasets import Dataset
 from shared.models import Job, JobItem
 from tests.api.conftest import AppFactory
 from tests.dataset_factories import class_folder_entries, digits, npy_bytes, npz_bytes, zip_bytes
-from tests.factories import SentTasks, add_model_version, assert_problem, db_session, services_of, settings_of
+from tests.factories import (
+    SentTasks,
+    add_model_version,
+    assert_problem,
+    b64,
+    db_session,
+    png_bytes,
+    services_of,
+    settings_of,
+)
 
 
 def upload(client: FlaskClient, name: str, data: bytes, multipart: bool = False) -> Any:
@@ -320,3 +329,11 @@ def test_score_job_refuses_an_internal_webhook(make_app: AppFactory) -> None:
     ds = upload(client, "d.npy", npy_bytes(digits(4)[0])).get_json()
     resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "webhook": "http://127.0.0.1/x"})
     assert_problem(resp, 422, "webhook-url-refused")
+
+
+def test_only_score_jobs_have_files(client: FlaskClient) -> None:
+    """Output and error files of a classify job: a 409 job-has-no-files (the job exists; it is of another kind)."""
+    job_id = client.post("/v1/jobs", json={"images": [{"data": b64(png_bytes())}]}).get_json()["id"]
+    for which in ("output", "errors"):
+        body = assert_problem(client.get(f"/v1/jobs/{job_id}/{which}"), 409, "job-has-no-files")
+        assert "classify job" in body["detail"]

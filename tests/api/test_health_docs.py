@@ -240,3 +240,45 @@ def test_wrong_method_is_problem_json(app: Flask, method: str, path: str) -> Non
     resp = getattr(app.test_client(), method)(path)
     assert_problem(resp, 405, "method-not-allowed")
     assert resp.headers.get("Allow")
+
+
+def _component(spec: dict[str, Any], name: str) -> Draft202012Validator:
+    """A validator for one component schema, its $refs resolved against the whole document."""
+    return Draft202012Validator({**spec["components"]["schemas"][name], "components": spec["components"]})
+
+
+def test_openapi_states_the_limits_that_are_settings(make_app: AppFactory) -> None:
+    """The maxima a client must respect come from this deployment's settings, not from constants."""
+    spec = make_app(max_top_k=7, train_max_epochs=9, train_max_batch_size=33).test_client().get("/openapi.json").json
+    schemas = spec["components"]["schemas"]
+    assert {"type": "integer", "minimum": 1, "maximum": 7} in schemas["JobCreate"]["properties"]["top_k"]["anyOf"]
+    multipart = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert multipart["properties"]["top_k"]["maximum"] == 7
+    training = schemas["TrainingCreate"]["properties"]
+    assert (training["epochs"]["maximum"], training["batch_size"]["maximum"]) == (9, 33)
+
+
+@pytest.mark.parametrize(
+    ("component", "body", "valid"),
+    [
+        ("EndpointCreate", {"url": "https://hooks.example.com/x"}, True),
+        ("EndpointCreate", {"url": ""}, False),
+        ("EndpointCreate", {"url": "ftp://hooks.example.com/x"}, False),
+        ("JobCreate", {"images": [{"data": "iVBORw0KGgo="}]}, True),
+        ("JobCreate", {"images": [{"data": ""}]}, False),
+        ("JobCreate", {"images": [{"data": "not base64!"}]}, False),
+        ("JobCreate", {"images": [{"data": "iVBORw0KGgo="}], "webhook_events_filter": ["completed"]}, False),
+        ("JobCreate", {"images": [{"data": "iVBORw0KGgo="}], "webhook_events_filter": ["done"]}, False),
+        ("TrainingCreate", {"webhook": "https://h.example.com/", "webhook_events_filter": "start, completed"}, True),
+        ("TrainingCreate", {"webhook": "", "webhook_events_filter": ""}, True),
+        ("TrainingCreate", {"webhook_events_filter": "start"}, False),
+        ("EvaluateCreate", {"corruptions": ["photo", "lowres-8"]}, True),
+        ("EvaluateCreate", {"corruptions": ["sepia"]}, False),
+    ],
+)
+def test_openapi_says_what_the_api_refuses(app: Flask, component: str, body: dict[str, Any], valid: bool) -> None:
+    """Bodies the document allows pass its schema, and those the API refuses for a reason a schema can state
+    (an empty or non-http(s) URL, non-base64 data, unknown events or corruptions, an events filter without a
+    webhook) fail it: a schema-driven client finds out before sending (schemathesis checks the live API)."""
+    spec = app.test_client().get("/openapi.json").json
+    assert _component(spec, component).is_valid(body) is valid
