@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
+import shutil
+import sqlite3
 import struct
+import tempfile
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -18,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared import jobs as jobstore
+from shared.db import upgrade_database
 from shared.errors import PROBLEM_BASE
 from shared.models import Job, JobItem, ModelVersion
 from shared.registry import register_version
@@ -95,6 +100,32 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"data_dir": tmp_path, "redis_url": DEAD_REDIS_URL}
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def migrate(settings: Settings) -> None:
+    """upgrade_database(settings); a new SQLite file is a copy of one this process migrated once (about 0.1 s of
+    Alembic saved per test). test_migrations.py runs the migrations themselves."""
+    url = settings.resolved_database_url
+    target = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if target is None or target.exists():
+        upgrade_database(settings)
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_migrated_sqlite(), target)
+
+
+@functools.cache
+def _migrated_sqlite() -> Path:
+    """A SQLite database at the newest migration, checkpointed into its one file."""
+    folder = Path(tempfile.mkdtemp(prefix="inferq-migrated-"))
+    settings = make_settings(folder)
+    upgrade_database(settings)
+    path = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+    return path
 
 
 # --- registry --------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from shared.db import session_scope, upgrade_database
+from shared.db import session_scope
 from tests.access import use_key
-from tests.factories import SentTasks, add_model_version, make_settings, services_of
+from tests.factories import SentTasks, add_model_version, make_settings, migrate, services_of
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
 
     def build(*, celery: Any | None = None, real_celery: bool = False, seed: bool = True, **overrides: Any) -> Flask:
         settings = make_settings(tmp_path, **overrides)
-        upgrade_database(settings)
+        migrate(settings)
         app = create_app(settings)
         svc = services_of(app)
         if seed:

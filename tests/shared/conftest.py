@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_sessionmaker, upgrade_database
+from shared.db import make_engine, make_sessionmaker
 from shared.settings import Settings
 from shared.storage import LocalBlobStore
-from tests.factories import make_settings
+from tests.factories import make_settings, migrate
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def engine(settings: Settings) -> Iterator[Engine]:
-    upgrade_database(settings)
+    migrate(settings)
     eng = make_engine(settings)
     yield eng
     eng.dispose()

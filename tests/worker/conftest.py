@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.db import upgrade_database
 from shared.settings import Settings
+from tests.factories import migrate
 from worker.context import WorkerContext
 
 ContextFactory = Callable[..., WorkerContext]
@@ -22,7 +22,7 @@ def make_ctx(tmp_path: Path) -> Iterator[ContextFactory]:
 
     def make(**overrides: Any) -> WorkerContext:
         settings = Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0", **overrides)
-        upgrade_database(settings)
+        migrate(settings)
         made.append(WorkerContext(settings))
         return made[-1]
 
