@@ -287,9 +287,12 @@ def summary(result: dict[str, Any]) -> None:
 
 
 def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """Jobs/s with 32 clients and micro-batching, metrics on and off interleaved (on, off, on, off, ...)."""
+    """Jobs/s with 32 clients and micro-batching, metrics on and off interleaved (on, off, on, off, ...), and the CPU
+    the API's and the worker's processes spent per job: on a shared machine throughput swings by 10-20% between
+    runs, while CPU per job, which is what the metrics add to, moves far less."""
     stack, images = bench.stack("working tree", ROOT, 2), sample_pngs()
     rates: dict[str, list[float]] = {"true": [], "false": []}
+    cpu: dict[str, list[float]] = {"true": [], "false": []}
     for i in range(args.repeats):
         for enabled in ("true", "false") if i % 2 == 0 else ("false", "true"):  # ABBA: drift hits both alike
             stack.start_api(INFERQ_METRICS_ENABLED=enabled)
@@ -301,18 +304,37 @@ def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
                 stack.stop_api()
             run.label = f"metrics {'on' if enabled == 'true' else 'off'} (round {i + 1})"
             show(run)
+            print(f"    CPU of the API and the worker: {run.cpu_ms_per_job:.2f} ms per job")
             rates[enabled].append(run.rate)
+            cpu[enabled].append(run.cpu_ms_per_job)
     on, off = float(np.mean(rates["true"])), float(np.mean(rates["false"]))
+    cpu_on, cpu_off = float(np.median(cpu["true"])), float(np.median(cpu["false"]))
     pairs = [a / b for a, b in zip(rates["true"], rates["false"], strict=True)]
     print(
         f"\nmetrics on {on:.1f} jobs/s, off {off:.1f} jobs/s: cost {1 - on / off:+.1%}; per-round on/off "
-        f"{', '.join(f'{p:.3f}' for p in pairs)} (spread = the noise)"
+        f"{', '.join(f'{p:.3f}' for p in pairs)} (spread = the noise)\n"
+        f"CPU per job (median of rounds): on {cpu_on:.2f} ms, off {cpu_off:.2f} ms: cost {cpu_on / cpu_off - 1:+.1%}; "
+        f"per round on {', '.join(f'{c:.2f}' for c in cpu['true'])}, off {', '.join(f'{c:.2f}' for c in cpu['false'])}"
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "metrics_cost.py"), "--json"], capture_output=True, text=True, check=True
+    )
+    recording_us = float(json.loads(done.stdout.splitlines()[-1])["metrics_us_per_job"])
+    share = recording_us / (1000 * cpu_off)
+    print(
+        f"recording the metrics (bench/metrics_cost.py, worst case per job): {recording_us:.0f} µs = {share:.2%} of "
+        f"the {cpu_off:.1f} ms of CPU a job costs with metrics off"
     )
     return {
+        "metrics_recording_us_per_job": recording_us,
+        "metrics_recording_share_of_job_cpu": share,
         "metrics_on_jobs_per_s_32": on,
         "metrics_off_jobs_per_s_32": off,
         "metrics_cost": 1 - on / off,
         "metrics_round_ratios": pairs,
+        "metrics_on_cpu_ms_per_job": cpu_on,
+        "metrics_off_cpu_ms_per_job": cpu_off,
+        "metrics_cpu_cost": cpu_on / cpu_off - 1,
     }
 
 

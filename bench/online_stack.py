@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -37,6 +38,11 @@ class Run:
     seconds: float
     latencies: list[float]
     mean_batch: float
+    cpu_s: float = 0.0  # CPU seconds the API's and the worker's processes used during the measured load
+
+    @property
+    def cpu_ms_per_job(self) -> float:
+        return 1000 * self.cpu_s / self.jobs if self.jobs else float("nan")
 
     @property
     def rate(self) -> float:
@@ -117,6 +123,22 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"timed out waiting for {what}")
+
+
+def tree_cpu_s(*procs: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds of these processes and all their children (gunicorn's workers, ...)."""
+    total = 0.0
+    for proc in procs:
+        if proc is None:
+            continue
+        try:
+            root = psutil.Process(proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -249,7 +271,9 @@ def e2e(
         engine = sa.create_engine(stack.database_url)
         with engine.connect() as c:
             since = c.execute(sa.text("SELECT max(id) FROM job_items")).scalar() or 0
+        cpu_before = tree_cpu_s(stack.api, worker)
         lat, elapsed = load(stack, clients=clients, seconds=seconds, images=images, model=model)
+        cpu_s = tree_cpu_s(stack.api, worker) - cpu_before
         with engine.connect() as c:
             n, passes = c.execute(
                 sa.text(
@@ -262,4 +286,4 @@ def e2e(
         stop(worker)
     mean = (n / float(passes)) if passes else 0.0
     label = f"{stack.name}: {clients} client(s), max_batch={max_batch}" + (f", {model}" if model else "")
-    return Run(label, clients, max_batch, len(lat), elapsed, lat, mean)
+    return Run(label, clients, max_batch, len(lat), elapsed, lat, mean, cpu_s)
