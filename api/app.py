@@ -17,10 +17,10 @@ from api.metrics import register_metrics
 from api.openapi import document_classify_body, document_constraints
 from api.problems import register_error_handlers, register_storage_errors, validation_problem
 from api.web.pages import register_web
-from shared.celery_app import make_celery
-from shared.imaging import configure_pillow
-from shared.redaction import install_log_redaction
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.inputs.imaging import configure_pillow
+from shared.runtime.celery_app import make_celery
+from shared.tenancy.redaction import install_log_redaction
 
 DOC_PREFIX = "/docs"
 DESCRIPTION = """Asynchronous image classification on micro-batching Celery workers.

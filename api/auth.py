@@ -23,8 +23,8 @@ from werkzeug.routing import Rule
 from api.deps import services
 from api.problems import problem_response
 from api.web_sessions import COOKIE, CSRF_HEADER, SessionStore, csrf_matches
-from shared import apikeys
-from shared.errors import CsrfFailed, InsufficientScope, Unauthenticated
+from shared.config.errors import CsrfFailed, InsufficientScope, Unauthenticated
+from shared.tenancy import apikeys
 
 log = logging.getLogger(__name__)
 

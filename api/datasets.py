@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_tenant
 from api.deps import db, services
-from shared import datasets as datastore
-from shared.archives import COPY_CHUNK
-from shared.errors import BadRequest, DatasetTooLarge
-from shared.schemas import Problem
-from shared.settings import Settings
+from shared.config.errors import BadRequest, DatasetTooLarge
+from shared.config.settings import Settings
+from shared.inputs import datasets as datastore
+from shared.inputs.archives import COPY_CHUNK
+from shared.schemas.public import Problem
 
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing allowed on top of the file itself
 

@@ -9,13 +9,13 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.apikeys import KeyCache
-from shared.backpressure import LaneGauge
-from shared.db import make_engine, make_sessionmaker
-from shared.notify import FinishedWaiter
-from shared.registry import KnownRefs
-from shared.settings import Settings
-from shared.storage import BlobStore, make_store
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.inputs.storage import BlobStore, make_store
+from shared.jobs.backpressure import LaneGauge
+from shared.registry.versions import KnownRefs
+from shared.runtime.notify import FinishedWaiter
+from shared.tenancy.apikeys import KeyCache
 
 
 @dataclass

@@ -7,7 +7,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy import text
 
 from api.deps import services
-from shared.schemas import Health
+from shared.schemas.public import Health
 
 bp = APIBlueprint("health", __name__, abp_tags=[Tag(name="health")])
 

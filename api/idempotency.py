@@ -1,4 +1,5 @@
-"""`Idempotency-Key` on every POST: one before/after-request pair, no per-route code (storage in shared.idempotency).
+"""`Idempotency-Key` on every POST: one before/after-request pair, no per-route code (stored by
+shared.tenancy.idempotency).
 
 A POST carrying the header claims (tenant, key). The first request runs; its answer is stored when it succeeded
 or when its effect was committed, and replayed (with `Idempotent-Replayed: true`) to any later request with the
@@ -25,8 +26,8 @@ from sqlalchemy.orm import Session
 from api.auth import current_principal
 from api.deps import services
 from api.problems import problem_response
-from shared.errors import IdempotencyKeyInUse, IdempotencyKeyInvalid, IdempotencyKeyReused
-from shared.idempotency import (
+from shared.config.errors import IdempotencyKeyInUse, IdempotencyKeyInvalid, IdempotencyKeyReused
+from shared.tenancy.idempotency import (
     COMMITTED,
     DONE,
     MAX_KEY_LENGTH,

@@ -15,14 +15,14 @@ from api.deps import db, services
 from api.scoring import create_score_job
 from api.uploads import read_classify_request
 from api.webhooks import attach_job_webhook, read_job_webhook
-from shared import jobs as jobstore
-from shared import retention
-from shared.celery_app import CLASSIFY_TASK
-from shared.errors import JobNotFound, ValidationFailed
-from shared.models import Job, utcnow
-from shared.registry import parse_ref
-from shared.schemas import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
-from shared.status import JobStatus
+from shared.config.errors import JobNotFound, ValidationFailed
+from shared.config.status import JobStatus
+from shared.db.models import Job, utcnow
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref
+from shared.runtime.celery_app import CLASSIFY_TASK
+from shared.schemas.public import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
+from shared.tenancy import retention
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_principal
 from api.deps import db, services
-from shared import apikeys
-from shared.errors import InsufficientScope
-from shared.schemas import Problem
+from shared.config.errors import InsufficientScope
+from shared.schemas.public import Problem
+from shared.tenancy import apikeys
 
 bp = APIBlueprint(
     "keys",

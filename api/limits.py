@@ -1,7 +1,7 @@
 """Abuse limits of the API: JSON nesting, rate limits per API key (Flask-Limiter on Redis), per-tenant queue caps.
 
 Body size and multipart part counts are Werkzeug's MAX_CONTENT_LENGTH / MAX_FORM_PARTS (set in api.app, rendered
-as 413 problems by api.problems); image limits live in shared.imaging; the queue caps in shared.quotas.
+as 413 problems by api.problems); image limits live in shared.inputs.imaging; the queue caps in shared.tenancy.quotas.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from limits import parse_many
 
 from api.auth import current_principal, is_public
 from api.problems import problem_response
-from shared.errors import RateLimited
-from shared.quotas import guard_queue
-from shared.settings import Settings
+from shared.config.errors import RateLimited
+from shared.config.settings import Settings
+from shared.tenancy.quotas import guard_queue
 
 log = logging.getLogger(__name__)
 

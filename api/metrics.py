@@ -8,10 +8,10 @@ import time
 from flask import Flask, Response, current_app, g, request
 
 from api.deps import Services
-from shared import metrics
-from shared.celery_app import INFERENCE_QUEUE, lane_queues
-from shared.errors import PROBLEM_BASE
-from shared.settings import Settings
+from shared.config.errors import PROBLEM_BASE
+from shared.config.settings import Settings
+from shared.runtime import metrics
+from shared.runtime.celery_app import INFERENCE_QUEUE, lane_queues
 
 ENDPOINT = "metrics"
 # Routes that create a job, and the kind of job when the answer does not say.

@@ -20,10 +20,10 @@ from api.auth import current_tenant
 from api.deps import db, services
 from api.models import model_public
 from api.webhooks import attach_job_webhook, read_job_webhook
-from shared import jobs as jobstore
-from shared.celery_app import TRAIN_TASK, train_time_limit
-from shared.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
-from shared.model_jobs import (
+from shared.config.errors import ModelNotFound, ModelNotOptimizable, PayloadTooLarge, ValidationFailed
+from shared.db.models import ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.model_jobs import (
     MNIST,
     UPLOAD_SUFFIXES,
     EvaluateCreate,
@@ -34,8 +34,7 @@ from shared.model_jobs import (
     check_training_dataset,
     create_model_job,
 )
-from shared.models import ModelVersion
-from shared.registry import (
+from shared.registry.versions import (
     ALIAS_PATTERN,
     NAME_PATTERN,
     check_name_usable,
@@ -44,7 +43,8 @@ from shared.registry import (
     move_alias,
     parse_ref,
 )
-from shared.schemas import JobPublic, JsonInt, ModelPublic, Problem
+from shared.runtime.celery_app import TRAIN_TASK, train_time_limit
+from shared.schemas.public import JobPublic, JsonInt, ModelPublic, Problem
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(

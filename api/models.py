@@ -11,10 +11,10 @@ from sqlalchemy.orm import Session
 
 from api.auth import current_tenant
 from api.deps import db
-from shared.errors import ModelNotFound
-from shared.models import ModelVersion
-from shared.registry import NAME_PATTERN, aliases_of, list_versions
-from shared.schemas import ModelPublic, ModelsPublic, ModelVersionPublic, Problem
+from shared.config.errors import ModelNotFound
+from shared.db.models import ModelVersion
+from shared.registry.versions import NAME_PATTERN, aliases_of, list_versions
+from shared.schemas.public import ModelPublic, ModelsPublic, ModelVersionPublic, Problem
 
 bp = APIBlueprint(
     "models", __name__, url_prefix="/v1/models", abp_tags=[Tag(name="models")], abp_responses={"404": Problem}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from shared.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
-from shared.schemas import JobCreate
-from shared.settings import Settings
-from shared.webhooks import WebhookEvent
+from shared.config.settings import Settings
+from shared.registry.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
+from shared.schemas.public import JobCreate
+from shared.webhooks.outbox import WebhookEvent
 
 # What the API's own checks enforce, stated so that a schema-driven client does not send what will be refused.
 # (Whether bytes decode as an image, dataset or model, or a URL's host resolves to a public address, no schema can

@@ -9,7 +9,7 @@ from flask import Flask, Response, json, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from shared.errors import PROBLEM_BASE, InferqError, PayloadTooLarge, StorageUnavailable, ValidationFailed
+from shared.config.errors import PROBLEM_BASE, InferqError, PayloadTooLarge, StorageUnavailable, ValidationFailed
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"

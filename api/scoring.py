@@ -20,15 +20,15 @@ from api.auth import current_tenant
 from api.deps import db, services
 from api.outputs import parquet_stream
 from api.webhooks import attach_job_webhook
-from shared import jobs as jobstore
-from shared.celery_app import SCORE_CHUNK_TASK
-from shared.datasets import Dataset, get_dataset, iter_index
-from shared.errors import JobHasNoFiles, JobNotFound, ValidationFailed
-from shared.models import Job, JobItem, utcnow
-from shared.registry import parse_ref
-from shared.schemas import JobPublic, JsonInt, Problem
-from shared.settings import Settings
-from shared.status import ItemStatus, JobKind, JobStatus
+from shared.config.errors import JobHasNoFiles, JobNotFound, ValidationFailed
+from shared.config.settings import Settings
+from shared.config.status import ItemStatus, JobKind, JobStatus
+from shared.db.models import Job, JobItem, utcnow
+from shared.inputs.datasets import Dataset, get_dataset, iter_index
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref
+from shared.runtime.celery_app import SCORE_CHUNK_TASK
+from shared.schemas.public import JobPublic, JsonInt, Problem
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # item rows fetched per query while streaming a file

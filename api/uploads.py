@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from flask import Request
 from pydantic import ValidationError
 
-from shared.errors import BadRequest, InferqError, NoImages, PayloadTooLarge, TooManyImages, ValidationFailed
-from shared.imaging import check_image
-from shared.jobs import Upload
-from shared.schemas import JobCreate
-from shared.settings import Settings
+from shared.config.errors import BadRequest, InferqError, NoImages, PayloadTooLarge, TooManyImages, ValidationFailed
+from shared.config.settings import Settings
+from shared.inputs.imaging import check_image
+from shared.jobs.lifecycle import Upload
+from shared.schemas.public import JobCreate
 
 
 @dataclass(frozen=True)

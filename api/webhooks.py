@@ -13,14 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_tenant
 from api.deps import db, services
-from shared import webhooks as hooks
-from shared.errors import ValidationFailed, WebhookDeliveryNotFound, WebhookEndpointNotFound
-from shared.models import Job
-from shared.schemas import Problem
-from shared.settings import Settings
-from shared.ssrf import check_url, parse_allow_cidrs
-from shared.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from shared.webhooks import WebhookEvent
+from shared.config.errors import ValidationFailed, WebhookDeliveryNotFound, WebhookEndpointNotFound
+from shared.config.settings import Settings
+from shared.db.models import Job
+from shared.db.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.schemas.public import Problem
+from shared.webhooks import outbox as hooks
+from shared.webhooks.outbox import WebhookEvent
+from shared.webhooks.ssrf import check_url, parse_allow_cidrs
 
 bp = APIBlueprint(
     "webhooks",

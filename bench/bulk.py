@@ -40,9 +40,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from inferq.access import ensure_local_key  # noqa: E402
-from shared.db import upgrade_database  # noqa: E402
-from shared.heap import freeze_startup_heap  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.config.settings import Settings  # noqa: E402
+from shared.db.engine import upgrade_database  # noqa: E402
+from shared.runtime.heap import freeze_startup_heap  # noqa: E402
 
 
 def build_dataset(n: int) -> np.ndarray:

@@ -46,9 +46,9 @@ def flops(model: Any) -> int:
 
 def register_heavy(data_dir: Path, database_url: str) -> float:
     """Save the heavy model under data_dir and register it with the production alias; its FLOPs / the default's."""
-    from shared.db import make_engine, make_sessionmaker, session_scope
-    from shared.registry import register_version
-    from shared.settings import Settings
+    from shared.config.settings import Settings
+    from shared.db.engine import make_engine, make_sessionmaker, session_scope
+    from shared.registry.versions import register_version
     from worker.cnn import build_cnn
     from worker.training import save_keras
 

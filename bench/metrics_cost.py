@@ -63,7 +63,7 @@ def api_side(n: int) -> dict[str, float]:
 
 def worker_side(n: int) -> dict[str, float]:
     """Per job: its queue and run time, its image outcome; per forward pass (a batch of one): size, wait, time."""
-    from shared import metrics
+    from shared.runtime import metrics
 
     created = datetime.now(UTC)
     started, finished = created + timedelta(seconds=0.02), created + timedelta(seconds=0.05)

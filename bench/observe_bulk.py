@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from inferq.access import ensure_local_key  # noqa: E402
 from inferq.top import Snapshot, render, summarize, take, total  # noqa: E402
-from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database  # noqa: E402
-from shared.embedded import EmbeddedRedis, free_port, port_open  # noqa: E402
-from shared.registry import register_version  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.config.settings import Settings  # noqa: E402
+from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database  # noqa: E402
+from shared.registry.versions import register_version  # noqa: E402
+from shared.runtime.embedded import EmbeddedRedis, free_port, port_open  # noqa: E402
 
 
 def register(settings: Settings, model: Path) -> None:

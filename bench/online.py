@@ -50,7 +50,7 @@ from online_stack import (  # noqa: E402
     sample_pngs,
 )
 
-from shared.embedded import EmbeddedRedis, free_port  # noqa: E402
+from shared.runtime.embedded import EmbeddedRedis, free_port  # noqa: E402
 
 
 class Bench:
@@ -201,7 +201,7 @@ def peer_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> di
     """MLServer on the same default model file, same clients; errors are reported, not raised."""
     from peer_mlserver import run_peer
 
-    from shared.imaging import prepare
+    from shared.inputs.imaging import prepare
 
     arrays = [prepare(png, max_pixels=10**8).image.reshape(1, 28, 28, 1).astype(np.float32) for png in images]
     try:
@@ -348,7 +348,7 @@ def profile(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         stack = bench.stack(name, tree, 1 + i)
         code = (
             "import json, sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; from profile_online import *; "
-            "from shared.settings import Settings; from online_stack import sample_pngs; "
+            "from shared.config.settings import Settings; from online_stack import sample_pngs; "
             "print(json.dumps(profile_jobs(Settings(max_batch=1), json.loads(sys.argv[3]), sample_pngs(), "
             "int(sys.argv[4]))))"
         )

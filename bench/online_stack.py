@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 OWN_DB_PREFIX = "inferq_bench_"  # every database this benchmark creates (and the only ones it drops) is named so
 SETUP = (
-    "from shared.db import upgrade_database; from shared.settings import Settings; "
+    "from shared.db.engine import upgrade_database; from shared.config.settings import Settings; "
     "from inferq.access import ensure_local_key; s = Settings(); upgrade_database(s); print(ensure_local_key(s)[0])"
 )
 

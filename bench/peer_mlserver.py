@@ -113,7 +113,7 @@ def run_peer(tmp: Path, model_file: Path, arrays: list[np.ndarray], clients: int
     """Start MLServer on the model, warm it, measure `clients` clients; its requests/s and latency percentiles."""
     from online_stack import stop, wait_for
 
-    from shared.embedded import free_port
+    from shared.runtime.embedded import free_port
 
     python = ensure_venv(tmp / "mlserver-pip.log")
     where = tmp / "mlserver"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 
 API_ROOT, POLL_ROOT, TASK_ROOT = "HTTP parse + response (POST)", "poll (GET, terminal job)", "worker task glue"
 ORDER = [
@@ -116,20 +116,20 @@ def instrument(clock: StageClock, store: Any) -> None:
     import api.auth
     import api.jobs
     import api.uploads
-    import shared.jobs
+    import shared.jobs.lifecycle
     import worker.inference
-    from shared.notify import FinishedPublisher
+    from shared.runtime.notify import FinishedPublisher
     from worker.batcher import MicroBatcher
     from worker.context import WorkerContext
 
     clock.wrap(api.auth, "_principal_for", "auth (API-key lookup)")
     clock.wrap(api.uploads, "check_image", "image check")
-    clock.wrap(shared.jobs, "create_classify_job", "DB inserts (job + items, commit)")
+    clock.wrap(shared.jobs.lifecycle, "create_classify_job", "DB inserts (job + items, commit)")
     clock.wrap(sqlalchemy.orm.Session, "commit", _commit_stage)
     clock.wrap(type(store), "put", "blob write")
     clock.wrap(type(store), "get", "blob read")
     clock.wrap(api.jobs, "dispatch", "publish")
-    clock.wrap(shared.jobs, "claim_first_attempt", "claim (DB)")
+    clock.wrap(shared.jobs.lifecycle, "claim_first_attempt", "claim (DB)")
     clock.wrap(worker.inference, "prepare", "preprocess")
     clock.wrap(MicroBatcher, "_collect", "batch wait (CPU)")
     clock.wrap(MicroBatcher, "_serve", "batch assembly")
@@ -143,8 +143,8 @@ def profile_jobs(settings: Settings, headers: dict[str, str], images: list[bytes
     from kombu import Connection
 
     from api.app import create_app
-    from shared.celery_app import INFERENCE_QUEUE
-    from shared.storage import make_store
+    from shared.inputs.storage import make_store
+    from shared.runtime.celery_app import INFERENCE_QUEUE
     from worker.context import WorkerContext
     from worker.inference import run_classify
 

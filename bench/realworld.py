@@ -41,8 +41,8 @@ MODEL_CODE = (
     "worker/defaults.py",
     "worker/corruptions.py",
     "worker/datasets.py",
-    "shared/imaging.py",
-    "shared/settings.py",
+    "shared/inputs/imaging.py",
+    "shared/config/settings.py",
 )
 
 
@@ -50,7 +50,7 @@ def _baseline_mode(suite_path: Path, out_path: Path, model_path: Path) -> None:
     """Run inside the baseline worktree (its code first on sys.path): preprocess the suite, train its model."""
     import numpy as np
 
-    from shared.imaging import preprocess
+    from shared.inputs.imaging import preprocess
     from worker.datasets import load_mnist
 
     with open(suite_path, "rb") as f:
@@ -106,7 +106,7 @@ def code_hash() -> str:
 
 def current_model(epochs: int | None) -> Path:
     """This tree's default model, trained with this tree's code (cached by a hash of that code)."""
-    from shared.settings import Settings
+    from shared.config.settings import Settings
     from worker.defaults import train_default
     from worker.training import save_keras
 
@@ -140,7 +140,7 @@ def main() -> int:
         grid(args.grid)
         return 0
 
-    from shared.imaging import Prepared
+    from shared.inputs.imaging import Prepared
     from worker.datasets import load_mnist
     from worker.realworld import build_suite, meets_targets, run_suite
     from worker.runtime import load_model
@@ -185,7 +185,7 @@ def grid(path: Path, per_row: int = 4) -> None:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from shared.imaging import prepare
+    from shared.inputs.imaging import prepare
     from worker.corruptions import CORRUPTIONS, NON_DIGITS, render
     from worker.datasets import load_mnist
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bulk import build_dataset, busy_share, cpu_times, scratch_stack, wait_for  # noqa: E402
 
 from inferq.access import ensure_local_key  # noqa: E402
-from shared.db import upgrade_database  # noqa: E402
+from shared.db.engine import upgrade_database  # noqa: E402
 
 ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.settings import Settings  # noqa: E402
+from shared.config.settings import Settings  # noqa: E402
 from tests.faults.conftest import FaultStack, PgServer, build_stack, drop_stack, fault_env, make_template  # noqa: E402
 
 

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inferq.samples import as_user_photo, mnist_sample  # noqa: E402
-from shared import jobs as jobstore  # noqa: E402
-from shared.db import session_scope, upgrade_database  # noqa: E402
-from shared.registry import register_version  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.config.settings import Settings  # noqa: E402
+from shared.db.engine import session_scope, upgrade_database  # noqa: E402
+from shared.jobs import lifecycle as jobstore  # noqa: E402
+from shared.registry.versions import register_version  # noqa: E402
 from worker.context import WorkerContext  # noqa: E402
 from worker.inference import run_classify  # noqa: E402
 

@@ -16,10 +16,10 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from inferq.edge import command_settings
-from shared import apikeys
-from shared.db import make_engine, make_sessionmaker, session_scope
-from shared.errors import InferqError
-from shared.settings import Settings
+from shared.config.errors import InferqError
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, session_scope
+from shared.tenancy import apikeys
 
 out = Console()
 err = Console(stderr=True)
@@ -149,7 +149,7 @@ def tenants() -> None:
 @click.option("--default", "use_default", is_flag=True, help="Drop the tenant's own period (INFERQ_RETENTION_DAYS).")
 def tenants_retention(tenant: str, days: float | None, use_default: bool) -> None:
     """Show TENANT's retention, or set it to DAYS (0 keeps its data forever), or back to the default."""
-    from shared.retention import retention_overrides, set_retention
+    from shared.tenancy.retention import retention_overrides, set_retention
 
     settings = command_settings()
     try:

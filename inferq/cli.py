@@ -94,7 +94,7 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
     gpu: str | None, lanes: str | None, queues: str | None, concurrency: int | None, beat: bool, loglevel: str
 ) -> None:
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
-    from shared.celery_app import lanes_of_queues, queues_for
+    from shared.runtime.celery_app import lanes_of_queues, queues_for
 
     settings = command_settings() if gpu is None else load_settings(gpu=gpu)
     try:
@@ -138,7 +138,7 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
 def flower(port: int | None, address: str | None) -> None:
     """Run Flower, the live console of the workers and tasks."""
     from inferq.access import ensure_flower_auth
-    from shared.celery_app import make_celery
+    from shared.runtime.celery_app import make_celery
 
     settings = command_settings()
     credentials, created = ensure_flower_auth(settings)
@@ -179,7 +179,7 @@ def top(api_url: str | None, worker_urls: tuple[str, ...], interval: float, once
 @main.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
-    from shared.db import upgrade_database
+    from shared.db.engine import upgrade_database
 
     settings = command_settings()
     upgrade_database(settings)

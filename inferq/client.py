@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from inferq.edge import command_settings
-from shared.settings import Settings
+from shared.config.settings import Settings
 
 out = Console()
 TERMINAL = {"succeeded", "failed", "canceled"}

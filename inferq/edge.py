@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 
 _KEY = "inferq.settings"
 

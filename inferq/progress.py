@@ -6,8 +6,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shared.db import upgrade_database
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import upgrade_database
 
 console = Console(stderr=True)
 

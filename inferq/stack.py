@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.panel import Panel
 
 from inferq.access import ensure_flower_auth, ensure_local_key
-from shared.db import upgrade_database
-from shared.embedded import EmbeddedRedis, port_open
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import upgrade_database
+from shared.runtime.embedded import EmbeddedRedis, port_open
 
 console = Console(stderr=True)
 

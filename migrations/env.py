@@ -1,15 +1,15 @@
-"""Alembic environment: the URL comes from the Config (set by shared.db) or else from INFERQ_* settings."""
+"""Alembic environment: the URL comes from the Config (set by shared.db.engine) or else from INFERQ_* settings."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-import shared.apikeys  # noqa: F401
-import shared.datasets  # noqa: F401
-import shared.idempotency  # noqa: F401
-import shared.retention  # noqa: F401
-import shared.webhook_models  # noqa: F401
-from shared.models import Base
-from shared.settings import Settings
+import shared.db.webhook_models  # noqa: F401
+import shared.inputs.datasets  # noqa: F401
+import shared.tenancy.apikeys  # noqa: F401
+import shared.tenancy.idempotency  # noqa: F401
+import shared.tenancy.retention  # noqa: F401
+from shared.config.settings import Settings
+from shared.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import apikeys
-from shared.db import session_scope
+from shared.db.engine import session_scope
+from shared.tenancy import apikeys
 
 if TYPE_CHECKING:
     from flask import Flask

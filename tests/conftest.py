@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from shared.embedded import EmbeddedRedis, free_port, port_open
+from shared.runtime.embedded import EmbeddedRedis, free_port, port_open
 
 LOCAL_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = ("127.0.0.1", 6379)

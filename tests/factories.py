@@ -21,13 +21,13 @@ from PIL import Image, ImageDraw
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared import jobs as jobstore
-from shared.db import upgrade_database
-from shared.errors import PROBLEM_BASE
-from shared.models import Job, JobItem, ModelVersion
-from shared.registry import register_version
-from shared.settings import Settings
-from shared.storage import BlobStore
+from shared.config.errors import PROBLEM_BASE
+from shared.config.settings import Settings
+from shared.db.engine import upgrade_database
+from shared.db.models import Job, JobItem, ModelVersion
+from shared.inputs.storage import BlobStore
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import register_version
 
 if TYPE_CHECKING:  # the API modules are imported by the API tests themselves
     from flask import Flask

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from shared.embedded import free_port
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.runtime.embedded import free_port
 
 ACCESS_KEY, SECRET_KEY, REGION = "testing", "testing", "us-east-1"
 

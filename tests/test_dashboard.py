@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared import metrics
+from shared.runtime import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "inferq.json"

@@ -15,8 +15,8 @@ from types import ModuleType
 import pytest
 from pydantic import Field
 
-from shared.errors import InferqError
-from shared.settings import Settings
+from shared.config.errors import InferqError
+from shared.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -78,7 +78,7 @@ def test_the_site_builds_strictly(site: Path) -> None:
 
 
 def test_every_setting_is_in_the_generated_reference(site: Path) -> None:
-    """The configuration page lists every setting of shared/settings.py with its description, from the model."""
+    """The configuration page lists every setting of shared/config/settings.py with its description, from the model."""
     page = html.unescape((site / "operations" / "configuration" / "index.html").read_text())
     for name, field in Settings.model_fields.items():
         assert f"<code>INFERQ_{name.upper()}</code>" in page, name
@@ -137,8 +137,8 @@ def prose_files() -> list[Path]:
 
 
 def test_every_setting_the_docs_name_exists() -> None:
-    """An INFERQ_* variable named in README.md or the docs is a setting of shared/settings.py (none renamed away);
-    INFERQ_TEST_* variables are the test suite's own knobs, not settings."""
+    """An INFERQ_* variable named in README.md or the docs is a setting of shared/config/settings.py (none renamed
+    away); INFERQ_TEST_* variables are the test suite's own knobs, not settings."""
     known = {f"INFERQ_{name.upper()}" for name in Settings.model_fields}
     named = {
         (path.relative_to(ROOT).as_posix(), var) for path in prose_files() for var in _ENV_VAR.findall(path.read_text())
@@ -148,7 +148,7 @@ def test_every_setting_the_docs_name_exists() -> None:
 
 
 def test_hand_written_problem_rows_match_the_code() -> None:
-    """The problem types docs/api.md explains by hand carry the status shared/errors.py answers them with."""
+    """The problem types docs/api.md explains by hand carry the status shared/config/errors.py answers them with."""
     statuses = {cls.type_slug: cls.status for cls in load_hook()._subclasses(InferqError)}
     rows = _PROBLEM_ROW.findall((ROOT / "docs" / "api.md").read_text())
     assert len(rows) > 10

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from shared.datasets import Dataset, ingest
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.inputs.datasets import Dataset, ingest
 from worker.datasets import Digits
 
 

@@ -2,9 +2,9 @@
 
 `realistic_copies` renders training images through random corruptions of `worker.corruptions` with their training
 parameter ranges (wider than the evaluation's) and a seed stream of their own, reads each picture back through the
-same preprocessing as the API's (`shared.imaging.prepare_image` on the decoded bytes), and returns the 28x28 results:
-the model learns exactly what preprocessing makes of real pictures. The evaluation suite never sees these seeds.
-The work is split in fixed chunks (so the result does not depend on how many processes render them) spread over
+same preprocessing as the API's (`shared.inputs.imaging.prepare_image` on the decoded bytes), and returns the 28x28
+results: the model learns exactly what preprocessing makes of real pictures. The evaluation suite never sees these
+seeds. The work is split in fixed chunks (so the result does not depend on how many processes render them) spread over
 the machine's cores in spawned processes, which import no TensorFlow.
 """
 
@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-from shared.imaging import prepare_image
+from shared.inputs.imaging import prepare_image
 from worker.corruptions import CORRUPTIONS, REALWORLD
 
 AUGMENT_STREAM = 7  # seeds [seed, AUGMENT_STREAM, copy, chunk]: never the evaluation suite's

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import metrics
+from shared.runtime import metrics
 
 log = logging.getLogger(__name__)
 

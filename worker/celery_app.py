@@ -8,11 +8,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready
 
-from shared import metrics
-from shared.celery_app import make_celery
-from shared.imaging import configure_pillow
-from shared.redaction import install_log_redaction
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.inputs.imaging import configure_pillow
+from shared.runtime import metrics
+from shared.runtime.celery_app import make_celery
+from shared.tenancy.redaction import install_log_redaction
 from worker import context, gpu
 
 
@@ -22,12 +22,12 @@ def create_worker_app(settings: Settings) -> Celery:
     context.configure(settings)
     configure_pillow(max_pixels=settings.max_image_pixels)
     app = make_celery(settings, name="inferq")
-    import worker.idempotency_tasks  # noqa: F401  (purges expired Idempotency-Keys)
-    import worker.retention_tasks  # noqa: F401  (the retention purge)
-    import worker.scoring_tasks  # noqa: F401  (bulk scoring chunks)
-    import worker.tasks  # noqa: F401  (registers the shared tasks)
-    import worker.training_tasks  # noqa: F401  (train / optimize / benchmark on the training queue)
-    import worker.webhook_tasks  # noqa: F401  (the webhook dispatcher)
+    import worker.tasks.classify  # noqa: F401  (registers the shared tasks)
+    import worker.tasks.idempotency  # noqa: F401  (purges expired Idempotency-Keys)
+    import worker.tasks.retention  # noqa: F401  (the retention purge)
+    import worker.tasks.scoring  # noqa: F401  (bulk scoring chunks)
+    import worker.tasks.training  # noqa: F401  (train / optimize / benchmark on the training queue)
+    import worker.tasks.webhooks  # noqa: F401  (the webhook dispatcher)
 
     app.finalize()
     worker_ready.connect(_warm_up, weak=False)

@@ -18,17 +18,17 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared import metrics
-from shared.db import make_engine, make_sessionmaker, session_scope
-from shared.heap import freeze_startup_heap
-from shared.imaging import confidence_warnings
-from shared.jobs import ItemResult, settle_jobs, write_results
-from shared.models import ModelVersion
-from shared.notify import FinishedPublisher
-from shared.registry import parse_ref, resolve
-from shared.settings import Settings
-from shared.status import JobStatus
-from shared.storage import make_store
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.engine import make_engine, make_sessionmaker, session_scope
+from shared.db.models import ModelVersion
+from shared.inputs.imaging import confidence_warnings
+from shared.inputs.storage import make_store
+from shared.jobs.lifecycle import ItemResult, settle_jobs, write_results
+from shared.registry.versions import parse_ref, resolve
+from shared.runtime import metrics
+from shared.runtime.heap import freeze_startup_heap
+from shared.runtime.notify import FinishedPublisher
 from worker.batcher import MicroBatcher, Request, SinkFn
 from worker.explain import explain_results
 from worker.runtime import LoadedModel, ModelCache, load_model

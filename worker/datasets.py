@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.datasets import Dataset, StoredItem, read_items
-from shared.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, InvalidImage
-from shared.imaging import prepare, prepare_image
-from shared.settings import Settings
+from shared.config.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, InvalidImage
+from shared.config.settings import Settings
+from shared.inputs.datasets import Dataset, StoredItem, read_items
+from shared.inputs.imaging import prepare, prepare_image
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from shared.db import make_engine, make_sessionmaker, session_scope
-from shared.models import ModelVersion
-from shared.registry import register_version
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, session_scope
+from shared.db.models import ModelVersion
+from shared.registry.versions import register_version
 
 if TYPE_CHECKING:
     from worker.training import TrainResult

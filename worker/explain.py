@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.imaging import to_pixels
-from shared.jobs import ItemResult
+from shared.inputs.imaging import to_pixels
+from shared.jobs.lifecycle import ItemResult
 from worker.batcher import Request
 from worker.runtime import LoadedModel
 

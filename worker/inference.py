@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import select
 
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.errors import InferqError, ModelNotFound, ModelNotReady, ValidationFailed
-from shared.imaging import prepare
-from shared.models import Job, ModelVersion
-from shared.registry import parse_ref, resolve
-from shared.status import JobStatus
+from shared.config.errors import InferqError, ModelNotFound, ModelNotReady, ValidationFailed
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, ModelVersion
+from shared.inputs.imaging import prepare
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref, resolve
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)

@@ -17,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.errors import ExportFailed, InvalidModel, ModelNotReady, UnsafeModel
-from shared.model_jobs import ExportCreate
-from shared.models import Job, ModelVersion
-from shared.registry import MNIST_INPUT_SPEC
-from shared.status import JobStatus
+from shared.config.errors import ExportFailed, InvalidModel, ModelNotReady, UnsafeModel
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.model_jobs import ExportCreate
+from shared.registry.versions import MNIST_INPUT_SPEC
 from worker.context import WorkerContext
 from worker.runtime import LoadedModel, load_model
 from worker.versions import artifact_location, benchmark_file, register_and_succeed, source_version
 
-MODEL_INPUT_VALUES = 28 * 28  # what shared.imaging.preprocess produces per image
+MODEL_INPUT_VALUES = 28 * 28  # what shared.inputs.imaging.preprocess produces per image
 UNSAFE_HINTS = ("Lambda", "safe_mode", "unsafe")
 ONNX_OPSET = 17
 ONNX_MAX_ABS_DIFF = 1e-4  # an ONNX export whose outputs differ more from Keras fails the job

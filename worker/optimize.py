@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from shared.model_jobs import OptimizeMethod
+from shared.registry.model_jobs import OptimizeMethod
 from worker.runtime import LoadedModel
 from worker.training import to_model_input
 

@@ -2,7 +2,7 @@
 
 `build_suite` renders each held-out test digit (never a training image) through every named corruption of
 `worker.corruptions`, plus pictures with no digit; `run_suite` sends every picture's bytes through the real
-preprocessing (`shared.imaging.prepare`) and the served model (`worker.runtime`), exactly the classify path, and
+preprocessing (`shared.inputs.imaging.prepare`) and the served model (`worker.runtime`), exactly the classify path, and
 returns one table: accuracy per corruption, overall, and how many no-digit pictures still got a label (should be 0).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.imaging import Prepared, prepare
+from shared.inputs.imaging import Prepared, prepare
 from worker.corruptions import CORRUPTIONS, NON_DIGITS, REALWORLD, render
 from worker.runtime import LoadedModel
 

@@ -34,18 +34,19 @@ from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from sqlalchemy.orm import Session
 
-from shared import leases, metrics
-from shared.celery_app import (
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job
+from shared.jobs import leases
+from shared.runtime import metrics
+from shared.runtime.celery_app import (
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
     SCORE_CHUNK_TASK,
     TRAIN_TASK,
     train_time_limit,
 )
-from shared.db import session_scope
-from shared.models import Job
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
 from worker.context import WorkerContext, get_context
 from worker.scoring import chunk_count, fail_chunk
 

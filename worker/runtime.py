@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shared.errors import ModelNotReady
-from shared.heap import thaw
+from shared.config.errors import ModelNotReady
+from shared.runtime.heap import thaw
 
 log = logging.getLogger(__name__)
 FORMATS = ("keras", "tflite")

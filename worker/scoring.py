@@ -17,16 +17,16 @@ from PIL import Image
 from sqlalchemy import Exists, func, select, update
 from sqlalchemy.orm import Session
 
-from shared import jobs as jobstore
-from shared import metrics
-from shared.datasets import Dataset, StoredItem, iter_index, read_items
-from shared.db import session_scope
-from shared.errors import InferqError, ModelNotFound, ValidationFailed
-from shared.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
-from shared.models import Job, JobItem, ModelVersion, utcnow
-from shared.registry import parse_ref, resolve
-from shared.settings import Settings
-from shared.status import ItemStatus, JobStatus
+from shared.config.errors import InferqError, ModelNotFound, ValidationFailed
+from shared.config.settings import Settings
+from shared.config.status import ItemStatus, JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, JobItem, ModelVersion, utcnow
+from shared.inputs.datasets import Dataset, StoredItem, iter_index, read_items
+from shared.inputs.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref, resolve
+from shared.runtime import metrics
 from worker.context import WorkerContext
 from worker.runtime import LoadedModel
 

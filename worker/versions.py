@@ -1,5 +1,5 @@
 """What the training queue's jobs share when they make a version: where its artifact goes, its benchmark, the
-version it starts from, and registering it together with the job's success (worker.training_tasks and
+version it starts from, and registering it together with the job's success (worker.tasks.training and
 worker.model_io both use these)."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt
 
-from shared import jobs as jobstore
-from shared.models import Job, ModelVersion
-from shared.registry import parse_ref, register_version, resolve
-from shared.status import JobStatus
+from shared.config.status import JobStatus
+from shared.db.models import Job, ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref, register_version, resolve
 from worker.context import WorkerContext
 from worker.optimize import benchmark
 from worker.runtime import load_model

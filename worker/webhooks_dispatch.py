@@ -18,14 +18,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import metrics
-from shared.db import session_scope
-from shared.errors import WebhookUrlRefused
-from shared.models import utcnow
-from shared.settings import Settings
-from shared.ssrf import check_url, parse_allow_cidrs, pinned_address
-from shared.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from shared.webhooks import DeliveryStatus, active_secrets, signed_headers, signing_key
+from shared.config.errors import WebhookUrlRefused
+from shared.config.settings import Settings
+from shared.db.engine import session_scope
+from shared.db.models import utcnow
+from shared.db.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.runtime import metrics
+from shared.webhooks.outbox import DeliveryStatus, active_secrets, signed_headers, signing_key
+from shared.webhooks.ssrf import check_url, parse_allow_cidrs, pinned_address
 
 JITTER = 0.2  # each retry delay is moved by up to ±20% so failed receivers are not hit in waves
 LEASE_MARGIN_S = 60.0  # a claimed row is due again this long after the attempt's timeout (a crashed dispatcher)

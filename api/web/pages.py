@@ -17,8 +17,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from api.auth import WEB_SESSIONS, principal_of_key
 from api.deps import services
 from api.web_sessions import COOKIE, SessionStore, WebSession, csrf_matches
-from shared import apikeys
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.tenancy import apikeys
 
 bp = Blueprint(
     "web",

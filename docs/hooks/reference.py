@@ -1,8 +1,8 @@
 """mkdocs hook: the configuration reference and the problem-type list, generated from the code at build time.
 
 A page writes `<!-- generated: settings -->` or `<!-- generated: problem-types -->` on a line of its own; this hook
-replaces the marker with a Markdown table read from `shared.settings.Settings` (pydantic-settings) or from the
-subclasses of `shared.errors.InferqError`. Nothing is written by hand, so the docs cannot drift from the code: a
+replaces the marker with a Markdown table read from `shared.config.settings.Settings` (pydantic-settings) or from the
+subclasses of `shared.config.errors.InferqError`. Nothing is written by hand, so the docs cannot drift from the code: a
 setting without a description fails the build.
 """
 
@@ -18,8 +18,8 @@ from pydantic.fields import FieldInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, whatever the working directory
 
-from shared.errors import PROBLEM_BASE, InferqError  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.config.errors import PROBLEM_BASE, InferqError  # noqa: E402
+from shared.config.settings import Settings  # noqa: E402
 
 SETTINGS_MARKER = "<!-- generated: settings -->"
 PROBLEMS_MARKER = "<!-- generated: problem-types -->"
@@ -68,7 +68,7 @@ def settings_table() -> str:
     rows = ["| environment variable | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if not field.description:
-            raise ValueError(f"setting {name} has no description in shared/settings.py")
+            raise ValueError(f"setting {name} has no description in shared/config/settings.py")
         description = field.description.replace("|", "\\|")
         env = f"{prefix}{name}".upper()
         line = f"| `{env}` | {type_name(field.annotation)} | {default_text(field.default)} | {bounds_text(field)} |"

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from shared.db import session_scope
+from shared.db.engine import session_scope
 from tests.access import use_key
 from tests.factories import SentTasks, add_model_version, make_settings, migrate, services_of
 

@@ -18,9 +18,9 @@ from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
 from api.auth import is_public
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.status import JobStatus
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope
+from shared.jobs import lifecycle as jobstore
 from tests.access import client_for, make_key
 from tests.dataset_factories import digits, npy_bytes
 from tests.factories import add_model_version, png_bytes, post_files, services_of

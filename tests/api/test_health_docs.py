@@ -11,8 +11,8 @@ import pytest
 from flask import Flask
 from jsonschema import Draft202012Validator
 
-from shared.embedded import EmbeddedRedis, free_port
-from shared.imaging import WARNINGS
+from shared.inputs.imaging import WARNINGS
+from shared.runtime.embedded import EmbeddedRedis, free_port
 from tests.factories import assert_problem
 
 AppFactory = Callable[..., Flask]

@@ -10,11 +10,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.models import Job, JobItem
-from shared.status import JobStatus
-from shared.webhook_models import WebhookDelivery
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, JobItem
+from shared.db.webhook_models import WebhookDelivery
+from shared.jobs import lifecycle as jobstore
 from tests.factories import assert_problem, blob_files, db_session, png_bytes, post_files, services_of
 
 HOOK = "https://hooks.example.com/inferq"

@@ -16,10 +16,10 @@ from PIL import Image
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from shared import jobs as jobstore
-from shared import leases
-from shared.jobs import ItemResult
-from shared.models import Job, JobItem, ModelVersion, utcnow
+from shared.db.models import Job, JobItem, ModelVersion, utcnow
+from shared.jobs import leases
+from shared.jobs import lifecycle as jobstore
+from shared.jobs.lifecycle import ItemResult
 from tests.factories import (
     BrokerDown,
     SentTasks,

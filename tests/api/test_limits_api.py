@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from shared.models import Job
+from shared.db.models import Job
 from tests.access import client_for, keyed_client_class
 from tests.dataset_factories import digits, npy_bytes
 from tests.factories import (

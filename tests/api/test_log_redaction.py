@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import api.jobs
-from shared.redaction import MASK
+from shared.tenancy.redaction import MASK
 from tests.access import auth_headers
 from tests.factories import noise_png
 

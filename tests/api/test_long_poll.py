@@ -8,9 +8,9 @@ import uuid
 
 from flask import Flask
 
-from shared import jobs as jobstore
-from shared.notify import FinishedPublisher, FinishedWaiter
-from shared.status import JobStatus
+from shared.config.status import JobStatus
+from shared.jobs import lifecycle as jobstore
+from shared.runtime.notify import FinishedPublisher, FinishedWaiter
 from tests.api.conftest import AppFactory
 from tests.factories import png_bytes, post_files, services_of
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from flask import Flask
 
-from shared.celery_app import ROUTES, TRAIN_TASK, TRAINING_QUEUE
-from shared.db import session_scope
-from shared.models import Job, ModelVersion
+from shared.db.engine import session_scope
+from shared.db.models import Job, ModelVersion
+from shared.runtime.celery_app import ROUTES, TRAIN_TASK, TRAINING_QUEUE
 from tests.factories import SentTasks, add_model_version, assert_problem, db_session, services_of
 
 

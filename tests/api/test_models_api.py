@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from shared.db import session_scope
+from shared.db.engine import session_scope
 from tests.factories import add_model_version, assert_problem, services_of
 
 AppFactory = Callable[..., Flask]

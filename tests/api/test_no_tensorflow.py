@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import api.app
-    from shared.settings import Settings
+    from shared.config.settings import Settings
     app = api.app.create_app(Settings(_env_file=None, data_dir=Path(sys.argv[1]), redis_url="redis://127.0.0.1:1/0"))
     client = app.test_client()
     assert client.get("/healthz").status_code == 200

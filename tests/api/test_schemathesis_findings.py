@@ -93,7 +93,7 @@ def test_the_document_says_what_the_code_checks(app: Flask) -> None:
 def test_path_names_follow_their_documented_pattern(app: Flask, method: str, path: str, body: Any) -> None:
     """A model or alias name in the path that breaks the documented pattern is refused (the stateful phase found
     POST /v1/models/U/trainings accepted, lowercased, with 202), and no job is created."""
-    from shared.models import Job
+    from shared.db.models import Job
     from tests.factories import db_session
 
     resp = getattr(app.test_client(), method)(path, json=body)

@@ -9,9 +9,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from shared.datasets import Dataset
-from shared.embedded import free_port
-from shared.models import Job, JobItem
+from shared.db.models import Job, JobItem
+from shared.inputs.datasets import Dataset
+from shared.runtime.embedded import free_port
 from tests.api.conftest import AppFactory
 from tests.factories import assert_problem, db_session, png_bytes, post_files
 

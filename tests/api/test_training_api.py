@@ -10,9 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from shared.celery_app import TRAIN_TASK
-from shared.datasets import Dataset
-from shared.models import Job
+from shared.db.models import Job
+from shared.inputs.datasets import Dataset
+from shared.runtime.celery_app import TRAIN_TASK
 from tests.api.conftest import AppFactory
 from tests.dataset_factories import npy_bytes, npz_bytes
 from tests.factories import SentTasks, assert_problem, db_session, services_of

@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api.web_sessions import COOKIE, CSRF_HEADER
-from shared import apikeys
-from shared.db import session_scope
-from shared.models import Job
+from shared.db.engine import session_scope
+from shared.db.models import Job
+from shared.tenancy import apikeys
 from tests.access import make_key
 from tests.api.conftest import AppFactory
 from tests.factories import assert_problem, png_bytes, post_files, services_of

@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from shared.models import Job
-from shared.webhook_models import WebhookDelivery, WebhookSigningKey
+from shared.db.models import Job
+from shared.db.webhook_models import WebhookDelivery, WebhookSigningKey
 from tests.factories import assert_nothing_written, assert_problem, b64, db_session, png_bytes, post_files, services_of
 from worker.webhooks_dispatch import Claim, Outcome, dispatch_due
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.celery_app import (
+from shared.config.settings import Settings
+from shared.runtime.celery_app import (
     BULK_QUEUE,
     INTERACTIVE_QUEUE,
     OPS_QUEUE,
@@ -23,7 +24,6 @@ from shared.celery_app import (
     make_celery,
     queues_for,
 )
-from shared.settings import Settings
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) missing")
 
@@ -115,8 +115,8 @@ def test_scaledobjects_are_valid_against_the_vendored_keda_crd(overlay: str) -> 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_listname_is_a_queue_of_the_code_and_scales_the_worker_consuming_it(overlay: str) -> None:
-    """Each worker Deployment consumes exactly one queue defined in shared.celery_app, and its ScaledObject's redis
-    trigger watches that queue's list; every queue has one."""
+    """Each worker Deployment consumes exactly one queue defined in shared.runtime.celery_app, and its ScaledObject's
+    redis trigger watches that queue's list; every queue has one."""
     objects = render(overlay)
     deployments, scaled = of_kind(objects, "Deployment"), of_kind(objects, "ScaledObject")
     routes: dict[str, dict[str, str]] = celery_config(Settings())["task_routes"]  # type: ignore[assignment]
@@ -174,7 +174,7 @@ def configmap_env() -> dict[str, str]:
 
 
 def test_configmap_names_only_real_settings() -> None:
-    """Every INFERQ_* key of the ConfigMap (and of the secret example) is a field of shared.settings.Settings."""
+    """Every INFERQ_* key of the ConfigMap (and of the secret example) is a field of shared.config.settings.Settings."""
     fields = {f"INFERQ_{name.upper()}" for name in Settings.model_fields}
     example = (K8S / "secret.env.example").read_text()
     keys = [k for k in configmap_env() if k.startswith("INFERQ_")]
@@ -196,7 +196,7 @@ def test_worker_grace_period_covers_the_longest_task() -> None:
     of its lane's tasks (task_time_limit for inference, the training limit for training)."""
     env = configmap_env()
     settings = Settings(**{k.removeprefix("INFERQ_").lower(): v for k, v in env.items() if k.startswith("INFERQ_")})
-    from shared.celery_app import train_time_limit
+    from shared.runtime.celery_app import train_time_limit
 
     pods = pod_specs(render("cpu"))
     assert pods[WORKER_OF_QUEUE[INTERACTIVE_QUEUE]]["terminationGracePeriodSeconds"] > settings.task_time_limit

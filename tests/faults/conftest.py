@@ -25,14 +25,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared import jobs as jobstore
-from shared.celery_app import CLASSIFY_TASK, celery_config, make_celery
-from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
-from shared.embedded import EmbeddedRedis, free_port, wait_port
-from shared.models import utcnow
-from shared.registry import parse_ref, register_version
-from shared.settings import Settings
-from shared.storage import LocalBlobStore
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database
+from shared.db.models import utcnow
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import parse_ref, register_version
+from shared.runtime.celery_app import CLASSIFY_TASK, celery_config, make_celery
+from shared.runtime.embedded import EmbeddedRedis, free_port, wait_port
 from tests.faults.checker import Checker
 from tests.faults.tiny_model import write as write_tiny_model
 from tests.integration.conftest import REPO, wait_until

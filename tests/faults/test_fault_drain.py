@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from shared.celery_app import SCORE_CHUNK_TASK
+from shared.runtime.celery_app import SCORE_CHUNK_TASK
 from tests.access import use_key
 from tests.faults.conftest import FaultStack
 from tests.faults.test_fault_score import upload

@@ -1,4 +1,4 @@
-"""Atheris fuzz target for the image decode-and-preprocess path (shared.imaging.preprocess).
+"""Atheris fuzz target for the image decode-and-preprocess path (shared.inputs.imaging.preprocess).
 
     python tests/fuzz/fuzz_imaging.py [libFuzzer flags] [CORPUS_DIR]
 
@@ -40,8 +40,8 @@ with atheris.instrument_imports(include=INSTRUMENT):
         WebPImagePlugin,
     )
 
-    from shared.errors import InferqError
-    from shared.imaging import preprocess
+    from shared.config.errors import InferqError
+    from shared.inputs.imaging import preprocess
 
 MAX_PIXELS = 4_000_000  # a tenth of INFERQ_MAX_IMAGE_PIXELS' default: each run stays fast, the checks the same
 

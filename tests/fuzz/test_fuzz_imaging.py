@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.errors import InvalidImage
+from shared.config.errors import InvalidImage
 from tests.fuzz import fuzz_imaging
 
 REPO = Path(__file__).resolve().parents[2]

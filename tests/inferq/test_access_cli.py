@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from inferq import client as cli_client
 from inferq.access import ensure_local_key
 from inferq.cli import main
-from shared import apikeys
-from shared.db import make_engine, make_sessionmaker, upgrade_database
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
+from shared.tenancy import apikeys
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 import inferq.edge
 from inferq.cli import main
-from shared.settings import Settings
+from shared.config.settings import Settings
 
 
 def test_a_client_command_builds_settings_once(monkeypatch: pytest.MonkeyPatch) -> None:

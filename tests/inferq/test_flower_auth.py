@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from inferq.access import ensure_flower_auth
-from shared.embedded import free_port
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.runtime.embedded import free_port
 from tests.integration.conftest import REPO, env_for, wait_until
 
 

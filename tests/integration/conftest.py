@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
-from shared.registry import register_version
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database
+from shared.registry.versions import register_version
 from tests.access import use_key
 from tests.built import built_once
 

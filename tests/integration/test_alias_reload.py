@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 from tests.factories import png_bytes, post_files
 from tests.integration.conftest import register_artifact_copy, wait_until
 

@@ -12,9 +12,9 @@ import psutil
 import pytest
 import requests
 
-from shared.db import upgrade_database
-from shared.embedded import free_port
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import upgrade_database
+from shared.runtime.embedded import free_port
 from tests.integration.conftest import REPO, register_artifact_copy, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

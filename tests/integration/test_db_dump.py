@@ -17,10 +17,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from inferq.access import ensure_local_key
-from shared import jobs as jobstore
-from shared.db import session_scope, upgrade_database
-from shared.settings import Settings
-from shared.status import JobStatus
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope, upgrade_database
+from shared.jobs import lifecycle as jobstore
 from tests.access import use_key
 from tests.factories import SentTasks, add_model_version, make_settings, noise_png, services_of
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from shared.celery_app import INFERENCE_QUEUE
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.runtime.celery_app import INFERENCE_QUEUE
 from tests.integration.conftest import wait_until
 from tests.integration.test_metrics_e2e import finished, submit_score
 from tests.integration.test_pipeline import png_of, submit

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from inferq.top import parse, total
-from shared.embedded import free_port
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.runtime.embedded import free_port
 from tests.integration.conftest import WorkerProcess, wait_until
 from tests.integration.test_pipeline import png_of, submit
 

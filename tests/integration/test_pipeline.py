@@ -15,9 +15,9 @@ import requests
 import sqlalchemy as sa
 
 from inferq.samples import as_user_photo, mnist_sample
-from shared.celery_app import CLASSIFY_TASK, make_celery
-from shared.embedded import free_port
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.runtime.celery_app import CLASSIFY_TASK, make_celery
+from shared.runtime.embedded import free_port
 from tests.integration.conftest import env_for, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -16,7 +16,7 @@ import requests
 from werkzeug.serving import make_server
 
 from api.app import create_app
-from shared.db import session_scope, upgrade_database
+from shared.db.engine import session_scope, upgrade_database
 from tests.access import make_key
 from tests.factories import add_model_version, make_settings, services_of
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 from tests.access import use_key
 from tests.integration.conftest import REPO, env_for, wait_until
 from tests.s3_server import MotoS3

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from inferq.samples import as_user_photo
-from shared.settings import Settings
+from shared.config.settings import Settings
 from tests.factories import post_files
 from tests.integration.conftest import wait_until
 from tests.training_factories import class_folder_zip, mnist_arrays

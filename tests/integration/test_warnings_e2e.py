@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 from tests.integration.test_pipeline import db_rows, png_of, submit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

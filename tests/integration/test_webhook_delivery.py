@@ -16,13 +16,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook
 
-from shared import jobs as jobstore
-from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
-from shared.models import JobItem, utcnow
-from shared.settings import Settings
-from shared.storage import LocalBlobStore
-from shared.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from shared.webhooks import create_endpoint, rotate_endpoint_secret, signing_key
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database
+from shared.db.models import JobItem, utcnow
+from shared.db.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import lifecycle as jobstore
+from shared.webhooks.outbox import create_endpoint, rotate_endpoint_secret, signing_key
 from tests.factories import make_job, make_settings
 from tests.webhook_receiver import HANG, running_receiver
 from worker.webhooks_dispatch import dispatch_due

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_sessionmaker
-from shared.settings import Settings
-from shared.storage import LocalBlobStore
+from shared.config.settings import Settings
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.inputs.storage import LocalBlobStore
 from tests.factories import make_settings, migrate
 
 

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import apikeys
-from shared.apikeys import ApiKey
-from shared.errors import ApiKeyNotFound, ValidationFailed
-from shared.models import utcnow
+from shared.config.errors import ApiKeyNotFound, ValidationFailed
+from shared.db.models import utcnow
+from shared.tenancy import apikeys
+from shared.tenancy.apikeys import ApiKey
 
 
 def test_a_key_is_a_visible_prefix_and_a_256_bit_secret(session: Session) -> None:

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.datasets import Dataset, dataset_prefix, ingest, iter_index, read_items
-from shared.errors import DatasetTooLarge, InferqError, InvalidDataset, UnsafeArchive, UnsupportedDatasetFormat
-from shared.settings import Settings
+from shared.config.errors import DatasetTooLarge, InferqError, InvalidDataset, UnsafeArchive, UnsupportedDatasetFormat
+from shared.config.settings import Settings
+from shared.inputs.datasets import Dataset, dataset_prefix, ingest, iter_index, read_items
 from tests.dataset_factories import (
     class_folder_entries,
     digits,

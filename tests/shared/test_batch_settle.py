@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs as jobstore
-from shared import webhooks as hooks
-from shared.db import make_engine, make_sessionmaker, upgrade_database
-from shared.jobs import ItemResult
-from shared.models import Job, JobItem, utcnow
-from shared.status import JobStatus
-from shared.storage import LocalBlobStore
-from shared.webhook_models import WebhookDelivery
+from shared.config.status import JobStatus
+from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
+from shared.db.models import Job, JobItem, utcnow
+from shared.db.webhook_models import WebhookDelivery
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import lifecycle as jobstore
+from shared.jobs.lifecycle import ItemResult
+from shared.webhooks import outbox as hooks
 from tests.factories import make_job, make_settings
 
 

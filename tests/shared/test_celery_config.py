@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from kombu import Queue
 
-from shared.celery_app import (
+from shared.runtime.celery_app import (
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
     INTERACTIVE_QUEUE,

@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import datasets as datastore
-from shared.datasets import Dataset, dataset_prefix, delete_dataset, ingest, iter_index, read_items, remove_files
-from shared.db import make_engine, make_sessionmaker, upgrade_database
-from shared.errors import DatasetInUse, DatasetNotFound, UnsafeArchive
-from shared.models import Job
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
-from shared.storage import BlobStore, make_store
+from shared.config.errors import DatasetInUse, DatasetNotFound, UnsafeArchive
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
+from shared.db.models import Job
+from shared.inputs import datasets as datastore
+from shared.inputs.datasets import Dataset, dataset_prefix, delete_dataset, ingest, iter_index, read_items, remove_files
+from shared.inputs.storage import BlobStore, make_store
 from tests.dataset_factories import class_folder_entries, digits, jsonl_bytes, npy_bytes, npz_bytes, zip_bytes
 from tests.factories import png_bytes
 from tests.s3_server import MotoS3
@@ -275,7 +275,7 @@ def test_delete_waits_for_a_score_job_being_created(tmp_path: Path, pg_url: str)
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
-    from shared.datasets import get_dataset
+    from shared.inputs.datasets import get_dataset
     from tests.factories import make_settings
 
     settings = make_settings(tmp_path, database_url=pg_url)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.embedded import EmbeddedRedis, free_port, port_open, redis_server_binary, wait_port
+from shared.runtime.embedded import EmbeddedRedis, free_port, port_open, redis_server_binary, wait_port
 
 
 def test_binary_is_found() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.heap import freeze_startup_heap, thaw
+from shared.runtime.heap import freeze_startup_heap, thaw
 from worker.runtime import ModelCache
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from shared.errors import ImageTooLarge, InvalidImage
-from shared.imaging import DEFAULT_MAX_PIXELS, check_image, configure_pillow, preprocess
+from shared.config.errors import ImageTooLarge, InvalidImage
+from shared.inputs.imaging import DEFAULT_MAX_PIXELS, check_image, configure_pillow, preprocess
 from tests.factories import png_header_only
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,8 +68,8 @@ def test_images_in_pillows_warning_band_are_refused_even_with_a_higher_limit() -
 _FRESH_PROCESS = r"""
 import json, re, sys, warnings
 from PIL import Image
-import shared.imaging
-from shared.errors import ImageTooLarge
+import shared.inputs.imaging
+from shared.config.errors import ImageTooLarge
 from tests.factories import png_header_only
 def peak_kib_since_reset():  # Linux: VmHWM, the peak RSS since the last "5" written to clear_refs
     return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
@@ -85,7 +85,7 @@ except Image.DecompressionBombWarning:
 before = reset_peak()
 for side in (7000, 10_000, 50_000):
     try:
-        shared.imaging.preprocess(png_header_only(side, side), max_pixels=10**12)
+        shared.inputs.imaging.preprocess(png_header_only(side, side), max_pixels=10**12)
         out[str(side)] = "accepted"
     except ImageTooLarge:
         out[str(side)] = "ImageTooLarge"
@@ -98,7 +98,7 @@ idat = b"".join(z.compress(b"\x00" + b"\xff" * 4000) for _ in range(4000)) + z.f
 png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4000, 4000, 8, 0, 0, 0, 0))
        + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 before = reset_peak()
-shared.imaging.check_image(png, max_pixels=10**12)
+shared.inputs.imaging.check_image(png, max_pixels=10**12)
 out["control_rss_kib"] = peak_kib_since_reset() - before
 print(json.dumps(out))
 """

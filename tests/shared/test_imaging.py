@@ -1,4 +1,4 @@
-"""shared.imaging: uploads are decoded safely and normalized the way MNIST itself was made."""
+"""shared.inputs.imaging: uploads are decoded safely and normalized the way MNIST itself was made."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import shared.imaging
-from shared.errors import ImageTooLarge, InferqError, InvalidImage, UnsupportedImageFormat
-from shared.imaging import ALLOWED_FORMATS, ImageInfo, check_image, open_image, preprocess, to_mnist
+import shared.inputs.imaging
+from shared.config.errors import ImageTooLarge, InferqError, InvalidImage, UnsupportedImageFormat
+from shared.inputs.imaging import ALLOWED_FORMATS, ImageInfo, check_image, open_image, preprocess, to_mnist
 
 LIMIT = 4_000_000
 DECODERS: list[Callable[..., object]] = [check_image, open_image, preprocess]
@@ -90,7 +90,7 @@ def mnist_digits() -> list[np.ndarray]:
 
 def test_module_imports_only_pillow_numpy_scipy_and_stdlib() -> None:
     """The API imports this module, so it never pulls in TensorFlow or anything heavy (scipy.ndimage only)."""
-    tree = ast.parse(Path(shared.imaging.__file__).read_text())
+    tree = ast.parse(Path(shared.inputs.imaging.__file__).read_text())
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     allowed = {"__future__", "io", "struct", "warnings", "collections", "contextlib", "dataclasses"}

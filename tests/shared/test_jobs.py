@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import jobs as jobstore
-from shared import leases
-from shared.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from shared.jobs import ItemResult, Upload
-from shared.models import Job, JobItem, utcnow
-from shared.status import ItemStatus, JobStatus
-from shared.storage import LocalBlobStore
+from shared.config.errors import JobNotCancelable, JobNotFound, ValidationFailed
+from shared.config.status import ItemStatus, JobStatus
+from shared.db.models import Job, JobItem, utcnow
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import leases
+from shared.jobs import lifecycle as jobstore
+from shared.jobs.lifecycle import ItemResult, Upload
 from tests.factories import b64, make_job, png_bytes
 
 

@@ -1,4 +1,4 @@
-"""shared.metrics: the queue/jobs collector on real Redis and SQLite, multiprocess sums, and job timings."""
+"""shared.runtime.metrics: the queue/jobs collector on real Redis and SQLite, multiprocess sums, and job timings."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.top import parse, total
-from shared import metrics
-from shared.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
-from shared.storage import LocalBlobStore
+from shared.inputs.storage import LocalBlobStore
+from shared.runtime import metrics
+from shared.runtime.celery_app import INFERENCE_QUEUE, TRAINING_QUEUE
 from tests.factories import make_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,10 +48,10 @@ def test_job_counts_by_status(engine: Engine, sessions: sessionmaker[Session], s
 def test_multiprocess_scrape_adds_every_process_up(tmp_path: Path) -> None:
     """With PROMETHEUS_MULTIPROC_DIR, two processes' counters are summed by a third process's scrape."""
     env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
-    bump = "from shared import metrics; metrics.JOBS_SUBMITTED.labels('classify').inc()"
+    bump = "from shared.runtime import metrics; metrics.JOBS_SUBMITTED.labels('classify').inc()"
     for _ in range(2):
         subprocess.run([sys.executable, "-c", bump], env=env, cwd=REPO, check=True, timeout=60)
-    read = "from shared import metrics; import sys; sys.stdout.write(metrics.scrape().decode())"
+    read = "from shared.runtime import metrics; import sys; sys.stdout.write(metrics.scrape().decode())"
     out = subprocess.run([sys.executable, "-c", read], env=env, cwd=REPO, check=True, timeout=60, capture_output=True)
     assert total(parse(out.stdout.decode()), "inferq_jobs_submitted_total", kind="classify") == 2
 

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from shared.db import alembic_config, make_engine, make_sessionmaker, upgrade_database
-from shared.registry import parse_ref, resolve
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import alembic_config, make_engine, make_sessionmaker, upgrade_database
+from shared.registry.versions import parse_ref, resolve
 from tests.factories import make_settings
 
 VERSION = (

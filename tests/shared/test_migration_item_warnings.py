@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from shared.db import alembic_config, upgrade_database
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import alembic_config, upgrade_database
 from tests.factories import make_settings
 
 NOW = "2026-01-01 00:00:00"

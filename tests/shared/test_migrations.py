@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from shared.db import MIGRATIONS_DIR, alembic_config, upgrade_database
-from shared.models import Base
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import MIGRATIONS_DIR, alembic_config, upgrade_database
+from shared.db.models import Base
 
 
 def _diffs(url: str) -> list[object]:

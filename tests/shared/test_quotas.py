@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_sessionmaker, upgrade_database
-from shared.errors import PayloadTooLarge, QueueFull
-from shared.models import Job
-from shared.quotas import check_queue, guard_queue, queue_usage
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
-from shared.storage import LocalBlobStore
+from shared.config.errors import PayloadTooLarge, QueueFull
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
+from shared.db.models import Job
+from shared.inputs.storage import LocalBlobStore
+from shared.tenancy.quotas import check_queue, guard_queue, queue_usage
 from tests.factories import make_job, make_settings
 
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from shared.redaction import MASK, install_log_redaction, redact
+from shared.tenancy.redaction import MASK, install_log_redaction, redact
 
 KEY = "iq_0123456789ab_" + "Zx9-_" * 8 + "abc"
 # Fixed, not random: xdist workers must collect the same test ids.

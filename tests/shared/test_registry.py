@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.errors import ModelNotFound, ValidationFailed
-from shared.registry import ModelRef, list_versions, parse_ref, resolve, set_alias
+from shared.config.errors import ModelNotFound, ValidationFailed
+from shared.registry.versions import ModelRef, list_versions, parse_ref, resolve, set_alias
 from tests.factories import add_model_version
 
 
@@ -130,8 +130,8 @@ def test_register_with_existing_alias_moves_it(session: Session) -> None:
 def test_known_refs_remember_successes_for_their_ttl(session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
     """A reference that resolved is not queried again within the TTL; a missing one is never remembered, so a model
     registered right after a 404 is usable at once; past the TTL the registry is asked again."""
-    from shared import registry
-    from shared.registry import KnownRefs
+    from shared.registry import versions as registry
+    from shared.registry.versions import KnownRefs
 
     calls: list[str] = []
     real = registry.resolve

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.errors import ModelNotFound, ValidationFailed
-from shared.registry import (
+from shared.config.errors import ModelNotFound, ValidationFailed
+from shared.registry.versions import (
     aliases_of,
     check_name_usable,
     get_version,

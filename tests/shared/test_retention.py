@@ -9,13 +9,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.celery_app import OPS_QUEUE, RETENTION_TASK, celery_config
-from shared.datasets import Dataset, dataset_prefix
-from shared.models import Job, utcnow
-from shared.retention import purge_expired, retention_overrides, set_retention
-from shared.settings import Settings
-from shared.status import JobStatus
-from shared.storage import LocalBlobStore
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.models import Job, utcnow
+from shared.inputs.datasets import Dataset, dataset_prefix
+from shared.inputs.storage import LocalBlobStore
+from shared.runtime.celery_app import OPS_QUEUE, RETENTION_TASK, celery_config
+from shared.tenancy.retention import purge_expired, retention_overrides, set_retention
 from tests.factories import make_job, make_settings
 
 DONE = JobStatus.SUCCEEDED.value
@@ -131,7 +131,7 @@ def test_one_run_deletes_at_most_the_batch(
 
 def test_beat_runs_the_purge_on_the_inference_queue(settings: Settings) -> None:
     """The beat schedule runs inferq.retention.purge every INFERQ_RETENTION_INTERVAL_S; a worker task has it."""
-    from worker.retention_tasks import purge_old_data
+    from worker.tasks.retention import purge_old_data
 
     config = celery_config(make_settings(settings.data_dir, retention_interval_s=120))
     assert config["beat_schedule"]["retention"] == {"task": RETENTION_TASK, "schedule": 120}  # type: ignore[index]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import WebhookUrlRefused
-from shared.ssrf import check_url, parse_allow_cidrs, pinned_address
+from shared.config.errors import WebhookUrlRefused
+from shared.webhooks.ssrf import check_url, parse_allow_cidrs, pinned_address
 from tests.factories import make_settings
 from tests.webhook_receiver import running_receiver
 from worker import webhooks_dispatch
@@ -110,7 +110,9 @@ def test_dns_rebinding_is_refused_at_send(
         url = f"http://rebind.example.test:{canary.port}/hook"
         check_url(url)  # a name: accepted at submit time
         answers = iter([["93.184.216.34"], ["127.0.0.1"]])
-        monkeypatch.setattr("shared.ssrf.resolve", lambda host, port: [ipaddress.ip_address(a) for a in next(answers)])
+        monkeypatch.setattr(
+            "shared.webhooks.ssrf.resolve", lambda host, port: [ipaddress.ip_address(a) for a in next(answers)]
+        )
         first = pinned_address(check_url(url))
         assert str(first) == "93.184.216.34"
         outcome = send_one(_claim(url), settings)
@@ -122,7 +124,7 @@ def test_dns_rebinding_is_refused_at_send(
 def test_a_name_with_one_internal_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """If any resolved address is internal the name is refused (no picking the good one)."""
     monkeypatch.setattr(
-        "shared.ssrf.resolve",
+        "shared.webhooks.ssrf.resolve",
         lambda host, port: [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.1.2.3")],
     )
     with pytest.raises(WebhookUrlRefused):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.status import TERMINAL, JobStatus
+from shared.config.status import TERMINAL, JobStatus
 
 Q, R, S = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
 F, C = JobStatus.FAILED, JobStatus.CANCELED

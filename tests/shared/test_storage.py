@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings
-from shared.storage import UPLOAD_PART_BYTES, BlobStore, FsspecBlobStore, LocalBlobStore, make_store
+from shared.config.settings import Settings
+from shared.inputs.storage import UPLOAD_PART_BYTES, BlobStore, FsspecBlobStore, LocalBlobStore, make_store
 from tests.factories import make_settings
 from tests.s3_server import MotoS3
 

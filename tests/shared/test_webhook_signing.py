@@ -10,8 +10,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from shared.celery_app import OPS_QUEUE, ROUTES, WEBHOOK_DISPATCH_TASK, celery_config
-from shared.webhooks import new_secret, signature_header, signed_headers
+from shared.runtime.celery_app import OPS_QUEUE, ROUTES, WEBHOOK_DISPATCH_TASK, celery_config
+from shared.webhooks.outbox import new_secret, signature_header, signed_headers
 from tests.factories import make_settings
 from worker.webhooks_dispatch import retry_delay
 

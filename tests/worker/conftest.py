@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.settings import Settings
+from shared.config.settings import Settings
 from tests.factories import migrate
 from worker.context import WorkerContext
 

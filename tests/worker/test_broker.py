@@ -11,7 +11,7 @@ import pytest
 from kombu import Connection, Consumer, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from shared.embedded import EmbeddedRedis, free_port
+from shared.runtime.embedded import EmbeddedRedis, free_port
 from worker import broker
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.db import session_scope
-from shared.models import ModelVersion
-from shared.registry import register_version
+from shared.db.engine import session_scope
+from shared.db.models import ModelVersion
+from shared.registry.versions import register_version
 from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.models import ModelVersion
+from shared.db.engine import session_scope
+from shared.db.models import ModelVersion
+from shared.jobs import lifecycle as jobstore
 from tests.worker.test_inference import FakeModel, ctx, load, model, png  # noqa: F401  (fixtures)
 from worker.context import WorkerContext
 from worker.explain import occlusion, saliency

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inferq.top import parse, total
-from shared import metrics
+from shared.runtime import metrics
 from worker import gpu
 from worker.gpu import ENV_VAR, configure_tensorflow, device_label, device_summary, pin_gpu
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
-from shared import jobs as jobstore
-from shared.db import session_scope
-from shared.models import Job, JobItem, ModelVersion
-from shared.registry import register_version
+from shared.db.engine import session_scope
+from shared.db.models import Job, JobItem, ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import register_version
 from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext, top_k
 from worker.inference import run_classify

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared.db import session_scope
-from shared.model_jobs import Operation, create_model_job
-from shared.models import Job, ModelVersion
+from shared.db.engine import session_scope
+from shared.db.models import Job, ModelVersion
+from shared.registry.model_jobs import Operation, create_model_job
 from tests.worker.conftest import ContextFactory
 from worker.context import WorkerContext
-from worker.training_tasks import run_model_job
+from worker.tasks.training import run_model_job
 
 pytestmark = pytest.mark.slow
 LABELS = [str(i) for i in range(10)]

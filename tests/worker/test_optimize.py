@@ -10,21 +10,21 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared import jobs as jobstore
-from shared.db import session_scope, upgrade_database
-from shared.model_jobs import Operation, create_model_job
-from shared.models import Job, JobItem, ModelVersion
-from shared.registry import register_version
-from shared.settings import Settings
+from shared.config.settings import Settings
+from shared.db.engine import session_scope, upgrade_database
+from shared.db.models import Job, JobItem, ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.model_jobs import Operation, create_model_job
+from shared.registry.versions import register_version
 from tests.factories import png_bytes
-from worker import training_tasks
 from worker.context import WorkerContext
 from worker.datasets import Digits, load_mnist
 from worker.inference import run_classify
 from worker.optimize import benchmark, convert, evaluate
 from worker.runtime import load_model
+from worker.tasks import training as training_tasks
+from worker.tasks.training import run_model_job
 from worker.training import save_keras, to_model_input, train_cnn
-from worker.training_tasks import run_model_job
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.imaging import NO_DIGIT, NO_INK, prepare
-from shared.model_jobs import REALWORLD_CORRUPTIONS
+from shared.inputs.imaging import NO_DIGIT, NO_INK, prepare
+from shared.registry.model_jobs import REALWORLD_CORRUPTIONS
 from worker.corruptions import CORRUPTIONS, NON_DIGITS, render
 from worker.datasets import load_mnist
 

@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from shared import jobs as jobstore
-from shared import leases
-from shared.celery_app import (
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, JobItem, utcnow
+from shared.inputs.datasets import ingest
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import leases
+from shared.jobs import lifecycle as jobstore
+from shared.registry.model_jobs import Operation, create_model_job
+from shared.registry.versions import register_version
+from shared.runtime.celery_app import (
     BULK_QUEUE,
     CLASSIFY_TASK,
     INFERENCE_QUEUE,
@@ -26,14 +34,6 @@ from shared.celery_app import (
     make_celery,
     train_time_limit,
 )
-from shared.datasets import ingest
-from shared.db import session_scope
-from shared.model_jobs import Operation, create_model_job
-from shared.models import Job, JobItem, utcnow
-from shared.registry import register_version
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
-from shared.storage import LocalBlobStore
 from tests.dataset_factories import digits, npz_bytes
 from tests.factories import make_job
 from tests.worker.conftest import ContextFactory

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from inferq.cli import main
-from shared import jobs as jobstore
-from shared import leases
-from shared.db import session_scope
-from shared.models import Job, utcnow
-from shared.settings import Settings
-from shared.status import JobStatus
-from shared.storage import LocalBlobStore
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope
+from shared.db.models import Job, utcnow
+from shared.inputs.storage import LocalBlobStore
+from shared.jobs import leases
+from shared.jobs import lifecycle as jobstore
 from tests.factories import make_job
 from tests.worker.conftest import ContextFactory
 from worker import context as worker_context

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.errors import ModelNotReady
+from shared.config.errors import ModelNotReady
 from worker.runtime import LoadedModel, ModelCache, as_batch, load_model
 
 

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from shared import jobs as jobstore
-from shared.datasets import Dataset, ingest
-from shared.db import session_scope, upgrade_database
-from shared.models import Job, JobItem, ModelVersion
-from shared.registry import register_version
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import session_scope, upgrade_database
+from shared.db.models import Job, JobItem, ModelVersion
+from shared.inputs.datasets import Dataset, ingest
+from shared.jobs import lifecycle as jobstore
+from shared.registry.versions import register_version
 from tests.dataset_factories import digits, jsonl_bytes, npz_bytes
 from tests.factories import encode, png_bytes
 from worker.context import WorkerContext

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from shared.datasets import StoredItem, ingest
-from shared.db import make_engine, make_sessionmaker, session_scope, upgrade_database
-from shared.models import Job, JobItem, utcnow
-from shared.registry import register_version
-from shared.settings import Settings
-from shared.status import JobKind, JobStatus
+from shared.config.settings import Settings
+from shared.config.status import JobKind, JobStatus
+from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database
+from shared.db.models import Job, JobItem, utcnow
+from shared.inputs.datasets import StoredItem, ingest
+from shared.registry.versions import register_version
 from tests.dataset_factories import digits, npy_bytes
 from worker.context import WorkerContext
 from worker.scoring import ROW_COLUMNS, _row, copy_payload, insert_rows, run_chunk

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.errors import DatasetNotTrainable, DatasetTooLarge
+from shared.config.errors import DatasetNotTrainable, DatasetTooLarge
 from tests.factories import encode
 from tests.training_factories import class_folder_zip, ingest_bytes, npz_with_y, real_digits
 from tests.worker.conftest import ContextFactory

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared import jobs as jobstore
-from shared.db import session_scope, upgrade_database
-from shared.model_jobs import Operation, create_model_job, update_result
-from shared.models import Job, ModelVersion
-from shared.settings import Settings
-from shared.status import JobStatus
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.engine import session_scope, upgrade_database
+from shared.db.models import Job, ModelVersion
+from shared.jobs import lifecycle as jobstore
+from shared.registry.model_jobs import Operation, create_model_job, update_result
 from tests.training_factories import class_folder_zip, ingest_bytes
-from worker import training_tasks
 from worker import versions as version_jobs
 from worker.context import WorkerContext
 from worker.datasets import Digits, load_mnist
-from worker.training_tasks import CancelCheck, run_model_job
+from worker.tasks import training as training_tasks
+from worker.tasks.training import CancelCheck, run_model_job
 
 pytestmark = pytest.mark.slow
 

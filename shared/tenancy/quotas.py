@@ -1,0 +1,118 @@
+"""Per-tenant queue caps, counted from the database and checked in the transaction that queues a job.
+
+A job counts while it is queued or running; its unfinished items (total - completed - failed) count against the item
+cap. The check runs just before the commit of any session from a guarded factory that added a queued job, so every
+route that creates jobs is covered by one mechanism, and the refused job is rolled back with everything else the
+transaction wrote. Far below the caps the check takes no lock, so one tenant's submissions don't serialize on each
+other's commits; within INFERQ_QUEUE_CAP_EXACT_MARGIN jobs of a cap, on PostgreSQL, a per-tenant advisory lock
+serializes the check and the commit, so two concurrent submissions cannot both take the last place. (The lock-free
+path can overshoot a cap only if more than that margin of one tenant's submissions are in flight at once.)
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config.errors import PayloadTooLarge, QueueFull
+from shared.config.settings import Settings
+from shared.config.status import JobStatus
+from shared.db.models import Job
+
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_PENDING_KEY = "inferq_queued_tenants"  # session.info: tenant -> items of the jobs this transaction queued
+
+
+@dataclass(frozen=True)
+class QueueUsage:
+    """What a tenant has in the queue: jobs queued or running, and their unfinished items."""
+
+    jobs: int
+    items: int
+
+
+def queue_usage(session: Session, *, tenant_id: str) -> QueueUsage:
+    """The tenant's queued or running jobs and their unfinished items, as this transaction sees them."""
+    remaining = Job.total_items - Job.completed_items - Job.failed_items
+    row = session.execute(
+        select(func.count(), func.coalesce(func.sum(remaining), 0)).where(
+            Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)
+        )
+    ).one()
+    return QueueUsage(jobs=int(row[0]), items=int(row[1]))
+
+
+def check_queue(session: Session, *, tenant_id: str, new_items: int, settings: Settings) -> None:
+    """Refuse (429 queue-full) when the tenant's queue, including this transaction's new jobs, is past a cap."""
+    if new_items > settings.max_queued_items_per_tenant:
+        raise PayloadTooLarge(
+            f"this job has {new_items:,} items; a tenant may have at most {settings.max_queued_items_per_tenant:,} "
+            "unfinished items queued (INFERQ_MAX_QUEUED_ITEMS_PER_TENANT): split it into smaller jobs"
+        )
+    usage = queue_usage(session, tenant_id=tenant_id)
+    if _far_below_caps(usage, new_items, settings):
+        return  # no lock: a tenant's submissions must not queue up behind each other's commits
+    _lock_tenant(session, tenant_id)
+    usage = queue_usage(session, tenant_id=tenant_id)  # again, now that concurrent submissions wait for us
+    if usage.jobs > settings.max_queued_jobs_per_tenant:
+        setting, limit, what = "INFERQ_MAX_QUEUED_JOBS_PER_TENANT", settings.max_queued_jobs_per_tenant, "jobs"
+        have = usage.jobs
+    elif usage.items > settings.max_queued_items_per_tenant:
+        setting, limit, what = "INFERQ_MAX_QUEUED_ITEMS_PER_TENANT", settings.max_queued_items_per_tenant, "items"
+        have = usage.items
+    else:
+        return
+    raise QueueFull(
+        f"the queue is full: with this job the tenant would have {have:,} unfinished {what} queued or running, "
+        f"past the limit of {limit:,} ({setting}). Retry when some jobs have finished, or cancel jobs you no "
+        "longer need.",
+        retry_after_s=settings.queue_full_retry_after_s,
+        limit=limit,
+        limit_setting=setting,
+    )
+
+
+def _far_below_caps(usage: QueueUsage, new_items: int, settings: Settings) -> bool:
+    """True when even INFERQ_QUEUE_CAP_EXACT_MARGIN concurrent submissions of a classify job's size cannot reach a
+    cap; within that margin of a cap (or for a job bigger than a classify job) the check locks and is exact."""
+    margin = settings.queue_cap_exact_margin
+    if margin == 0 or new_items > settings.max_images_per_job:
+        return False
+    return (
+        usage.jobs + margin <= settings.max_queued_jobs_per_tenant
+        and usage.items + margin * settings.max_images_per_job <= settings.max_queued_items_per_tenant
+    )
+
+
+def _lock_tenant(session: Session, tenant_id: str) -> None:
+    """On PostgreSQL, hold a per-tenant advisory lock until this transaction ends (SQLite serializes writers)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"inferq-queue:{tenant_id}".encode())
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def guard_queue(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Check the queue caps before every commit, from sessions of `sessions`, that queues a job."""
+
+    @event.listens_for(sessions, "before_flush")
+    def _note_new_jobs(session: Session, _ctx: Any, _instances: Any) -> None:
+        pending: dict[str, int] = session.info.setdefault(_PENDING_KEY, {})
+        for obj in session.new:
+            if isinstance(obj, Job) and (obj.status or JobStatus.QUEUED.value) in ACTIVE:
+                tenant = obj.tenant_id or "default"
+                pending[tenant] = pending.get(tenant, 0) + int(obj.total_items or 0)
+
+    @event.listens_for(sessions, "before_commit")
+    def _check(session: Session) -> None:
+        session.flush()  # new jobs not flushed yet are noted by the hook above
+        pending: dict[str, int] = session.info.pop(_PENDING_KEY, {})
+        for tenant, items in sorted(pending.items()):
+            check_queue(session, tenant_id=tenant, new_items=items, settings=settings)
+
+    @event.listens_for(sessions, "after_rollback")
+    def _forget(session: Session) -> None:
+        session.info.pop(_PENDING_KEY, None)
