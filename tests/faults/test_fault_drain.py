@@ -21,6 +21,8 @@ from tests.integration.conftest import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
+# read by tests/faults/worker_main.py (not imported from there: importing it patches the importing process)
+CHUNK_DELAY_ENV = "FAULT_CHUNK_DELAY_S"
 ITEMS = 30_000  # 300 chunks of INFERQ_CHUNK_SIZE=100: the worker is stopped with most of the job still queued
 BASE = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base"
 
@@ -57,7 +59,9 @@ def broker_state(s: FaultStack) -> tuple[int, int]:
         client.close()
 
 
-def test_sigterm_mid_bulk_job_drains_within_the_grace_period(fault_stack: FaultStack, report: Any) -> None:
+def test_sigterm_mid_bulk_job_drains_within_the_grace_period(
+    fault_stack: FaultStack, report: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGTERM mid-way through a 30,000-item score job: the worker finishes its running chunks, hands the reserved
     ones back and exits 0 within the pod's grace period; a replacement finishes the job with exactly one
     prediction row per item (lost 0, duplicates 0)."""
@@ -69,7 +73,9 @@ def test_sigterm_mid_bulk_job_drains_within_the_grace_period(fault_stack: FaultS
     use_key(app)
     client = app.test_client()
     dataset = upload(client, ITEMS)
+    monkeypatch.setenv(CHUNK_DELAY_ENV, "0.1")  # each chunk waits 0.1 s: the job lasts seconds, not one
     first = s.start_worker()
+    monkeypatch.delenv(CHUNK_DELAY_ENV)  # the replacement runs at full speed
     for _ in range(3):  # SIGTERM must land mid-job: if this process was starved until the job ended, run another
         resp = client.post("/v1/jobs", json={"kind": "score", "dataset": dataset})
         assert resp.status_code == 202, resp.json
