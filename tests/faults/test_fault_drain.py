@@ -73,7 +73,7 @@ def test_sigterm_mid_bulk_job_drains_within_the_grace_period(
     use_key(app)
     client = app.test_client()
     dataset = upload(client, ITEMS)
-    monkeypatch.setenv(CHUNK_DELAY_ENV, "0.1")  # each chunk waits 0.1 s: the job lasts seconds, not one
+    monkeypatch.setenv(CHUNK_DELAY_ENV, "0.5")  # 300 chunks on 8 threads: the job lasts ~20 s, not ~1 s
     first = s.start_worker()
     monkeypatch.delenv(CHUNK_DELAY_ENV)  # the replacement runs at full speed
     for _ in range(3):  # SIGTERM must land mid-job: if this process was starved until the job ended, run another
