@@ -16,39 +16,6 @@ import sqlalchemy as sa
 
 from shared.runtime.embedded import EmbeddedRedis, free_port, port_open
 
-# The modules that take longest (--durations of a full run), longest first. pytest-xdist (--dist loadscope) hands
-# out whole modules in collection order, so these start first and the short ones fill the gaps at the end, instead
-# of one long module starting last and running alone (longest-processing-time-first scheduling).
-LONGEST_FIRST = (
-    "integration/test_schemathesis.py",
-    "faults/test_fault_worker_kill.py",
-    "integration/test_pipeline.py",
-    "integration/test_web_browser.py",
-    "integration/test_idempotency_pg.py",
-    "faults/test_fault_redis.py",
-    "integration/test_scoring_e2e.py",
-    "faults/test_fault_publish.py",
-    "integration/test_alias_reload.py",
-    "inferq/test_quiet.py",
-    "integration/test_cli_up.py",
-    "faults/test_fault_poison.py",
-    "integration/test_webhook_delivery.py",
-    "worker/test_training_tasks.py",
-    "worker/test_training.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the longest modules first (a stable sort: every other test keeps its order)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-
-    def key(item: pytest.Item) -> int:
-        path = item.path.as_posix()
-        return next((r for name, r in rank.items() if path.endswith("tests/" + name)), len(rank))
-
-    items.sort(key=key)
-
-
 LOCAL_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOCAL_REDIS = ("127.0.0.1", 6379)
 
