@@ -153,12 +153,18 @@ def get_job(path: JobPath, query: JobQuery) -> Response:
     return jsonify(JobPublic.of(job, items).model_dump(mode="json"))
 
 
+# How long a long poll waits for the process's job-finished subscription to be confirmed by Redis (only until the
+# first confirmation; a lost subscription falls back to re-reading every INFERQ_WAIT_POLL_INTERVAL_S).
+SUBSCRIPTION_READY_S = 2.0
+
+
 def _read_when_terminal(job_id: uuid.UUID, tenant: str, wait_s: float) -> Job:
     """The job once it is terminal or `wait_s` has passed: re-read when a worker's notification names it (or every
     INFERQ_WAIT_POLL_INTERVAL_S, in case a notification is lost)."""
     session, svc = db(), services()
     deadline = time.monotonic() + wait_s
-    with svc.waiter.watch(job_id) as finished:  # registered before the first read: no notification slips between
+    ready = min(wait_s, SUBSCRIPTION_READY_S)  # the process's first long poll: let the subscription start first
+    with svc.waiter.watch(job_id, ready_within_s=ready) as finished:  # registered before the first read
         while True:
             job = jobstore.get_job(session, job_id, tenant_id=tenant)
             remaining = deadline - time.monotonic()

@@ -48,12 +48,19 @@ class FinishedWaiter:
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._subscribed = threading.Event()  # set while Redis has confirmed the subscription
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def watch(self, job_id: uuid.UUID) -> Iterator[threading.Event]:
-        """An Event that is set when a notification names `job_id` (register before re-reading the job)."""
+    def watch(self, job_id: uuid.UUID, *, ready_within_s: float = 0.0) -> Iterator[threading.Event]:
+        """An Event that is set when a notification names `job_id` (register before re-reading the job).
+
+        The first watch of a process starts the subscriber thread: waiting up to `ready_within_s` for Redis to
+        confirm the subscription keeps a job that finishes in the next moments from being announced to nobody
+        (its waiter would then learn of it only at the next fallback re-read)."""
         self._ensure_thread()
+        if ready_within_s > 0:
+            self._subscribed.wait(ready_within_s)
         event, key = threading.Event(), str(job_id)
         with self._lock:
             self._events.setdefault(key, set()).add(event)
@@ -96,14 +103,17 @@ class FinishedWaiter:
 
     def _listen(self) -> None:
         client = redis.Redis.from_url(self._url, socket_connect_timeout=1.0, health_check_interval=30)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         try:
             pubsub.subscribe(CHANNEL)
             while not self._stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
-                if message and message.get("type") == "message":
+                if message and message.get("type") == "subscribe":
+                    self._subscribed.set()
+                elif message and message.get("type") == "message":
                     data = message["data"]
                     self.notify(data.decode() if isinstance(data, bytes) else str(data))
         finally:
+            self._subscribed.clear()
             pubsub.close()
             client.close()

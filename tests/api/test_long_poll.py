@@ -90,3 +90,19 @@ def test_waiter_wakes_only_the_named_jobs() -> None:
         assert ev_a.is_set() and not ev_b.is_set()
     assert waiter.notify(f"{a},{b}") == 0  # unregistered on exit
     waiter.close()
+
+
+def test_a_job_finishing_right_after_the_first_watch_is_announced(redis_url: str) -> None:
+    """The process's first watch waits for Redis to confirm the subscription, so a notification published the
+    moment it returns is received (before, it could be published to nobody while the subscriber thread was still
+    connecting, and the poll waited for the fallback re-read: seen as a 25 s answer on a loaded machine)."""
+    waiter = FinishedWaiter(redis_url)
+    job_id = uuid.uuid4()
+    try:
+        with waiter.watch(job_id, ready_within_s=10) as finished:
+            publisher = FinishedPublisher(redis_url)
+            publisher.publish([job_id])
+            publisher.close()
+            assert finished.wait(5), "the notification published right after the watch was lost"
+    finally:
+        waiter.close()
