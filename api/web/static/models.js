@@ -82,5 +82,6 @@
     else if (document.getElementById("status").textContent === "Loading…") setStatus(sections.length + " model(s).");
   }
 
+  window.iq.reloadModels = load;  // training.js: a finished training adds a version
   document.addEventListener("DOMContentLoaded", () => load().catch((err) => setStatus(err.message, true)));
 })();
