@@ -54,9 +54,20 @@
     s.classList.toggle("error", Boolean(isError));
   }
 
+  // svg("circle", {cx: 1}, "title text"): an SVG element (charts on the datasets and models pages).
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);  // a job in one of these never changes again
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");
 
-  window.iq = { api: api, el: el, setStatus: setStatus, sleep: sleep, pct: pct, when: when, ApiError: ApiError };
+  window.iq = { api: api, el: el, svg: svg, setStatus: setStatus, sleep: sleep, pct: pct, when: when, TERMINAL: TERMINAL,
+    ApiError: ApiError };
 })();

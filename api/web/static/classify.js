@@ -1,8 +1,7 @@
 // Classify: draw on the pad or drop/paste/pick files; the job is sent to POST /v1/jobs and long-polled.
 "use strict";
 (function () {
-  const { api, el, setStatus } = window.iq;
-  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+  const { api, el, setStatus, TERMINAL } = window.iq;
   const SCALE = 6; // 28 px -> 168 px
 
   function loadPng(b64) {

@@ -2,10 +2,8 @@
 // score with POST /v1/jobs {kind: "score"}, follow GET /v1/jobs/{id}, draw the confusion matrix when labelled.
 "use strict";
 (function () {
-  const { api, el, setStatus, when, pct, sleep } = window.iq;
-  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+  const { api, el, svg, setStatus, when, pct, sleep, TERMINAL } = window.iq;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
-  const SVG = "http://www.w3.org/2000/svg";
 
   function upload(file) {
     const bar = document.getElementById("ds-progress");
@@ -59,18 +57,9 @@
   function confusion(cm) {
     const n = cm.labels.length, cell = 28, off = 30;
     const peak = Math.max(1, ...cm.matrix.flat());
-    const box = document.createElementNS(SVG, "svg");
-    box.setAttribute("viewBox", `0 0 ${off + n * cell} ${off + n * cell}`);
-    box.setAttribute("class", "chart confusion");
-    box.setAttribute("role", "img");
-    box.setAttribute("aria-label", "Confusion matrix: rows are true labels, columns predicted labels");
-    const add = (tag, attrs, text) => {
-      const node = document.createElementNS(SVG, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-      if (text !== undefined) node.textContent = text;
-      box.append(node);
-      return node;
-    };
+    const box = svg("svg", { viewBox: `0 0 ${off + n * cell} ${off + n * cell}`, class: "chart confusion", role: "img",
+      "aria-label": "Confusion matrix: rows are true labels, columns predicted labels" });
+    const add = (tag, attrs, text) => box.appendChild(svg(tag, attrs, text));
     cm.labels.forEach((l, i) => {
       add("text", { x: off + i * cell + cell / 2, y: off - 8, "text-anchor": "middle" }, l);
       add("text", { x: off - 8, y: off + i * cell + cell / 2 + 4, "text-anchor": "end" }, l);
@@ -79,9 +68,7 @@
       const shade = Math.round(255 - 200 * (v / peak));
       const rect = add("rect", { x: off + j * cell, y: off + i * cell, width: cell - 1, height: cell - 1,
         fill: i === j ? `rgb(${shade},255,${shade})` : `rgb(255,${shade},${shade})` });
-      const tip = document.createElementNS(SVG, "title");
-      tip.textContent = `true ${cm.labels[i]}, predicted ${cm.labels[j]}: ${v}`;
-      rect.append(tip);
+      rect.append(svg("title", {}, `true ${cm.labels[i]}, predicted ${cm.labels[j]}: ${v}`));
     }));
     return box;
   }

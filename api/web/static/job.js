@@ -1,8 +1,7 @@
 // One job: GET /v1/jobs/{id} (long-polled until it finishes), its webhook deliveries, and cancel.
 "use strict";
 (function () {
-  const { api, el, setStatus, when } = window.iq;
-  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+  const { api, el, setStatus, when, TERMINAL } = window.iq;
 
   function facts(job) {
     const c = job.request_counts || job.counts;

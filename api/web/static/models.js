@@ -2,20 +2,12 @@
 // promote/rollback = PUT /v1/models/{name}/aliases/{alias} after a confirmation.
 "use strict";
 (function () {
-  const { api, el, setStatus, pct } = window.iq;
-  const SVG = "http://www.w3.org/2000/svg";
+  const { api, el, svg, setStatus, pct } = window.iq;
   const W = 480, H = 240, PAD = 40;
 
   const num = (x, digits) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
   const kb = (b) => (b / 1024).toFixed(0) + " KB";
   const versionOf = (ref) => Number(ref.split(":").pop());
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
 
   function chart(rows) {
     const pts = rows.filter((r) => r.test_accuracy !== null && r.size_bytes);

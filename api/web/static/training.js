@@ -3,18 +3,9 @@
 // A training already queued or running when the page opens is followed the same way.
 "use strict";
 (function () {
-  const { api, el, setStatus, pct, sleep } = window.iq;
-  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
-  const SVG = "http://www.w3.org/2000/svg";
+  const { api, el, svg, setStatus, pct, sleep, TERMINAL } = window.iq;
   const W = 300, H = 180, PAD = 34;
   const SERIES = [["loss", "val_loss"], ["accuracy", "val_accuracy"]];
-
-  function svg(tag, attrs, text) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
 
   // One panel: `keys` (e.g. loss, val_loss) against the epoch, for `planned` epochs on the x axis.
   function panel(history, keys, planned) {
