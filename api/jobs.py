@@ -23,6 +23,7 @@ from shared.registry.versions import parse_ref
 from shared.runtime.celery_app import CLASSIFY_TASK
 from shared.schemas.public import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
 from shared.tenancy import retention
+from shared.tenancy.quotas import admit_job
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(
@@ -94,6 +95,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     )
     try:
         attach_job_webhook(session, job, webhook)
+        admit_job(session, job, settings)  # 429 queue-full past the tenant's caps
         session.commit()
     except BaseException:
         session.rollback()

@@ -21,7 +21,6 @@ from api.auth import current_principal, is_public
 from api.problems import problem_response
 from shared.config.errors import RateLimited
 from shared.config.settings import Settings
-from shared.tenancy.quotas import guard_queue
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,9 @@ class SafeJSONProvider(DefaultJSONProvider):
 
 
 def register_limits(app: Flask, settings: Settings, doc_prefix: str) -> Limiter:
-    """JSON nesting, the rate limiter and the queue caps of `app` (call after register_auth: keys need a principal)."""
+    """JSON nesting and the rate limiter of `app` (call after register_auth: keys need a principal). The queue caps
+    are checked by each route that queues a job (shared.tenancy.quotas.admit_job)."""
     app.json = SafeJSONProvider(app)
-    guard_queue(app.extensions["inferq"].sessions, settings)
     return _rate_limiter(app, settings, doc_prefix)
 
 

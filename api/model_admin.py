@@ -45,6 +45,7 @@ from shared.registry.versions import (
 )
 from shared.runtime.celery_app import TRAIN_TASK, train_time_limit
 from shared.schemas.public import JobPublic, JsonInt, ModelPublic, Problem
+from shared.tenancy.quotas import admit_job
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(
@@ -138,6 +139,7 @@ def _queue(
         session=session, operation=operation, model_ref=model_ref, params=params, tenant_id=current_tenant()
     )
     attach_job_webhook(session, job, webhook)
+    admit_job(session, job, services().settings)  # 429 queue-full past the tenant's caps
     session.commit()
     _dispatch(job.id)
     session.refresh(job)
@@ -277,6 +279,7 @@ def create_upload(path: ModelPath) -> tuple[Response, int, dict[str, str]]:
     svc.store.put(key, data)
     job.params = {**job.params, "blob_key": key}
     try:
+        admit_job(session, job, svc.settings)  # 429 queue-full past the tenant's caps
         session.commit()
     except BaseException:
         session.rollback()

@@ -29,6 +29,7 @@ from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref
 from shared.runtime.celery_app import SCORE_CHUNK_TASK
 from shared.schemas.public import JobPublic, JsonInt, Problem
+from shared.tenancy.quotas import admit_job
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # item rows fetched per query while streaming a file
@@ -86,6 +87,7 @@ def create_score_job(
     )
     session.add(job)
     attach_job_webhook(session, job, webhook)
+    admit_job(session, job, settings)  # 429 queue-full past the tenant's caps
     session.commit()
     dispatch_chunks(job.id, ds.item_count, settings.chunk_size)
     session.refresh(job)

@@ -1,22 +1,21 @@
 """Per-tenant queue caps, counted from the database and checked in the transaction that queues a job.
 
 A job counts while it is queued or running; its unfinished items (total - completed - failed) count against the item
-cap. The check runs just before the commit of any session from a guarded factory that added a queued job, so every
-route that creates jobs is covered by one mechanism, and the refused job is rolled back with everything else the
-transaction wrote. Far below the caps the check takes no lock, so one tenant's submissions don't serialize on each
-other's commits; within INFERQ_QUEUE_CAP_EXACT_MARGIN jobs of a cap, on PostgreSQL, a per-tenant advisory lock
-serializes the check and the commit, so two concurrent submissions cannot both take the last place. (The lock-free
-path can overshoot a cap only if more than that margin of one tenant's submissions are in flight at once.)
+cap. Every route that queues a job calls `admit_job` right before its commit, so a refused job is rolled back with
+everything else the transaction wrote. Far below the caps the check takes no lock, so one tenant's submissions don't
+serialize on each other's commits; within INFERQ_QUEUE_CAP_EXACT_MARGIN jobs of a cap, on PostgreSQL, a per-tenant
+advisory lock serializes the check and the commit, so two concurrent submissions cannot both take the last place.
+(The lock-free path can overshoot a cap only if more than that margin of one tenant's submissions are in flight at
+once.)
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import event, func, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from shared.config.errors import PayloadTooLarge, QueueFull
 from shared.config.settings import Settings
@@ -24,7 +23,6 @@ from shared.config.status import JobStatus
 from shared.db.models import Job
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-_PENDING_KEY = "inferq_queued_tenants"  # session.info: tenant -> items of the jobs this transaction queued
 
 
 @dataclass(frozen=True)
@@ -95,24 +93,9 @@ def _lock_tenant(session: Session, tenant_id: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
-def guard_queue(sessions: sessionmaker[Session], settings: Settings) -> None:
-    """Check the queue caps before every commit, from sessions of `sessions`, that queues a job."""
-
-    @event.listens_for(sessions, "before_flush")
-    def _note_new_jobs(session: Session, _ctx: Any, _instances: Any) -> None:
-        pending: dict[str, int] = session.info.setdefault(_PENDING_KEY, {})
-        for obj in session.new:
-            if isinstance(obj, Job) and (obj.status or JobStatus.QUEUED.value) in ACTIVE:
-                tenant = obj.tenant_id or "default"
-                pending[tenant] = pending.get(tenant, 0) + int(obj.total_items or 0)
-
-    @event.listens_for(sessions, "before_commit")
-    def _check(session: Session) -> None:
-        session.flush()  # new jobs not flushed yet are noted by the hook above
-        pending: dict[str, int] = session.info.pop(_PENDING_KEY, {})
-        for tenant, items in sorted(pending.items()):
-            check_queue(session, tenant_id=tenant, new_items=items, settings=settings)
-
-    @event.listens_for(sessions, "after_rollback")
-    def _forget(session: Session) -> None:
-        session.info.pop(_PENDING_KEY, None)
+def admit_job(session: Session, job: Job, settings: Settings) -> None:
+    """Refuse the job this transaction is about to queue when it would take its tenant past a cap (429 queue-full,
+    or 413 for a job bigger than the item cap). Call it right before the commit: it flushes, so the count includes
+    the job, and the caller's rollback then removes everything the transaction wrote."""
+    session.flush()
+    check_queue(session, tenant_id=job.tenant_id or "default", new_items=int(job.total_items or 0), settings=settings)

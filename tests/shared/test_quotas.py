@@ -1,4 +1,5 @@
-"""Per-tenant queue caps: counted from the database, checked at commit, exact under concurrency on PostgreSQL."""
+"""Per-tenant queue caps: counted from the database, checked before the commit that queues a job, exact under
+concurrency on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from shared.config.status import JobKind, JobStatus
 from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
 from shared.db.models import Job
 from shared.inputs.storage import LocalBlobStore
-from shared.tenancy.quotas import check_queue, guard_queue, queue_usage
+from shared.tenancy.quotas import admit_job, check_queue, queue_usage
 from tests.factories import make_job, make_settings
 
 
@@ -87,27 +88,30 @@ def test_a_job_larger_than_the_item_cap_is_413_not_429(session: Session, tmp_pat
         check_queue(session, tenant_id="default", new_items=101, settings=settings)
 
 
-def test_guarded_sessions_refuse_at_commit_and_roll_back(settings: Settings, tmp_path: Path) -> None:
-    """A guarded session factory refuses the commit that would pass a cap; nothing of it stays; other tenants and
-    sessions from unguarded factories are unaffected."""
+def _queue(sessions: sessionmaker[Session], job: Job, settings: Settings) -> None:
+    """What a route does: add the job, admit it against the caps, commit (a refusal rolls everything back)."""
+    with sessions.begin() as s:
+        s.add(job)
+        admit_job(s, job, settings)
+
+
+def test_a_job_past_the_cap_is_refused_before_its_commit_and_nothing_of_it_stays(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """admit_job counts the job it is given (flushed or not), refuses the one that would pass a cap, and the
+    transaction's rollback leaves nothing of it; other tenants are unaffected."""
     upgrade_database(settings)
     engine = make_engine(settings)
-    guarded, plain = make_sessionmaker(engine), make_sessionmaker(engine)
-    guard_queue(guarded, make_settings(tmp_path, max_queued_jobs_per_tenant=2))
+    sessions = make_sessionmaker(engine)
+    capped = make_settings(tmp_path, max_queued_jobs_per_tenant=2)
     store = LocalBlobStore(settings.blob_dir)
     for _ in range(2):
-        with guarded.begin() as s:
-            make_job(s, store, n_images=1)
-    with pytest.raises(QueueFull), guarded.begin() as s:
-        s.add(_job())  # not even flushed before the commit: the guard flushes and counts it
-    with guarded.begin() as s:
-        s.add(_job("other"))
-    with plain.begin() as s:  # e.g. a worker's session: no guard
-        s.add(_job())
-    assert (_jobs(guarded), _jobs(guarded, "other")) == (3, 1)
-    with guarded() as s:  # a session that queues nothing commits freely although the tenant is over its cap
-        s.execute(select(1))
-        s.commit()
+        with sessions.begin() as s:
+            admit_job(s, make_job(s, store, n_images=1), capped)
+    with pytest.raises(QueueFull):
+        _queue(sessions, _job(), capped)  # not even flushed before admit_job: it flushes and counts it
+    _queue(sessions, _job("other"), capped)
+    assert (_jobs(sessions), _jobs(sessions, "other")) == (2, 1)
     engine.dispose()
 
 
@@ -118,14 +122,12 @@ def test_concurrent_submissions_never_pass_the_cap_on_postgres(pg_url: str, tmp_
     upgrade_database(settings)
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
-    guard_queue(sessions, settings)
     start = threading.Barrier(24)
 
     def submit(_: int) -> str:
         start.wait(timeout=30)
         try:
-            with sessions.begin() as s:
-                s.add(_job(items=2))
+            _queue(sessions, _job(items=2), settings)
             return "queued"
         except QueueFull:
             return "full"
@@ -145,7 +147,6 @@ def test_lock_only_within_the_margin_of_a_cap_on_postgres(pg_url: str, tmp_path:
     upgrade_database(settings)
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
-    guard_queue(sessions, settings)
     statements: list[str] = []
 
     def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
@@ -153,8 +154,7 @@ def test_lock_only_within_the_margin_of_a_cap_on_postgres(pg_url: str, tmp_path:
 
     def locks_taken(job: Job) -> int:
         statements.clear()
-        with sessions.begin() as s:
-            s.add(job)
+        _queue(sessions, job, settings)
         return sum("pg_advisory_xact_lock" in st for st in statements)
 
     event.listen(engine, "before_cursor_execute", record)
