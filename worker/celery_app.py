@@ -13,7 +13,7 @@ from shared.inputs.imaging import configure_pillow
 from shared.runtime import metrics
 from shared.runtime.celery_app import make_celery
 from shared.tenancy.redaction import install_log_redaction
-from worker import context, gpu
+from worker import context, gpu, inference
 
 
 def create_worker_app(settings: Settings) -> Celery:
@@ -45,7 +45,7 @@ def _serve_metrics(settings: Settings) -> None:
 
 def _warm_up(**_: Any) -> None:
     """Load the default model in the background when the worker starts, so the first job does not wait."""
-    threading.Thread(target=context.warm_up, name="warm-up", daemon=True).start()
+    threading.Thread(target=inference.warm_up, name="warm-up", daemon=True).start()
 
 
 app: Celery  # built on first access, below

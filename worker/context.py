@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +22,17 @@ from shared.config.settings import Settings
 from shared.config.status import JobStatus
 from shared.db.engine import make_engine, make_sessionmaker, session_scope
 from shared.db.models import ModelVersion
-from shared.inputs.imaging import confidence_warnings
 from shared.inputs.storage import make_store
 from shared.jobs.lifecycle import ItemResult, settle_jobs, write_results
 from shared.registry.versions import parse_ref, resolve
 from shared.runtime import metrics
-from shared.runtime.heap import freeze_startup_heap
 from shared.runtime.notify import FinishedPublisher
-from worker.batcher import MicroBatcher, Request, SinkFn
-from worker.explain import explain_results
+from worker.batcher import MicroBatcher, SinkFn
 from worker.runtime import LoadedModel, ModelCache, load_model
 
 log = logging.getLogger(__name__)
 
-
-def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """The k most likely labels of one output row, best first."""
-    order = np.argsort(-probs)[:k]
-    return [{"label": labels[i] if i < len(labels) else str(i), "confidence": float(probs[i])} for i in order]
+SinkFactory = Callable[[ModelVersion, LoadedModel], SinkFn]  # makes a version's batcher sink, given its model
 
 
 class WorkerContext:
@@ -85,17 +78,19 @@ class WorkerContext:
         metrics.MODEL_LOADS.inc()
         return TimedModel(model, metrics.FORWARD.labels(mv.name, str(mv.version), mv.format))
 
-    def batcher(self, mv: ModelVersion) -> MicroBatcher:
-        """The micro-batcher feeding this version's model (one thread per loaded version, LRU-bounded)."""
+    def batcher(self, mv: ModelVersion, make_sink: SinkFactory) -> MicroBatcher:
+        """The micro-batcher feeding this version's model (one thread per loaded version, LRU-bounded). When it is
+        first made, `make_sink(mv, model)` gives the function that records each forward pass's outputs
+        (worker/inference.py:classify_sink)."""
         evicted: list[MicroBatcher] = []
         try:
             with self._lock:
-                return self._batcher_locked(mv, evicted)
+                return self._batcher_locked(mv, make_sink, evicted)
         finally:
             for b in evicted:  # outside the lock: close() drains the batcher's queue first
                 b.close()
 
-    def _batcher_locked(self, mv: ModelVersion, evicted: list[MicroBatcher]) -> MicroBatcher:
+    def _batcher_locked(self, mv: ModelVersion, make_sink: SinkFactory, evicted: list[MicroBatcher]) -> MicroBatcher:
         if mv.id in self._batchers:
             self._batchers.move_to_end(mv.id)
             return self._batchers[mv.id]
@@ -104,7 +99,7 @@ class WorkerContext:
             self._bounded(model.predict),
             max_batch=self.settings.max_batch,
             max_wait_s=self.settings.max_batch_wait_ms / 1000.0,
-            sink=self._sink(mv.id, list(mv.labels), model),
+            sink=make_sink(mv, model),
             name=f"batcher-{mv.ref}",
         )
         while len(self._batchers) > self.settings.model_cache_size:
@@ -128,34 +123,6 @@ class WorkerContext:
                 timer.cancel()
 
         return bounded
-
-    def _sink(self, version_id: int, labels: list[str], model: LoadedModel | None = None) -> SinkFn:
-        threshold = self.settings.low_confidence_threshold
-
-        def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
-            results = [
-                ItemResult(
-                    item_id=item_id,
-                    label=t[0]["label"],
-                    confidence=t[0]["confidence"],
-                    top_k=t,
-                    warnings=confidence_warnings(noticed, t[0]["confidence"], threshold),
-                    batch_size=batch_size,
-                )
-                for req, out in zip(requests, outputs, strict=True)
-                for item_id, row, noticed in zip(req.tag.item_ids, out, _noticed(req.tag), strict=True)
-                for t in [top_k(row, labels, req.tag.top_k)]
-            ]
-            if model is not None:
-                results = explain_results(
-                    model, requests, outputs, results, patch=self.settings.explain_occlusion_patch
-                )
-            finished = self.commit_results(results, version_id, {req.tag.job_id for req in requests})
-            for req in requests:
-                if req.tag.job_id in finished:
-                    req.tag.finished.append(finished[req.tag.job_id].value)
-
-        return sink
 
     @retry(
         retry=retry_if_exception_type(OperationalError),
@@ -195,11 +162,6 @@ class TimedModel:
         return getattr(self._model, name)
 
 
-def _noticed(tag: Any) -> Sequence[tuple[str, ...]]:
-    """Preprocessing's warnings per item of a batcher request (none recorded: nothing noticed)."""
-    return getattr(tag, "warnings", None) or [()] * len(tag.item_ids)
-
-
 def _hard_limit_exceeded(limit: int, size: int) -> None:
     """A forward pass outlived the hard time limit: exit the whole process (its supervisor restarts it)."""
     log.critical("a forward pass of %d images ran over INFERQ_TASK_TIME_LIMIT (%ss); exiting the worker", size, limit)
@@ -225,16 +187,3 @@ def get_context() -> WorkerContext:
         if _context is None:
             _context = WorkerContext(_settings or Settings())
         return _context
-
-
-def warm_up() -> None:
-    """Load the default model and start its batcher (failures are logged: jobs will report them)."""
-    ctx = get_context()
-    try:
-        with ctx.sessions() as session:
-            mv = resolve(session, parse_ref(ctx.settings.default_model), default_alias=ctx.settings.default_alias)
-        ctx.batcher(mv)
-        log.info("default model %s loaded", mv.ref)
-    except Exception as exc:  # no model yet, or a broken artifact: not fatal for the worker
-        log.warning("could not preload the default model: %s", exc)
-    freeze_startup_heap()  # TensorFlow's objects and the model's, out of every later full collection

@@ -7,7 +7,9 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
@@ -16,10 +18,15 @@ from shared.config.errors import InferqError, ModelNotFound, ModelNotReady, Vali
 from shared.config.status import JobStatus
 from shared.db.engine import session_scope
 from shared.db.models import Job, ModelVersion
-from shared.inputs.imaging import prepare
+from shared.inputs.imaging import confidence_warnings, prepare
 from shared.jobs import lifecycle as jobstore
+from shared.jobs.lifecycle import ItemResult
 from shared.registry.versions import parse_ref, resolve
-from worker.context import WorkerContext
+from shared.runtime.heap import freeze_startup_heap
+from worker.batcher import Request, SinkFn
+from worker.context import SinkFactory, WorkerContext, get_context
+from worker.explain import explain_results
+from worker.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +194,7 @@ def _classify(
         tag.finished.extend(s.value for s in ctx.commit_results(inputs.settled, mv.id, {job_id}).values())
     if inputs.ids:
         try:
-            batcher = ctx.batcher(mv)
+            batcher = ctx.batcher(mv, classify_sink(ctx))
         except ModelNotReady as exc:
             with session_scope(ctx.sessions) as session:
                 jobstore.fail_job(session, job_id, exc.type_slug, exc.detail)
@@ -195,3 +202,72 @@ def _classify(
         batcher.submit(np.stack(inputs.arrays), tag=tag).result(timeout=ctx.settings.task_soft_time_limit)
     status = tag.finished[-1] if tag.finished else JobStatus.RUNNING.value
     return Outcome(str(job_id), status, images=len(inputs.ids) + len(inputs.settled))
+
+
+# --- a forward pass's outputs become result rows ---------------------------------------------------------------------
+
+
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
+    """The k most likely labels of one output row, best first."""
+    order = np.argsort(-probs)[:k]
+    return [{"label": labels[i] if i < len(labels) else str(i), "confidence": float(probs[i])} for i in order]
+
+
+def pass_results(
+    requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int, labels: Sequence[str], threshold: float
+) -> list[ItemResult]:
+    """One result row per image of a forward pass: its label, top-k and warnings (preprocessing's, plus a low
+    confidence one under INFERQ_LOW_CONFIDENCE_THRESHOLD), and the size of the pass it was in."""
+    return [
+        ItemResult(
+            item_id=item_id,
+            label=t[0]["label"],
+            confidence=t[0]["confidence"],
+            top_k=t,
+            warnings=confidence_warnings(noticed, t[0]["confidence"], threshold),
+            batch_size=batch_size,
+        )
+        for req, out in zip(requests, outputs, strict=True)
+        for item_id, row, noticed in zip(req.tag.item_ids, out, _noticed(req.tag), strict=True)
+        for t in [top_k(row, labels, req.tag.top_k)]
+    ]
+
+
+def classify_sink(ctx: WorkerContext) -> SinkFactory:
+    """What a version's batcher does with each forward pass: build the result rows (with saliency maps for jobs
+    that asked to explain), write them and settle the finished jobs in one transaction, and tell each request
+    whether its job finished."""
+
+    def make(mv: ModelVersion, model: LoadedModel) -> SinkFn:
+        version_id, labels = mv.id, list(mv.labels)
+        threshold, patch = ctx.settings.low_confidence_threshold, ctx.settings.explain_occlusion_patch
+
+        def sink(requests: Sequence[Request], outputs: Sequence[np.ndarray], batch_size: int) -> None:
+            results = pass_results(requests, outputs, batch_size, labels, threshold)
+            results = explain_results(model, requests, outputs, results, patch=patch)
+            finished = ctx.commit_results(results, version_id, {req.tag.job_id for req in requests})
+            for req in requests:
+                if req.tag.job_id in finished:
+                    req.tag.finished.append(finished[req.tag.job_id].value)
+
+        return sink
+
+    return make
+
+
+def _noticed(tag: Any) -> Sequence[tuple[str, ...]]:
+    """Preprocessing's warnings per item of a batcher request (none recorded: nothing noticed)."""
+    return getattr(tag, "warnings", None) or [()] * len(tag.item_ids)
+
+
+def warm_up() -> None:
+    """Load the default model and start its batcher (failures are logged: jobs will report them)."""
+    ctx = get_context()
+    try:
+        with ctx.sessions() as session:
+            mv = resolve(session, parse_ref(ctx.settings.default_model), default_alias=ctx.settings.default_alias)
+        ctx.batcher(mv, classify_sink(ctx))
+        log.info("default model %s loaded", mv.ref)
+    except Exception as exc:  # no model yet, or a broken artifact: not fatal for the worker
+        log.warning("could not preload the default model: %s", exc)
+    freeze_startup_heap()  # TensorFlow's objects and the model's, out of every later full collection

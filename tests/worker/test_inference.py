@@ -15,8 +15,8 @@ from shared.db.models import Job, JobItem, ModelVersion
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import register_version
 from tests.worker.conftest import ContextFactory
-from worker.context import WorkerContext, top_k
-from worker.inference import run_classify
+from worker.context import WorkerContext
+from worker.inference import run_classify, top_k
 
 
 class FakeModel:
