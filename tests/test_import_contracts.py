@@ -4,6 +4,7 @@ A forbidden import (say `import worker` in a shared module) or an import cycle b
 the modules of one package makes this test fail with import-linter's report.
 """
 
+import ast
 import os
 import subprocess
 import sys
@@ -25,3 +26,20 @@ def test_lint_imports_keeps_every_contract() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+def _settings_built_in(package: str) -> list[str]:
+    """The modules of `package` that call `Settings(...)`."""
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Settings":
+                found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_settings_are_built_at_the_edge_and_passed_down() -> None:
+    """One Settings object per process or command, built by its entry point (the CLI, the app factory, the worker's
+    Celery app): the shared library and the API's routes only receive it."""
+    assert _settings_built_in("shared") == []
+    assert _settings_built_in("api") == ["api/app.py"]  # create_app(settings=None): the WSGI entry point

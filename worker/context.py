@@ -137,7 +137,9 @@ class WorkerContext:
         then wake the long polls waiting for those jobs; returns the jobs that finished."""
         with session_scope(self.sessions) as session:
             write_results(session, results, version_id)
-            finished = settle_jobs(session, sorted(job_ids), version_id)
+            finished = settle_jobs(
+                session, sorted(job_ids), version_id, progress_interval_s=self.settings.webhook_progress_interval_s
+            )
         self.finished.publish(finished)
         return finished
 

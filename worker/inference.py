@@ -169,7 +169,7 @@ def _run_started(ctx: WorkerContext, job_id: uuid.UUID) -> Outcome:
     if outcome.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
         return outcome
     with session_scope(ctx.sessions) as session:  # every item was written before a crash: finish it now
-        jobstore.finish_if_done(session, job_id)
+        jobstore.finish_if_done(session, job_id, progress_interval_s=ctx.settings.webhook_progress_interval_s)
         status = session.scalar(select(Job.status).where(Job.id == job_id)) or "missing"
     return Outcome(str(job_id), status, images=outcome.images)
 

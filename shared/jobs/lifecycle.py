@@ -269,8 +269,10 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
     return int(res.rowcount)
 
 
-def refresh_counts(session: Session, job_id: uuid.UUID) -> tuple[int, int, int]:
-    """Recompute the job's item counts from its items; returns (total, succeeded, failed)."""
+def refresh_counts(session: Session, job_id: uuid.UUID, *, progress_interval_s: float | None) -> tuple[int, int, int]:
+    """Recompute the job's item counts from its items; returns (total, succeeded, failed). When they changed, a
+    webhook `progress` event is queued, at most one per `progress_interval_s` (None: none, e.g. for a job that has
+    just ended, whose `completed` event says it all)."""
     q = select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
     rows: dict[str, int] = {status: n for status, n in session.execute(q)}
     ok, bad = rows.get(ItemStatus.SUCCEEDED.value, 0), rows.get(ItemStatus.FAILED.value, 0)
@@ -280,14 +282,15 @@ def refresh_counts(session: Session, job_id: uuid.UUID) -> tuple[int, int, int]:
         .where(Job.id == job_id, or_(Job.completed_items != ok, Job.failed_items != bad))
         .values(completed_items=ok, failed_items=bad)
     )
-    if changed.rowcount:  # type: ignore[attr-defined]
-        on_progress(session, job_id)  # webhook outbox row (throttled), in this same transaction
+    if changed.rowcount and progress_interval_s is not None:  # type: ignore[attr-defined]
+        on_progress(session, job_id, min_interval_s=progress_interval_s)  # outbox row, in this same transaction
     return total, ok, bad
 
 
-def finish_if_done(session: Session, job_id: uuid.UUID) -> JobStatus | None:
-    """When no item is pending, move running -> succeeded (or failed if every item failed)."""
-    total, ok, bad = refresh_counts(session, job_id)
+def finish_if_done(session: Session, job_id: uuid.UUID, *, progress_interval_s: float) -> JobStatus | None:
+    """When no item is pending, move running -> succeeded (or failed if every item failed); until then the counts
+    move and a throttled `progress` event is queued (INFERQ_WEBHOOK_PROGRESS_INTERVAL_S)."""
+    total, ok, bad = refresh_counts(session, job_id, progress_interval_s=progress_interval_s)
     if ok + bad < total:
         return None
     if ok == 0 and total > 0:
@@ -303,7 +306,7 @@ def finish_if_done(session: Session, job_id: uuid.UUID) -> JobStatus | None:
 
 
 def settle_jobs(
-    session: Session, job_ids: Sequence[uuid.UUID], model_version_id: int | None
+    session: Session, job_ids: Sequence[uuid.UUID], model_version_id: int | None, *, progress_interval_s: float
 ) -> dict[uuid.UUID, JobStatus]:
     """After a batch's results are written: recount its jobs, stamp the model version and finish the done ones, in
     one statement for every job without a webhook receiver (jobs with one take the per-job path, which records
@@ -322,7 +325,7 @@ def settle_jobs(
             .execution_options(synchronize_session=False)
         )
     for job_id in hooked:
-        if (status := finish_if_done(session, job_id)) is not None:
+        if (status := finish_if_done(session, job_id, progress_interval_s=progress_interval_s)) is not None:
             finished[job_id] = status
     return finished
 
@@ -376,7 +379,7 @@ def fail_job(session: Session, job_id: uuid.UUID, error_type: str, detail: str) 
             .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
             .values(status=ItemStatus.FAILED.value, error_type=error_type, error=detail, completed_at=utcnow())
         )
-        refresh_counts(session, job_id)
+        refresh_counts(session, job_id, progress_interval_s=None)  # its `completed` event is queued already
     return moved
 
 

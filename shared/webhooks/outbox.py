@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import secrets as secrets_lib
 import uuid
@@ -18,7 +17,6 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
 from shared.config.errors import WebhookDeliveryNotFound, WebhookEndpointNotFound, WebhookSecretAlreadyShown
-from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
 from shared.db.models import Job, JobItem, utcnow
 from shared.db.webhook_models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookSigningKey
@@ -81,12 +79,6 @@ def active_secrets(secret: str, previous: str | None, previous_expires_at: datet
 # --- the outbox hook (called by shared.jobs.lifecycle in the transaction of the state change) -----------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _progress_interval_s() -> float:
-    """INFERQ_WEBHOOK_PROGRESS_INTERVAL_S, read once per process (the hook is called without settings)."""
-    return Settings().webhook_progress_interval_s
-
-
 def on_status_change(session: Session, job_id: uuid.UUID, new: JobStatus) -> None:
     """After a successful compare-and-set: queue `completed` for a terminal status, `start` for running."""
     if new.is_terminal():
@@ -100,9 +92,10 @@ def on_started(session: Session, job_id: uuid.UUID) -> None:
     record_job_event(session, job_id, WebhookEvent.START, once=True)
 
 
-def on_progress(session: Session, job_id: uuid.UUID) -> None:
-    """After the item counts changed: queue `progress`, at most one per job per progress interval."""
-    record_job_event(session, job_id, WebhookEvent.PROGRESS)
+def on_progress(session: Session, job_id: uuid.UUID, *, min_interval_s: float) -> None:
+    """After the item counts changed: queue `progress`, at most one per job per `min_interval_s`
+    (INFERQ_WEBHOOK_PROGRESS_INTERVAL_S)."""
+    record_job_event(session, job_id, WebhookEvent.PROGRESS, progress_interval_s=min_interval_s)
 
 
 def tenants_listening(session: Session, tenants: set[str]) -> set[str]:
@@ -136,8 +129,11 @@ def event_body(job: Job, event: WebhookEvent, items: list[JobItem] | None, now: 
     return json.dumps({"type": f"job.{event.value}", "timestamp": now.isoformat(), "data": data})
 
 
-def record_job_event(session: Session, job_id: uuid.UUID, event: WebhookEvent, *, once: bool = False) -> int:
-    """Insert one outbox row per receiver that wants `event` for this job, in the caller's transaction."""
+def record_job_event(
+    session: Session, job_id: uuid.UUID, event: WebhookEvent, *, once: bool = False, progress_interval_s: float = 0.0
+) -> int:
+    """Insert one outbox row per receiver that wants `event` for this job, in the caller's transaction (`progress`
+    only if the job had none in the last `progress_interval_s` seconds)."""
     job = session.execute(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).scalar()
     if job is None:
         return 0
@@ -149,7 +145,7 @@ def record_job_event(session: Session, job_id: uuid.UUID, event: WebhookEvent, *
     if once and session.scalar(select(exists(seen))):
         return 0
     if event is WebhookEvent.PROGRESS:
-        cutoff = now - timedelta(seconds=_progress_interval_s())
+        cutoff = now - timedelta(seconds=progress_interval_s)
         if session.scalar(select(exists(seen.where(WebhookDelivery.created_at > cutoff)))):
             return 0
     items = None

@@ -401,7 +401,7 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
             ],
             mv.id,
         )
-        assert jobstore.finish_if_done(s, job_id) is not None
+        assert jobstore.finish_if_done(s, job_id, progress_interval_s=0) is not None
 
     body = client.get(f"/v1/jobs/{job_id}").get_json()
     assert body["status"] == "succeeded" and body["model_version"] == "mnist-cnn:1"

@@ -110,7 +110,7 @@ def test_settle_finishes_a_whole_batch_in_a_fixed_number_of_statements(
         event.listen(bind, "before_cursor_execute", record)
         try:
             jobstore.write_results(s, results, None)
-            finished = jobstore.settle_jobs(s, ids, None)
+            finished = jobstore.settle_jobs(s, ids, None, progress_interval_s=0)
         finally:
             event.remove(bind, "before_cursor_execute", record)
     assert finished == {job_id: JobStatus.SUCCEEDED for job_id in ids}
@@ -131,7 +131,7 @@ def test_settle_counts_partial_jobs_and_fails_all_failed_ones(
     results += [_ok(claims[mixed].items[0][0]), _bad(claims[mixed].items[1][0])]
     with sessions.begin() as s:
         assert jobstore.write_results(s, results, None) == 6
-        finished = jobstore.settle_jobs(s, [partial, broken, mixed], None)
+        finished = jobstore.settle_jobs(s, [partial, broken, mixed], None, progress_interval_s=0)
     assert finished == {broken: JobStatus.FAILED, mixed: JobStatus.SUCCEEDED}
     with sessions() as s:
         by_id = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_([partial, broken, mixed])))}
@@ -152,7 +152,7 @@ def test_settle_never_moves_a_canceled_job(sessions: sessionmaker[Session], stor
         jobstore.cancel_job(s, job_id)
     with sessions.begin() as s:
         jobstore.write_results(s, [_ok(claim.items[0][0])], None)
-        assert jobstore.settle_jobs(s, [job_id], None) == {}
+        assert jobstore.settle_jobs(s, [job_id], None, progress_interval_s=0) == {}
     with sessions() as s:
         job = s.get(Job, job_id)
         assert job is not None and (job.status, job.completed_items) == ("canceled", 1)
@@ -169,12 +169,29 @@ def test_settle_records_webhook_events_for_jobs_with_receivers(
     claims = _claim_all(sessions, [watched, quiet])
     with sessions.begin() as s:
         jobstore.write_results(s, [_ok(c.items[0][0]) for c in claims.values()], None)
-        finished = jobstore.settle_jobs(s, [watched, quiet], None)
+        finished = jobstore.settle_jobs(s, [watched, quiet], None, progress_interval_s=0)
     assert finished == {watched: JobStatus.SUCCEEDED, quiet: JobStatus.SUCCEEDED}
     with sessions() as s:
         events = s.execute(select(WebhookDelivery.job_id, WebhookDelivery.event)).all()
     assert (watched, "job.completed") in {(j, f"job.{e}") for j, e in events}
     assert all(j == watched for j, _ in events)
+
+
+def test_a_failed_job_gets_its_completed_event_and_no_progress_after_it(
+    sessions: sessionmaker[Session], store: LocalBlobStore
+) -> None:
+    """fail_job fails the pending items too; the moved counts queue no `progress` event behind `completed`."""
+    with sessions.begin() as s:
+        hooks.create_endpoint(
+            session=s, tenant_id="hooked", url="https://example.com/h", events=["progress", "completed"]
+        )
+        job_id = make_job(s, store, n_images=2, tenant_id="hooked").id
+    _claim_all(sessions, [job_id])
+    with sessions.begin() as s:
+        assert jobstore.fail_job(s, job_id, "model-not-ready", "the model could not be loaded")
+    with sessions() as s:
+        assert s.scalars(select(WebhookDelivery.event)).all() == ["completed"]
+        assert s.get(Job, job_id).failed_items == 2  # type: ignore[union-attr]
 
 
 def test_mark_undispatched_clears_the_stamp_of_queued_jobs_only(

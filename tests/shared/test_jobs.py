@@ -170,7 +170,7 @@ def test_finish_if_done_succeeds_when_all_items_written(session: Session, store:
     job = _running(session, store, n_images=2)
     items = _items(session, job)
     jobstore.write_results(session, [_ok(items[0]), _bad(items[1])], None)
-    assert jobstore.finish_if_done(session, job.id) is JobStatus.SUCCEEDED
+    assert jobstore.finish_if_done(session, job.id, progress_interval_s=0) is JobStatus.SUCCEEDED
     session.refresh(job)
     assert (job.status, job.completed_items, job.failed_items) == ("succeeded", 1, 1)
     assert job.finished_at is not None
@@ -180,7 +180,7 @@ def test_finish_if_done_fails_when_every_item_failed(session: Session, store: Lo
     """When every item failed, the job fails as all-items-failed."""
     job = _running(session, store, n_images=2)
     jobstore.write_results(session, [_bad(i) for i in _items(session, job)], None)
-    assert jobstore.finish_if_done(session, job.id) is JobStatus.FAILED
+    assert jobstore.finish_if_done(session, job.id, progress_interval_s=0) is JobStatus.FAILED
     session.refresh(job)
     assert (job.status, job.error_type, job.failed_items) == ("failed", "all-items-failed", 2)
 
@@ -189,7 +189,7 @@ def test_finish_if_done_does_nothing_while_items_pending(session: Session, store
     """With an item still pending the job keeps running (counts are refreshed)."""
     job = _running(session, store, n_images=2)
     jobstore.write_results(session, [_ok(_items(session, job)[0])], None)
-    assert jobstore.finish_if_done(session, job.id) is None
+    assert jobstore.finish_if_done(session, job.id, progress_interval_s=0) is None
     session.refresh(job)
     assert (job.status, job.completed_items, job.finished_at) == ("running", 1, None)
 
@@ -199,7 +199,7 @@ def test_finish_if_done_on_canceled_job_reports_nothing(session: Session, store:
     job = _running(session, store, n_images=1)
     jobstore.cancel_job(session, job.id)
     jobstore.write_results(session, [_ok(_items(session, job)[0])], None)
-    assert jobstore.finish_if_done(session, job.id) is None
+    assert jobstore.finish_if_done(session, job.id, progress_interval_s=0) is None
     session.refresh(job)
     assert job.status == "canceled"
 
@@ -207,7 +207,7 @@ def test_finish_if_done_on_canceled_job_reports_nothing(session: Session, store:
 def test_refresh_counts_uses_no_deprecated_sqlalchemy_api(session: Session, store: LocalBlobStore) -> None:
     """Recomputing a job's counts emits no deprecation warning on the supported SQLAlchemy versions."""
     job = make_job(session, store, n_images=2)
-    assert jobstore.refresh_counts(session, job.id) == (2, 0, 0)
+    assert jobstore.refresh_counts(session, job.id, progress_interval_s=0) == (2, 0, 0)
 
 
 # --- fail_job / cancel_job --------------------------------------------------------------------------------
