@@ -105,10 +105,13 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
     from worker.gpu import pin_gpu
 
     label = pin_gpu(settings.gpu)
-    from worker.gpu import configure_tensorflow, device_summary
+    from worker.gpu import device_summary, ensure_tensorflow
 
-    gpus = configure_tensorflow()
-    console.print(f"worker {label}: {device_summary()}" + ("" if gpus else " -- no GPU, running on the CPU"))
+    if settings.queue_training in queues.split(","):  # training needs TensorFlow: load it now, not with the first job
+        gpus = ensure_tensorflow()
+        console.print(f"worker {label}: {device_summary()}" + ("" if gpus else " -- no GPU, running on the CPU"))
+    else:  # a TFLite-only worker never loads it
+        console.print(f"worker {label}: {device_summary()} (TensorFlow loads with the first Keras model)")
     from worker.celery_app import create_worker_app
 
     app = create_worker_app(settings)

@@ -153,3 +153,31 @@ def redis_url(redis_server_url: str, redis_db: int) -> Iterator[str]:
     yield url
     empty()
     client.close()
+
+
+# --- scheduling: the long modules first ------------------------------------------------------------------------------
+# pytest-xdist's loadscope hands out one module at a time, in this order (pyproject.toml sets --no-loadscope-reorder,
+# which would otherwise put the modules with the most tests first and leave the long single-test ones as the run's
+# tail). The longest modules go first (from `python3 dev.py test --durations=30`), then the rest of the modules that
+# wait on subprocesses (faults, integration), then everything else, which fills the gaps at the end.
+LONGEST_FIRST = (
+    "tests/integration/test_schemathesis.py",
+    "tests/faults/test_fault_worker_kill.py",
+    "tests/integration/test_scoring_e2e.py",
+    "tests/integration/test_web_browser.py",
+    "tests/integration/test_idempotency_pg.py",
+    "tests/faults/test_fault_redis.py",
+)
+
+
+def _module_rank(path: str) -> int:
+    if path in LONGEST_FIRST:
+        return LONGEST_FIRST.index(path)
+    if path.startswith(("tests/faults/", "tests/integration/")):
+        return len(LONGEST_FIRST)
+    return len(LONGEST_FIRST) + 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the modules for the scheduler (a stable sort: each module's tests keep their order)."""
+    items.sort(key=lambda item: _module_rank(item.nodeid.split("::", 1)[0]))

@@ -3,7 +3,9 @@
 CUDA reads CUDA_VISIBLE_DEVICES once, when TensorFlow first initialises it, so `pin_gpu` must run before
 anything imports TensorFlow (or Keras, which imports it).  An empty setting means CPU-only: the variable is
 set to the empty string, which hides every GPU from CUDA (and so from TensorFlow).  Nothing in this module
-imports TensorFlow at import time.
+imports TensorFlow at import time: a worker loads it with its first Keras model or training-lane job
+(`ensure_tensorflow`), so a worker that serves only TFLite models (LiteRT) never pays its ~7 CPU-seconds of import
+and its memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,20 @@ def pin_gpu(gpu: str) -> str:
     os.environ[ENV_VAR] = value
     log.info("device pinned: %s=%r (worker device %s)", ENV_VAR, value, label)
     return label
+
+
+_tensorflow_gpus: list[str] | None = None  # set once TensorFlow is configured in this process
+_tensorflow_lock = threading.Lock()
+
+
+def ensure_tensorflow() -> list[str]:
+    """TensorFlow imported and configured (`configure_tensorflow`) once per process, before its first use; returns
+    the visible GPU names. Thread-safe: the warm-up thread and a task thread may both reach it first."""
+    global _tensorflow_gpus
+    with _tensorflow_lock:
+        if _tensorflow_gpus is None:
+            _tensorflow_gpus = configure_tensorflow()
+        return _tensorflow_gpus
 
 
 def configure_tensorflow() -> list[str]:

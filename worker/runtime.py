@@ -22,6 +22,7 @@ import numpy as np
 
 from shared.config.errors import ModelNotReady
 from shared.runtime.heap import thaw
+from worker.gpu import ensure_tensorflow
 
 log = logging.getLogger(__name__)
 FORMATS = ("keras", "tflite")
@@ -119,6 +120,7 @@ def _open(path: Path, fmt: str) -> KerasModel | TFLiteModel:
         return TFLiteModel(path)
     if path.suffix != ".keras":
         raise ValueError("a keras artifact must be a .keras file")
+    ensure_tensorflow()  # the process's first Keras model imports TensorFlow and sets its GPUs' memory growth
     import keras
 
     return KerasModel(keras.models.load_model(path, compile=False, safe_mode=True))

@@ -205,13 +205,13 @@ class RedisServer(EmbeddedRedis):
 
 
 class FaultWorker:
-    """`inferq worker --lanes ... --beat` as a subprocess in its own process group; without TensorFlow unless
-    the worker must train."""
+    """`inferq worker --lanes ... --beat` as a subprocess in its own process group (TensorFlow loads only if the
+    worker trains or serves a .keras model)."""
 
-    def __init__(self, settings: Settings, name: str, *, lanes: str, tensorflow: bool) -> None:
+    def __init__(self, settings: Settings, name: str, *, lanes: str) -> None:
         self.settings, self.log_path = settings, settings.data_dir / f"worker-{name}.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        entry = ["-m", "inferq"] if tensorflow else ["-m", "tests.faults.worker_main"]
+        entry = ["-m", "tests.faults.worker_main"]  # the real CLI, plus the optional chunk delay of test_fault_drain
         cmd = [sys.executable, *entry, "worker", "--lanes", lanes, "--beat", "--loglevel", "INFO"]
         self.proc = subprocess.Popen(
             cmd, env=fault_env(settings), cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -247,9 +247,8 @@ class Outage:
 class FaultStack:
     """PostgreSQL database + redis-server + workers + submission helpers for one fault test."""
 
-    def __init__(self, settings: Settings, pg: PgServer, redis: RedisServer, *, keras: bool = False) -> None:
+    def __init__(self, settings: Settings, pg: PgServer, redis: RedisServer) -> None:
         self.settings, self.pg, self.redis = settings, pg, redis
-        self.keras = keras  # the model is a .keras file: workers need TensorFlow
         self.engine = make_engine(settings)
         self.sessions = make_sessionmaker(self.engine)
         self.store = LocalBlobStore(settings.blob_dir)
@@ -260,11 +259,8 @@ class FaultStack:
         self.image = _png()
 
     # --- workers ------------------------------------------------------------------------------------------
-    def start_worker(
-        self, wait: bool = True, *, lanes: str = "interactive,bulk,ops", tensorflow: bool = False
-    ) -> FaultWorker:
-        tensorflow = tensorflow or self.keras
-        w = FaultWorker(self.settings, f"{len(self.workers)}", lanes=lanes, tensorflow=tensorflow)
+    def start_worker(self, wait: bool = True, *, lanes: str = "interactive,bulk,ops") -> FaultWorker:
+        w = FaultWorker(self.settings, f"{len(self.workers)}", lanes=lanes)
         self.workers.append(w)
         if wait:
             self.wait_worker_ready(w)
@@ -378,7 +374,7 @@ def build_stack(root: Path, pg: PgServer, model: Path, template: str, **override
     pg.admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     redis.start()
     try:
-        return FaultStack(settings, pg, redis, keras=model.suffix == ".keras"), name
+        return FaultStack(settings, pg, redis), name
     except BaseException:  # no stray redis-server when the stack cannot be built
         redis.stop()
         raise

@@ -48,7 +48,7 @@ def test_lost_training_messages_are_dispatched_again(
     s.redis.kill()
     s.redis.restart(empty=True)
     assert s.redis.queue_length("training") == 0
-    s.start_worker(lanes="interactive,bulk,training,ops", tensorflow=True)
+    s.start_worker(lanes="interactive,bulk,training,ops")
     s.quiesce(timeout=300)
     recovery = time.monotonic() - t_fault
     app.extensions["inferq"].engine.dispose()

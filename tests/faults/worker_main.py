@@ -1,8 +1,8 @@
-"""`inferq worker` for the fault suite, minus TensorFlow's device setup.
+"""`inferq worker` for the fault suite: the real CLI, where a score chunk can be slowed down.
 
-The fault model is TFLite (served by LiteRT), so nothing in these workers needs TensorFlow; the CLI's
-`configure_tensorflow()` alone would import it (~10 s of every worker start, and there are ~20 starts in the suite).
-Everything else is the real CLI. Run as `python -m tests.faults.worker_main worker --lanes ... --beat`.
+With FAULT_CHUNK_DELAY_S set, every score chunk waits that long before it runs, so a score job of the fast TFLite model
+lasts long enough for a test to signal the worker mid-job. Run as `python -m tests.faults.worker_main worker
+--lanes ... --beat`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,9 @@ import sys
 import time
 from typing import Any
 
-import worker.gpu
 import worker.scoring
 
 CHUNK_DELAY_ENV = "FAULT_CHUNK_DELAY_S"  # seconds each score chunk waits before it runs (0: none)
-
-
-def _no_tensorflow() -> list[str]:
-    """No GPU list to report: TensorFlow is not loaded in this worker."""
-    return []
 
 
 def _slowed(run_chunk: Any, delay: float) -> Any:
@@ -34,7 +28,6 @@ def _slowed(run_chunk: Any, delay: float) -> Any:
     return slow
 
 
-worker.gpu.configure_tensorflow = _no_tensorflow
 if (chunk_delay := float(os.environ.get(CHUNK_DELAY_ENV, "0"))) > 0:  # before worker.tasks.scoring imports it
     worker.scoring.run_chunk = _slowed(worker.scoring.run_chunk, chunk_delay)
 

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _add_version_2(settings: Settings) -> None:
     """Register mnist-cnn:2 (a copy of version 1's artifact) with no alias."""
-    register_artifact_copy(settings, settings.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", version=2)
+    (artifact,) = (settings.data_dir / "models" / "mnist-cnn" / "1").glob("model.*")
+    register_artifact_copy(settings, artifact, version=2)
 
 
 def _classify(api_client: Any) -> dict[str, Any]:

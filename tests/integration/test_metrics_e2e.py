@@ -91,6 +91,6 @@ def test_metrics_move_as_jobs_flow(stack_settings: Settings, api_client: Any) ->
         assert total(scraped, "inferq_job_queue_seconds_count", lane="bulk") == 1
         assert total(scraped, "inferq_images_total", outcome="succeeded") == ITEMS + 3
         assert total(scraped, "inferq_model_loads_total") >= 1
-        assert total(scraped, "inferq_forward_seconds_count", model="mnist-cnn", version="1", format="keras") >= 2
+        assert total(scraped, "inferq_forward_seconds_count", model="mnist-cnn", version="1", format="tflite") >= 2
     finally:
         worker.stop()

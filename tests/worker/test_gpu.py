@@ -14,6 +14,7 @@ import pytest
 
 from inferq.top import parse, total
 from shared.runtime import metrics
+from tests.faults.tiny_model import write as write_tiny_model
 from worker import gpu
 from worker.gpu import ENV_VAR, configure_tensorflow, device_label, device_summary, pin_gpu
 
@@ -176,3 +177,20 @@ def test_real_tensorflow_on_this_cpu_machine() -> None:
     assert (result["label"], result["gpus"]) == ("gpu0", [])
     assert result["summary"].startswith(f"device=gpu0 {ENV_VAR}='0' tensorflow=2.")
     assert "no GPU visible: running on the CPU" in done.stderr
+
+
+def test_a_worker_serving_tflite_never_imports_tensorflow(tmp_path: Path) -> None:
+    """Every task module a worker registers, and a TFLite model loaded and run through LiteRT, leave TensorFlow and
+    Keras unimported (they load with the first Keras model or training job: ensure_tensorflow)."""
+    model = write_tiny_model(tmp_path / "model.tflite")
+    code = (
+        "import sys\n"
+        "import worker.celery_app, worker.inference, worker.tasks.classify, worker.tasks.scoring\n"
+        "import worker.tasks.training, worker.tasks.webhooks, worker.tasks.retention, worker.tasks.idempotency\n"
+        "from worker.runtime import load_model\n"
+        f"m = load_model({str(model)!r}, 'tflite')\n"
+        "print(m.num_classes, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["10", "False", "False"]

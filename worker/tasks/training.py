@@ -29,6 +29,7 @@ from shared.registry.model_jobs import MNIST, Operation, OptimizeCreate, Trainin
 from shared.runtime.celery_app import TRAIN_TASK
 from worker.context import WorkerContext, get_context
 from worker.datasets import Digits, load_labelled, load_mnist
+from worker.gpu import ensure_tensorflow
 from worker.model_io import run_export, run_import
 from worker.optimize import convert, evaluate, float32_tflite
 from worker.runtime import KerasModel, load_model
@@ -50,6 +51,7 @@ def run_model_job(ctx: WorkerContext, job_id: uuid.UUID) -> dict[str, str]:
     if job is None:
         return {"job_id": str(job_id), "status": "not-runnable"}
     try:
+        ensure_tensorflow()  # every operation of the training lane uses TensorFlow (GPU memory growth set first)
         operation = Operation(job.params.get("operation", Operation.TRAIN.value))
         runner = {
             Operation.TRAIN: run_training,
