@@ -24,6 +24,7 @@ from api.deps import services
 from api.problems import problem_response
 from api.web_sessions import COOKIE, CSRF_HEADER, SessionStore, csrf_matches
 from shared.config.errors import CsrfFailed, InsufficientScope, Unauthenticated
+from shared.db.tenancy_models import ApiKey
 from shared.tenancy import apikeys
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def _look_up(token: str) -> Principal | None:
 def principal_of_key(key_id: str) -> Principal | None:
     """The principal of a live key found by its id (a web session's), or None when it is gone or revoked."""
     with services().sessions() as session:
-        key = session.get(apikeys.ApiKey, key_id)
+        key = session.get(ApiKey, key_id)
         if key is None or key.revoked_at is not None:
             return None
         return Principal(tenant_id=key.tenant_id, key_id=key.id, scopes=frozenset(key.scopes))

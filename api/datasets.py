@@ -17,6 +17,7 @@ from api.auth import current_tenant
 from api.deps import db, services
 from shared.config.errors import BadRequest, DatasetTooLarge
 from shared.config.settings import Settings
+from shared.db.models import Dataset
 from shared.inputs import datasets as datastore
 from shared.inputs.archives import COPY_CHUNK
 from shared.schemas.public import Problem
@@ -49,7 +50,7 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, ds: datastore.Dataset) -> DatasetPublic:
+    def of(cls, ds: Dataset) -> DatasetPublic:
         """Render a dataset row."""
         return cls.model_validate(ds)
 

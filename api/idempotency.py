@@ -27,18 +27,8 @@ from api.auth import current_principal
 from api.deps import services
 from api.problems import problem_response
 from shared.config.errors import IdempotencyKeyInUse, IdempotencyKeyInvalid, IdempotencyKeyReused
-from shared.tenancy.idempotency import (
-    COMMITTED,
-    DONE,
-    MAX_KEY_LENGTH,
-    Claim,
-    Stored,
-    claim_key,
-    fingerprint,
-    finish_key,
-    mark_committed,
-    release_key,
-)
+from shared.db.tenancy_models import COMMITTED, DONE, MAX_KEY_LENGTH
+from shared.tenancy.idempotency import Claim, Stored, claim_key, fingerprint, finish_key, mark_committed, release_key
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import current_principal
 from api.deps import db, services
 from shared.config.errors import InsufficientScope
+from shared.db.tenancy_models import ApiKey
 from shared.schemas.public import Problem
 from shared.tenancy import apikeys
 
@@ -55,7 +56,7 @@ class KeyPublic(BaseModel):
     revoked_at: datetime | None
 
     @classmethod
-    def of(cls, key: apikeys.ApiKey) -> KeyPublic:
+    def of(cls, key: ApiKey) -> KeyPublic:
         """Render a key row."""
         return cls.model_validate(key)
 

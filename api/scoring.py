@@ -23,8 +23,8 @@ from api.webhooks import attach_job_webhook
 from shared.config.errors import JobHasNoFiles, JobNotFound, ValidationFailed
 from shared.config.settings import Settings
 from shared.config.status import ItemStatus, JobKind, JobStatus
-from shared.db.models import Job, JobItem, utcnow
-from shared.inputs.datasets import Dataset, get_dataset, iter_index
+from shared.db.models import Dataset, Job, JobItem, utcnow
+from shared.inputs.datasets import get_dataset, iter_index
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref
 from shared.runtime.celery_app import SCORE_CHUNK_TASK

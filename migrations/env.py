@@ -3,11 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import shared.db.tenancy_models  # noqa: F401
 import shared.db.webhook_models  # noqa: F401
-import shared.inputs.datasets  # noqa: F401
-import shared.tenancy.apikeys  # noqa: F401
-import shared.tenancy.idempotency  # noqa: F401
-import shared.tenancy.retention  # noqa: F401
 from shared.config.settings import Settings
 from shared.db.models import Base
 

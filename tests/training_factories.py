@@ -13,7 +13,8 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from shared.config.settings import Settings
-from shared.inputs.datasets import Dataset, ingest
+from shared.db.models import Dataset
+from shared.inputs.datasets import ingest
 from worker.datasets import Digits
 
 

@@ -28,7 +28,8 @@ from PIL import Image
 
 from shared.config.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, InvalidImage
 from shared.config.settings import Settings
-from shared.inputs.datasets import Dataset, StoredItem, read_items
+from shared.db.models import Dataset
+from shared.inputs.datasets import StoredItem, read_items
 from shared.inputs.imaging import prepare, prepare_image
 
 log = logging.getLogger(__name__)

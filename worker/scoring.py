@@ -21,8 +21,8 @@ from shared.config.errors import InferqError, ModelNotFound, ValidationFailed
 from shared.config.settings import Settings
 from shared.config.status import ItemStatus, JobStatus
 from shared.db.engine import session_scope
-from shared.db.models import Job, JobItem, ModelVersion, utcnow
-from shared.inputs.datasets import Dataset, StoredItem, iter_index, read_items
+from shared.db.models import Dataset, Job, JobItem, ModelVersion, utcnow
+from shared.inputs.datasets import StoredItem, iter_index, read_items
 from shared.inputs.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref, resolve

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -171,3 +172,26 @@ class JobItem(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
     batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+DATASET_READY = "ready"  # a dataset's status once validated and stored
+
+
+class Dataset(Base):
+    """An uploaded, validated dataset, stored under datasets/<id>/ of the blob store in a chunk-addressable form."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[str] = mapped_column(String(64), default="default")
+    name: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(20))  # zip | tar | npy | npz | jsonl (as uploaded)
+    layout: Mapped[str] = mapped_column(String(20))  # packed | array (as stored); files: before the packed form
+    status: Mapped[str] = mapped_column(String(20), default=DATASET_READY)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    labelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    label_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,47 +11,25 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Uuid, or_, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from shared.config.errors import DatasetInUse, DatasetNotFound, InvalidDataset
 from shared.config.settings import Settings
 from shared.config.status import JobStatus
-from shared.db.models import Base, Job, utcnow
+from shared.db.models import Dataset, Job, utcnow
 from shared.inputs.archives import OFFSET_PAIR, detect_format, read_into
 from shared.inputs.storage import BlobStore, make_store
 
 log = logging.getLogger(__name__)
-READY = "ready"
 LABEL_BLOCK = 4096  # labels read at a time when streaming an array dataset's index
 NPY_HEAD_BYTES = 4096  # bytes read to parse a stored .npy header (ours are 128)
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-
-
-class Dataset(Base):
-    """An uploaded, validated dataset, stored under datasets/<id>/ of the blob store in a chunk-addressable form."""
-
-    __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_tenant_created", "tenant_id", "created_at"),)
-
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[str] = mapped_column(String(64), default="default")
-    name: Mapped[str] = mapped_column(String(255))
-    format: Mapped[str] = mapped_column(String(20))  # zip | tar | npy | npz | jsonl (as uploaded)
-    layout: Mapped[str] = mapped_column(String(20))  # packed | array (as stored); files: before the packed form
-    status: Mapped[str] = mapped_column(String(20), default=READY)
-    item_count: Mapped[int] = mapped_column(Integer, default=0)
-    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    labelled: Mapped[bool] = mapped_column(Boolean, default=False)
-    label_counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def dataset_prefix(dataset_id: uuid.UUID) -> str:

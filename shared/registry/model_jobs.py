@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from shared.config.errors import DatasetNotTrainable, DatasetTooLarge, InferqError, ValidationFailed
 from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
-from shared.db.models import Job, utcnow
-from shared.inputs.datasets import READY, Dataset, get_dataset, read_items
+from shared.db.models import DATASET_READY, Dataset, Job, utcnow
+from shared.inputs.datasets import get_dataset, read_items
 from shared.inputs.imaging import preprocess
 from shared.schemas.public import JsonFloat, JsonInt
 
@@ -185,8 +185,8 @@ def check_training_dataset(*, session: Session, settings: Settings, dataset_id: 
     INFERQ_TRAIN_MAX_ITEMS, 28x28 arrays or image files that decode (the first CHECKED_ITEMS are tried here)."""
     ds = get_dataset(session, dataset_id, tenant_id=tenant_id)  # 404 also for another tenant's dataset
     what = f"dataset {ds.id} ({ds.name})"
-    if ds.status != READY:
-        raise DatasetNotTrainable(f"{what} is {ds.status}, not {READY}")
+    if ds.status != DATASET_READY:
+        raise DatasetNotTrainable(f"{what} is {ds.status}, not {DATASET_READY}")
     if not ds.labelled:
         raise DatasetNotTrainable(
             f"{what} has no labels; upload images in class folders (label/image.png) or an .npz with x and y"

@@ -18,37 +18,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, String, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared.config.errors import ApiKeyNotFound, ValidationFailed
-from shared.db.models import Base, utcnow
+from shared.db.models import utcnow
+from shared.db.tenancy_models import KEY_PREFIX, ApiKey
 
 SCOPES = ("jobs", "models", "admin")  # api.auth names them; kept here so the CLI needs no api import
-KEY_PREFIX = "iq"
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _KEY = re.compile(r"^iq_(?P<prefix>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
-
-
-class ApiKey(Base):
-    """One API key: its public id (the prefix), tenant, scopes and the hash of its secret, never the secret."""
-
-    __tablename__ = "api_keys"
-    __table_args__ = (Index("ix_api_keys_tenant_created", "tenant_id", "created_at"),)
-
-    id: Mapped[str] = mapped_column(String(24), primary_key=True)  # the visible prefix
-    tenant_id: Mapped[str] = mapped_column(String(64))
-    name: Mapped[str] = mapped_column(String(100), default="")
-    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
-    secret_hash: Mapped[str] = mapped_column(String(64))  # hex SHA-256 of "<prefix>.<secret>"
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
-
-    @property
-    def display(self) -> str:
-        """How the key is shown after creation: its prefix and a mask instead of the secret."""
-        return f"{KEY_PREFIX}_{self.id}_…"
 
 
 def _digest(prefix: str, secret: str) -> str:

@@ -12,53 +12,17 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
     delete,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Base, BigId, utcnow
-
-IN_FLIGHT, COMMITTED, DONE = "in_flight", "committed", "done"
-MAX_KEY_LENGTH = 255
-
-
-class IdempotencyKey(Base):
-    """One Idempotency-Key of a tenant: the request it belongs to and, once finished, the answer to replay."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "key"),
-        Index("ix_idempotency_keys_created_at", "created_at"),
-    )
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH))
-    method: Mapped[str] = mapped_column(String(10))
-    path: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20), default=IN_FLIGHT)
-    token: Mapped[str] = mapped_column(String(32))  # the claiming request's secret: only it may finish the row
-    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # sha256 of method, path, body
-    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    response_headers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    response_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    locked_at: Mapped[datetime] = mapped_column()  # when the current claim was taken (its lease starts here)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+from shared.db.models import utcnow
+from shared.db.tenancy_models import COMMITTED, DONE, IN_FLIGHT, IdempotencyKey
 
 
 @dataclass

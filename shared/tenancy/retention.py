@@ -8,30 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, String, and_, delete, false, func, not_, or_, select, true
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import and_, delete, false, func, not_, or_, select, true
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config.errors import DatasetInUse, JobNotFinished
 from shared.config.settings import Settings
 from shared.config.status import JobStatus
-from shared.db.models import Base, Job, JobItem, utcnow
+from shared.db.models import Dataset, Job, JobItem, utcnow
+from shared.db.tenancy_models import TenantRetention
 from shared.db.webhook_models import WebhookAttempt, WebhookDelivery
 from shared.inputs import datasets as datastore
-from shared.inputs.datasets import Dataset
 from shared.inputs.storage import BlobStore
 
 log = logging.getLogger(__name__)
 TERMINAL = [s.value for s in JobStatus if s.is_terminal()]
-
-
-class TenantRetention(Base):
-    """A tenant's own retention period, overriding INFERQ_RETENTION_DAYS (0 keeps its data forever)."""
-
-    __tablename__ = "tenant_retention"
-
-    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    retention_days: Mapped[float] = mapped_column(Float)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 def set_retention(*, session: Session, tenant_id: str, days: float | None) -> None:

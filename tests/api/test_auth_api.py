@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from api import auth
 from api.auth import ADMIN, JOBS, MODELS
+from shared.db.tenancy_models import ApiKey
 from shared.tenancy import apikeys
-from shared.tenancy.apikeys import ApiKey
 from tests.access import auth_headers, client_for, make_key
 from tests.factories import assert_problem, db_session, png_bytes, post_files, services_of
 

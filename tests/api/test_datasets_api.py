@@ -13,8 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from shared.db.models import Job, JobItem
-from shared.inputs.datasets import Dataset
+from shared.db.models import Dataset, Job, JobItem
 from shared.runtime.celery_app import SCORE_CHUNK_TASK
 from tests.api.conftest import AppFactory
 from tests.dataset_factories import class_folder_entries, digits, npy_bytes, npz_bytes, zip_bytes

@@ -16,8 +16,9 @@ from werkzeug.test import TestResponse
 
 from shared.config.settings import Settings
 from shared.db.models import Job, utcnow
+from shared.db.tenancy_models import COMMITTED, IdempotencyKey
 from shared.db.webhook_models import WebhookEndpoint
-from shared.tenancy.idempotency import COMMITTED, IdempotencyKey, Stored, claim_key, mark_committed, purge_expired
+from shared.tenancy.idempotency import Stored, claim_key, mark_committed, purge_expired
 from tests.access import client_for
 from tests.dataset_factories import digits, npy_bytes
 from tests.factories import assert_problem, b64, blob_files, db_session, png_bytes, row_counts, services_of
@@ -267,8 +268,8 @@ CREATORS: dict[str, Callable[[FlaskClient, str], TestResponse]] = {
 
 
 def _count_created(app: Flask) -> tuple[int, ...]:
-    from shared.inputs.datasets import Dataset
-    from shared.tenancy.apikeys import ApiKey
+    from shared.db.models import Dataset
+    from shared.db.tenancy_models import ApiKey
 
     with db_session(app) as s:
         return tuple(

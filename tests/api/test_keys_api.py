@@ -6,7 +6,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.auth import ADMIN, JOBS
-from shared.tenancy.apikeys import ApiKey
+from shared.db.tenancy_models import ApiKey
 from tests.access import auth_headers, client_for
 from tests.factories import assert_problem, db_session
 

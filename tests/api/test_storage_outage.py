@@ -9,8 +9,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from shared.db.models import Job, JobItem
-from shared.inputs.datasets import Dataset
+from shared.db.models import Dataset, Job, JobItem
 from shared.runtime.embedded import free_port
 from tests.api.conftest import AppFactory
 from tests.factories import assert_problem, db_session, png_bytes, post_files

@@ -10,8 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from shared.db.models import Job
-from shared.inputs.datasets import Dataset
+from shared.db.models import Dataset, Job
 from shared.runtime.celery_app import TRAIN_TASK
 from tests.api.conftest import AppFactory
 from tests.dataset_factories import npy_bytes, npz_bytes

@@ -15,6 +15,7 @@ from inferq.access import ensure_local_key
 from inferq.cli import main
 from shared.config.settings import Settings
 from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
+from shared.db.tenancy_models import ApiKey
 from shared.tenancy import apikeys
 
 
@@ -31,7 +32,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return s
 
 
-def _authenticates(settings: Settings, key: str) -> apikeys.ApiKey | None:
+def _authenticates(settings: Settings, key: str) -> ApiKey | None:
     engine = make_engine(settings)
     try:
         with make_sessionmaker(engine)() as session:

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 from api.app import create_app
 from shared.db.engine import session_scope, upgrade_database
 from shared.db.models import Job
-from shared.tenancy.idempotency import DONE, IdempotencyKey
+from shared.db.tenancy_models import DONE, IdempotencyKey
 from tests.access import auth_headers, make_key
 from tests.factories import SentTasks, add_model_version, make_settings, png_bytes, services_of
 

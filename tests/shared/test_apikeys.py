@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from shared.config.errors import ApiKeyNotFound, ValidationFailed
 from shared.db.models import utcnow
+from shared.db.tenancy_models import ApiKey
 from shared.tenancy import apikeys
-from shared.tenancy.apikeys import ApiKey
 
 
 def test_a_key_is_a_visible_prefix_and_a_256_bit_secret(session: Session) -> None:

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from shared.config.errors import DatasetTooLarge, InferqError, InvalidDataset, UnsafeArchive, UnsupportedDatasetFormat
 from shared.config.settings import Settings
-from shared.inputs.datasets import Dataset, dataset_prefix, ingest, iter_index, read_items
+from shared.db.models import Dataset
+from shared.inputs.datasets import dataset_prefix, ingest, iter_index, read_items
 from tests.dataset_factories import (
     class_folder_entries,
     digits,

@@ -18,9 +18,9 @@ from shared.config.errors import DatasetInUse, DatasetNotFound, UnsafeArchive
 from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
 from shared.db.engine import make_engine, make_sessionmaker, upgrade_database
-from shared.db.models import Job
+from shared.db.models import Dataset, Job
 from shared.inputs import datasets as datastore
-from shared.inputs.datasets import Dataset, dataset_prefix, delete_dataset, ingest, iter_index, read_items, remove_files
+from shared.inputs.datasets import dataset_prefix, delete_dataset, ingest, iter_index, read_items, remove_files
 from shared.inputs.storage import BlobStore, make_store
 from tests.dataset_factories import class_folder_entries, digits, jsonl_bytes, npy_bytes, npz_bytes, zip_bytes
 from tests.factories import png_bytes

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config.settings import Settings
 from shared.config.status import JobStatus
-from shared.db.models import Job, utcnow
-from shared.inputs.datasets import Dataset, dataset_prefix
+from shared.db.models import Dataset, Job, utcnow
+from shared.inputs.datasets import dataset_prefix
 from shared.inputs.storage import LocalBlobStore
 from shared.runtime.celery_app import OPS_QUEUE, RETENTION_TASK, celery_config
 from shared.tenancy.retention import purge_expired, retention_overrides, set_retention

@@ -9,8 +9,9 @@ from sqlalchemy import select, update
 
 import worker.tasks.idempotency
 from shared.db.models import utcnow
+from shared.db.tenancy_models import IdempotencyKey
 from shared.runtime.celery_app import IDEMPOTENCY_PURGE_TASK, OPS_QUEUE, celery_config
-from shared.tenancy.idempotency import Claim, IdempotencyKey, claim_key
+from shared.tenancy.idempotency import Claim, claim_key
 from tests.worker.conftest import ContextFactory
 
 

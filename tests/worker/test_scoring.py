@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
 from shared.db.engine import session_scope, upgrade_database
-from shared.db.models import Job, JobItem, ModelVersion
-from shared.inputs.datasets import Dataset, ingest
+from shared.db.models import Dataset, Job, JobItem, ModelVersion
+from shared.inputs.datasets import ingest
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import register_version
 from tests.dataset_factories import digits, jsonl_bytes, npz_bytes
