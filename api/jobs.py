@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from api.auth import current_tenant
 from api.deps import db, services
 from api.scoring import create_score_job
-from api.uploads import read_classify_request
+from api.uploads import read_classify_request, read_deadline
 from api.webhooks import attach_job_webhook, read_job_webhook
 from shared.config.errors import JobNotFound, ValidationFailed
 from shared.config.status import JobStatus
@@ -74,6 +74,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     settings = svc.settings
     parsed = read_classify_request(request, settings)
     webhook = read_job_webhook(request, settings)  # 422 webhook-url-refused before anything is written
+    deadline_at = read_deadline(request, parsed.deadline_s, settings)
     top_k = settings.default_top_k if parsed.top_k is None else parsed.top_k
     if top_k > settings.max_top_k:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
@@ -92,6 +93,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         dispatched_at=utcnow(),  # optimistic, in the insert: the publish follows the commit; a failure clears it
         inline_max_bytes=settings.inline_input_max_bytes,
         explain=parsed.explain,
+        deadline_at=deadline_at,
     )
     try:
         attach_job_webhook(session, job, webhook)

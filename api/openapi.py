@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.config.settings import Settings
 from shared.registry.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
-from shared.schemas.public import JobCreate
+from shared.schemas.public import DEADLINE_DOC, JobCreate
 from shared.webhooks.outbox import WebhookEvent
 
 # What the API's own checks enforce, stated so that a schema-driven client does not send what will be refused.
@@ -55,6 +55,7 @@ MULTIPART_SCHEMA = {
             "description": "URL that receives this job's events, signed.",
         },
         "webhook_events_filter": {"type": "string", "description": "Comma-separated: start, progress, completed."},
+        "deadline_s": {"type": "number", "exclusiveMinimum": 0, "description": DEADLINE_DOC},
     },
 }
 
@@ -122,6 +123,10 @@ def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, 
     _set_maximum(schemas["JobCreate"]["properties"]["top_k"], settings.max_top_k)
     multipart = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     multipart["schema"]["properties"]["top_k"]["maximum"] = settings.max_top_k
+    multipart["schema"]["properties"]["deadline_s"]["maximum"] = settings.max_deadline_s
+    for option in schemas["JobCreate"]["properties"]["deadline_s"]["anyOf"]:
+        if option.get("type") == "number":  # a JsonFloat's bound keeps pydantic's name: JSON Schema's is below
+            option.update(exclusiveMinimum=option.pop("gt", 0), maximum=settings.max_deadline_s)
     train = schemas["TrainingCreate"]["properties"]
     train["epochs"]["maximum"] = settings.train_max_epochs
     train["batch_size"]["maximum"] = settings.train_max_batch_size

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from flask import Response, jsonify, stream_with_context
+from flask import Response, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import current_tenant
 from api.deps import db, services
 from api.outputs import parquet_stream
+from api.uploads import read_deadline
 from api.webhooks import attach_job_webhook
 from shared.config.errors import JobHasNoFiles, JobNotFound, ValidationFailed
 from shared.config.settings import Settings
@@ -28,7 +29,7 @@ from shared.inputs.datasets import get_dataset, iter_index
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref
 from shared.runtime.celery_app import SCORE_CHUNK_TASK
-from shared.schemas.public import JobPublic, JsonInt, Problem
+from shared.schemas.public import DEADLINE_DOC, JobPublic, JsonFloat, JsonInt, Problem
 from shared.tenancy.quotas import admit_job
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ScoreJobCreate(BaseModel):
     dataset: str = Field(description="The id of an uploaded dataset.")
     model: str | None = Field(None, description="'name', 'name:version' or 'name@alias'; default model if absent.")
     top_k: JsonInt | None = Field(None, ge=1, description="How many ranked labels to keep per item.")
+    deadline_s: JsonFloat | None = Field(None, gt=0, description=DEADLINE_DOC)
     webhook: str | None = Field(None, description="URL that receives this job's events (see Webhooks).")
     webhook_events_filter: list[str] | str | None = Field(None, description="start, progress, completed.")
 
@@ -84,6 +86,7 @@ def create_score_job(
         params={"dataset_id": str(ds.id), "chunk_size": settings.chunk_size, "top_k": top_k},
         total_items=ds.item_count,
         created_at=utcnow(),
+        deadline_at=read_deadline(request, req.deadline_s, settings),
     )
     session.add(job)
     attach_job_webhook(session, job, webhook)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import binascii
 from base64 import b64decode
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from flask import Request
 from pydantic import ValidationError
 
 from shared.config.errors import BadRequest, InferqError, NoImages, PayloadTooLarge, TooManyImages, ValidationFailed
 from shared.config.settings import Settings
+from shared.db.models import utcnow
 from shared.inputs.imaging import check_image
 from shared.jobs.lifecycle import Upload
-from shared.schemas.public import JobCreate
+from shared.schemas.public import DEADLINE_HEADER, JobCreate
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ClassifyRequest:
     model: str | None
     top_k: int | None
     explain: bool = False
+    deadline_s: float | None = None
 
 
 def read_classify_request(request: Request, settings: Settings) -> ClassifyRequest:
@@ -55,7 +58,21 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
     if top_k is not None and top_k < 1:
         raise ValidationFailed(f"top_k must be a whole number of at least 1, got {raw!r}")
     explain = _form_bool(request.form.get("explain"), "explain")
-    return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain)
+    deadline = _form_deadline(request.form.get("deadline_s"))
+    return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain, deadline)
+
+
+def _form_deadline(raw: str | None) -> float | None:
+    """The deadline_s form field: absent or a positive number of seconds."""
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise ValidationFailed(f"deadline_s must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _form_bool(raw: str | None, name: str) -> bool:
@@ -89,7 +106,7 @@ def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
         except (binascii.Error, ValueError) as exc:
             raise ValidationFailed(f"images[{idx}].data is not valid base64", index=idx) from exc
         uploads.append(Upload(filename=img.filename, data=data))
-    return ClassifyRequest(uploads, body.model, body.top_k, body.explain)
+    return ClassifyRequest(uploads, body.model, body.top_k, body.explain, body.deadline_s)
 
 
 def _check_count(n: int, settings: Settings) -> None:
@@ -115,3 +132,24 @@ def _check_one(idx: int, up: Upload, settings: Settings) -> None:
         exc.detail = f"image {idx}" + (f" ({up.filename})" if up.filename else "") + f": {exc.detail}"
         exc.extra.setdefault("index", idx)
         raise
+
+
+def read_deadline(request: Request, body_value: float | None, settings: Settings) -> datetime | None:
+    """When the job must have started by: `deadline_s` from the body (or form), else the Inferq-Deadline-S
+    header, counted from now; None without either. 422 past INFERQ_MAX_DEADLINE_S or for a non-positive value."""
+    seconds = body_value
+    raw = request.headers.get(DEADLINE_HEADER)
+    if seconds is None and raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = 0.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValidationFailed(f"the {DEADLINE_HEADER} header must be a positive number of seconds, got {raw!r}")
+    if seconds is None:
+        return None
+    if seconds > settings.max_deadline_s:
+        raise ValidationFailed(
+            f"deadline_s is {seconds:g} s; at most {settings.max_deadline_s:g} s (INFERQ_MAX_DEADLINE_S)"
+        )
+    return utcnow() + timedelta(seconds=seconds)

@@ -16,7 +16,7 @@ from inferq.edge import command_settings
 from shared.config.settings import Settings
 
 out = Console()
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 
 
 class ApiError(RuntimeError):

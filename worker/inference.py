@@ -88,6 +88,8 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
             return Outcome(str(job_id), "missing")
         if JobStatus(job.status).is_terminal():
             return Outcome(str(job_id), job.status)
+        if jobstore.expire_overdue(session, [job_id]):  # its deadline passed while it was queued: it never runs
+            return Outcome(str(job_id), JobStatus.EXPIRED.value)
         if job.attempts >= ctx.settings.max_attempts:
             jobstore.fail_job(
                 session,

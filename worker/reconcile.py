@@ -39,6 +39,7 @@ from shared.config.status import JobKind, JobStatus
 from shared.db.engine import session_scope
 from shared.db.models import Job
 from shared.jobs import leases
+from shared.jobs import lifecycle as jobstore
 from shared.runtime import metrics
 from shared.runtime.celery_app import (
     CLASSIFY_TASK,
@@ -92,6 +93,7 @@ _PASS = threading.Lock()
 
 
 def _reconcile(ctx: WorkerContext, publish: Publish, backlog: Backlog) -> int:
+    _expire(ctx)
     idle = _IdleQueues(backlog)
     sent = {
         JobKind.CLASSIFY: _classify(ctx, publish, idle),
@@ -105,6 +107,17 @@ def _reconcile(ctx: WorkerContext, publish: Publish, backlog: Backlog) -> int:
     if any(sent.values()):
         log.warning("reconciler re-dispatched %s", ", ".join(f"{n} {kind} job(s)" for kind, n in sent.items() if n))
     return sum(sent.values())
+
+
+def _expire(ctx: WorkerContext) -> None:
+    """End the jobs whose deadline passed before they started (their messages may wait far behind a backlog); a
+    worker that takes one later skips it."""
+    with session_scope(ctx.sessions) as session:
+        expired = jobstore.expire_overdue(session)
+    if expired:
+        log.info("reconciler expired %d job(s) whose deadline passed before they started", len(expired))
+        if metrics.enabled:
+            metrics.RECONCILER_ACTIONS.labels("expire").inc(len(expired))
 
 
 class _IdleQueues:

@@ -136,10 +136,14 @@ def _start(ctx: WorkerContext, job_id: uuid.UUID, chunk_index: int) -> tuple[_Jo
         known = _PLANS.get(job_id)
         # once the job's plan is known, the done check rides along with the status read (one round trip)
         lo_known = chunk_bounds(known.total, known.chunk_size, chunk_index)[0] if known else -1
-        found = session.execute(select(Job.status, _has_row(job_id, lo_known)).where(Job.id == job_id)).one_or_none()
+        found = session.execute(
+            select(Job.status, _has_row(job_id, lo_known), Job.deadline_at).where(Job.id == job_id)
+        ).one_or_none()
         if found is None:
             return ChunkOutcome(str(job_id), chunk_index, "missing")
-        status, done = found
+        status, done, deadline_at = found
+        if not JobStatus(status).is_terminal() and deadline_at is not None and deadline_at <= utcnow():
+            status = JobStatus.EXPIRED.value if jobstore.expire_overdue(session, [job_id]) else status
         if JobStatus(status).is_terminal():
             return ChunkOutcome(str(job_id), chunk_index, f"skipped-{status}")
         plan = known or _plan(ctx, session, job_id)

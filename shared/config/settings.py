@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes of one request body.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decoded pixels (width*height) of one image.")
     max_top_k: int = Field(10, ge=1, description="Largest top_k a job may ask for.")
+    max_deadline_s: float = Field(
+        86400.0,
+        gt=0,
+        description="Largest deadline_s (or Inferq-Deadline-S header) a job may carry: a job not started within "
+        "its deadline ends as expired without running.",
+    )
     default_top_k: int = Field(3, ge=1, description="Ranked labels per prediction when a job does not say top_k.")
     explain_occlusion_patch: int = Field(
         4,

@@ -62,6 +62,7 @@ def create_classify_job(
     dispatched_at: datetime | None = None,
     inline_max_bytes: int = 0,
     explain: bool = False,
+    deadline_at: datetime | None = None,
 ) -> Job:
     """Store the inputs durably, then add the job and its items to the session (the caller commits).
     Inputs of at most `inline_max_bytes` go into their item's row (durable with the commit) instead of a blob.
@@ -76,6 +77,7 @@ def create_classify_job(
         total_items=len(uploads),
         created_at=utcnow(),
         dispatched_at=dispatched_at,
+        deadline_at=deadline_at,
     )
     inline = [len(up.data) <= inline_max_bytes for up in uploads]
     for idx, up in enumerate(uploads):
@@ -170,6 +172,7 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0)
+        .where(or_(Job.deadline_at.is_(None), Job.deadline_at > now))  # an overdue job takes the careful path
         .values(status=JobStatus.RUNNING.value, attempts=1, started_at=now, updated_at=now)
         .returning(Job.model_ref, Job.tenant_id, Job.params, Job.kind, Job.created_at)
         .execution_options(synchronize_session=False)
@@ -190,6 +193,34 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     params = params or {}
     items = [PendingInput(*row[:3]) for row in rows]
     return Claim(job_id, model_ref, tenant_id, int(params.get("top_k", 1)), items, bool(params.get("explain")))
+
+
+def expire_overdue(
+    session: Session, job_ids: Sequence[uuid.UUID] | None = None, *, limit: int = 500
+) -> list[uuid.UUID]:
+    """End as `expired` the jobs whose deadline has passed before they started: queued jobs, and score jobs whose
+    chunks are still running out (their chunks not started yet are skipped; rows written stay). Only `job_ids` if
+    given, else up to `limit` overdue jobs. Each gets its webhook `completed` event (status expired); returns
+    their ids."""
+    now = utcnow()
+    overdue = or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(Job.status == JobStatus.RUNNING.value, Job.kind == JobKind.SCORE.value),
+    )
+    query = select(Job.id).where(Job.deadline_at.is_not(None), Job.deadline_at <= now, overdue)
+    query = query.where(Job.id.in_(job_ids)) if job_ids is not None else query.limit(limit)
+    expired = []
+    for job_id in session.scalars(query).all():
+        if set_status(
+            session,
+            job_id,
+            JobStatus.EXPIRED,
+            error_type="deadline-expired",
+            error="the job's deadline (deadline_s) passed before it started; a score job's chunks not started by "
+            "then were skipped",
+        ):
+            expired.append(job_id)
+    return expired
 
 
 def _pending_query(job_id: uuid.UUID) -> Any:

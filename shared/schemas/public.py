@@ -26,6 +26,14 @@ JsonInt = Annotated[int, BeforeValidator(_json_number)]  # 5 or 5.0; not 5.5, "5
 JsonFloat = Annotated[float, BeforeValidator(_json_number)]  # 0.5 or 1; not "0.5" or true
 
 
+DEADLINE_HEADER = "Inferq-Deadline-S"
+DEADLINE_DOC = (
+    "Seconds from submission within which the job must start; one that has not started by then ends as `expired` "
+    "without running (a score job: its chunks not started by then are skipped, and `counts.expired` says how many "
+    f"items that left). The `{DEADLINE_HEADER}` request header says the same; at most INFERQ_MAX_DEADLINE_S."
+)
+
+
 class ImageIn(BaseModel):
     """One image sent as JSON."""
 
@@ -46,6 +54,7 @@ class JobCreate(BaseModel):
         description="Also return, per prediction, the 28x28 picture the model saw (`input_image`) and a saliency "
         "map (`explanation`): which pixels drove the predicted label. Costs extra model passes in the worker.",
     )
+    deadline_s: JsonFloat | None = Field(None, gt=0, description=DEADLINE_DOC)
     webhook: str | None = Field(None, description="URL that receives this job's events, signed (see Webhooks).")
     webhook_events_filter: list[str] | None = Field(None, description="Events to send: start, progress, completed.")
 
@@ -118,6 +127,7 @@ class Counts(BaseModel):
     total: int
     completed: int
     failed: int
+    expired: int = Field(0, description="Items that never ran because the job's deadline passed first.")
 
 
 class JobPublic(BaseModel):
@@ -135,6 +145,7 @@ class JobPublic(BaseModel):
     attempts: int
     error: dict[str, str] | None = None
     created_at: datetime
+    deadline_at: datetime | None = Field(None, description="When the job must have started by (deadline_s).")
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: dict[str, Any] | None = Field(
@@ -162,10 +173,11 @@ class JobPublic(BaseModel):
             model=job.model_ref,
             model_version=mv.ref if mv else None,
             top_k=job.params.get("top_k"),
-            counts=Counts(total=job.total_items, completed=job.completed_items, failed=job.failed_items),
+            counts=counts_of(job),
             attempts=job.attempts,
             error=error,
             created_at=job.created_at,
+            deadline_at=job.deadline_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             result=job.result,
@@ -177,6 +189,12 @@ class JobPublic(BaseModel):
                 "cancel": f"/v1/jobs/{job.id}/cancel",
             },
         )
+
+
+def counts_of(job: Job) -> Counts:
+    """A job's item counts; an expired job's items that never ran count as expired."""
+    expired = job.total_items - job.completed_items - job.failed_items if job.status == JobStatus.EXPIRED else 0
+    return Counts(total=job.total_items, completed=job.completed_items, failed=job.failed_items, expired=expired)
 
 
 def score_fields(job: Job) -> dict[str, Any]:
@@ -192,7 +210,7 @@ def score_fields(job: Job) -> dict[str, Any]:
         eta = round(max(total - done, 0) * elapsed / done, 1)
     return {
         "dataset": job.params.get("dataset_id"),
-        "request_counts": Counts(total=total, completed=job.completed_items, failed=job.failed_items),
+        "request_counts": counts_of(job),
         "eta_seconds": eta,
         "files": {"output": f"/v1/jobs/{job.id}/output", "errors": f"/v1/jobs/{job.id}/errors"},
     }

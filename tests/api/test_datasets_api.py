@@ -89,7 +89,7 @@ def test_score_job_sends_one_message_per_chunk(make_app: AppFactory) -> None:
     assert resp.status_code == 202, resp.get_data(as_text=True)
     job = resp.get_json()
     assert job["kind"] == "score" and job["dataset"] == ds["id"]
-    assert job["request_counts"] == {"total": 20, "completed": 0, "failed": 0}
+    assert job["request_counts"] == {"total": 20, "completed": 0, "failed": 0, "expired": 0}
     sent = services_of(app).celery
     assert isinstance(sent, SentTasks)
     assert [(n, a) for n, a, _ in sent.sent] == [(SCORE_CHUNK_TASK, [job["id"], i]) for i in range(3)]

@@ -55,7 +55,7 @@ def assert_accepted(app: Flask, resp: TestResponse, images: list[bytes]) -> dict
     job_id = body["id"]
     assert resp.headers["Location"] == f"/v1/jobs/{job_id}"
     assert body["status"] == "queued" and body["kind"] == "classify"
-    assert body["counts"] == {"total": len(images), "completed": 0, "failed": 0}
+    assert body["counts"] == {"total": len(images), "completed": 0, "failed": 0, "expired": 0}
     assert body["predictions"] is None
     assert body["links"]["self"] == f"/v1/jobs/{job_id}"
 
@@ -272,7 +272,7 @@ def test_get_job(client: FlaskClient) -> None:
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     body = resp.get_json()
     assert (body["id"], body["status"], body["predictions"]) == (job_id, "queued", None)
-    assert body["counts"] == {"total": 2, "completed": 0, "failed": 0}
+    assert body["counts"] == {"total": 2, "completed": 0, "failed": 0, "expired": 0}
     assert body["links"] == {
         "self": f"/v1/jobs/{job_id}",
         "results": f"/v1/jobs/{job_id}/results",
@@ -405,7 +405,7 @@ def test_finished_job_shows_predictions(app: Flask, client: FlaskClient) -> None
 
     body = client.get(f"/v1/jobs/{job_id}").get_json()
     assert body["status"] == "succeeded" and body["model_version"] == "mnist-cnn:1"
-    assert body["counts"] == {"total": 2, "completed": 1, "failed": 1}
+    assert body["counts"] == {"total": 2, "completed": 1, "failed": 1, "expired": 0}
     assert body["attempts"] == 1 and body["started_at"] and body["finished_at"]
     ok, bad = body["predictions"]
     assert ok == {

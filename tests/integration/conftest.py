@@ -49,6 +49,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             "INFERQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
             "INFERQ_CHUNK_SIZE": str(settings.chunk_size),
             "INFERQ_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
+            "INFERQ_WEBHOOK_ALLOW_CIDRS": settings.webhook_allow_cidrs,
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }

@@ -58,7 +58,7 @@ def test_upload_to_prediction_rows_on_postgres(stack_settings: Settings, api_cli
     job = api_client.get(f"/v1/jobs/{job_id}?wait=60").json  # one long poll instead of polling
     assert job["status"] == "succeeded", job
     assert job["model_version"] == "mnist-cnn:1"
-    assert job["counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert job["counts"] == {"total": 2, "completed": 2, "failed": 0, "expired": 0}
     assert [len(p["top_k"]) for p in job["predictions"]] == [3, 3]
     rows = db_rows(
         stack_settings,
@@ -89,7 +89,7 @@ def test_redelivered_message_writes_nothing_twice(stack_settings: Settings, api_
     again = terminal(api_client, job_id)
     assert again is not None and again["status"] == "succeeded"
     assert again["predictions"] == first["predictions"]
-    assert again["counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert again["counts"] == {"total": 2, "completed": 2, "failed": 0, "expired": 0}
 
 
 def test_reconciler_dispatches_a_job_whose_publish_failed(

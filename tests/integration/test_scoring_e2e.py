@@ -153,7 +153,7 @@ def test_dataset_scored_in_chunks_on_s3_storage(stack_settings: Settings, worker
         assert moto.keys(bucket) == [f"prod/inferq/datasets/{ds_id}/{name}" for name in ("images.npy", "labels.npy")]
         done = wait_until(lambda: finished(client, job_id), 120, "the score job to finish")
         assert done["status"] == "succeeded", done
-        assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+        assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "expired": 0}
         assert done["result"]["accuracy"] > 0.5 and done["result"]["labelled_items"] == ITEMS
         assert item_rows(settings, job_id) == (ITEMS, ITEMS)
         text = client.get(f"/v1/jobs/{job_id}/output?format=csv").get_data(as_text=True)
@@ -185,5 +185,5 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(
     start(stack_settings, workers)
     done = wait_until(lambda: finished(client, job_id), 120, "the redelivered chunks to finish")
     assert done["status"] == "succeeded", done
-    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+    assert done["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "expired": 0}
     assert item_rows(stack_settings, job_id) == (ITEMS, ITEMS)

@@ -30,7 +30,7 @@ def test_a_white_page_gets_no_label_while_its_batch_mate_does(
     job_id = submit(api_client, [white_page(), png_of(7)])
     job = api_client.get(f"/v1/jobs/{job_id}?wait=60").json
     assert job["status"] == "succeeded", job
-    assert job["counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert job["counts"] == {"total": 2, "completed": 2, "failed": 0, "expired": 0}
     page, digit = job["predictions"]
     assert (page["status"], page["label"], page["confidence"], page["top_k"]) == ("succeeded", None, None, None)
     assert page["warnings"] == ["no-ink"] and page["error"] is None

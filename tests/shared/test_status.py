@@ -7,7 +7,7 @@ import pytest
 from shared.config.status import TERMINAL, JobStatus
 
 Q, R, S = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED
-F, C = JobStatus.FAILED, JobStatus.CANCELED
+F, C, E = JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED
 
 ALLOWED = {
     (Q, R),
@@ -16,12 +16,14 @@ ALLOWED = {
     (R, S),
     (R, F),
     (R, C),
+    (Q, E),
+    (R, E),
 }
 
 
-def test_terminal_states_are_exactly_succeeded_failed_canceled() -> None:
-    """Succeeded, failed and canceled are terminal; queued and running are not."""
-    assert {s for s in JobStatus if s.is_terminal()} == {S, F, C} == set(TERMINAL)
+def test_terminal_states_are_exactly_succeeded_failed_canceled_expired() -> None:
+    """Succeeded, failed, canceled and expired are terminal; queued and running are not."""
+    assert {s for s in JobStatus if s.is_terminal()} == {S, F, C, E} == set(TERMINAL)
 
 
 @pytest.mark.parametrize("old", sorted(TERMINAL))
@@ -49,8 +51,9 @@ def test_sources_of_is_the_inverse_of_can_become(new: JobStatus) -> None:
 
 
 def test_sources_of_terminal_targets() -> None:
-    """Succeeded comes only from running; failed and canceled from queued or running."""
+    """Succeeded comes only from running; failed, canceled and expired from queued or running."""
     assert JobStatus.sources_of(S) == (R,)
     assert set(JobStatus.sources_of(F)) == {Q, R}
     assert set(JobStatus.sources_of(C)) == {Q, R}
+    assert set(JobStatus.sources_of(E)) == {Q, R}
     assert JobStatus.sources_of(R) == (Q,)

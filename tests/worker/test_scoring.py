@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
 from shared.db.engine import session_scope, upgrade_database
-from shared.db.models import Dataset, Job, JobItem, ModelVersion
+from shared.db.models import Dataset, Job, JobItem, ModelVersion, utcnow
 from shared.inputs.datasets import ingest
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import register_version
+from shared.schemas.public import JobPublic
 from tests.dataset_factories import digits, jsonl_bytes, npz_bytes
 from tests.factories import encode, png_bytes
 from worker.context import WorkerContext
@@ -164,6 +166,28 @@ def test_canceled_job_skips_chunks_not_started(ctx: WorkerContext, model: tuple[
     assert run_chunk(ctx, job_id, 1).status == "skipped-canceled"
     job = job_row(ctx, job_id)
     assert (job.status, job.completed_items, item_count(ctx, job_id)) == (JobStatus.CANCELED.value, 40, 40)
+
+
+def test_a_deadline_passing_mid_job_expires_it_and_keeps_the_rows_written(
+    ctx: WorkerContext, model: tuple[ModelVersion, BarModel]
+) -> None:
+    """A score job whose deadline passes after its first chunk ends expired at the next chunk: that chunk and the
+    rest are skipped, the first chunk's rows stay, and the counts say 60 of 100 items expired."""
+    ds = new_dataset(ctx, "d.npz", npz_bytes(x=digits(100)[0]))
+    job_id = new_job(ctx, ds)
+    run_chunk(ctx, job_id, 0)
+    with session_scope(ctx.sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(deadline_at=utcnow() - timedelta(seconds=1)))
+    assert run_chunk(ctx, job_id, 1).status == "skipped-expired"
+    assert run_chunk(ctx, job_id, 2).status == "skipped-expired"
+    job = job_row(ctx, job_id)
+    assert (job.status, job.error_type, job.completed_items, item_count(ctx, job_id)) == (
+        "expired",
+        "deadline-expired",
+        40,
+        40,
+    )
+    assert JobPublic.of(job).counts.model_dump() == {"total": 100, "completed": 40, "failed": 0, "expired": 60}
 
 
 def rows_of(ctx: WorkerContext, job_id: uuid.UUID) -> list[JobItem]:

@@ -63,7 +63,7 @@
     return node;
   }
 
-  const TERMINAL = new Set(["succeeded", "failed", "canceled"]);  // a job in one of these never changes again
+  const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);  // a job in one of these never changes again
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "–");

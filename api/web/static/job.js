@@ -8,13 +8,15 @@
     const pairs = [
       ["Status", job.status], ["Kind", job.kind], ["Model asked", job.model],
       ["Model version that ran", job.model_version || "–"],
-      ["Items", c.total + " (" + c.completed + " done, " + c.failed + " failed)"], ["Attempts", job.attempts],
+      ["Items", c.total + " (" + c.completed + " done, " + c.failed + " failed" + (c.expired ? ", " + c.expired + " expired" : "") + ")"],
+      ["Attempts", job.attempts],
       ["Created", when(job.created_at)], ["Started", when(job.started_at)], ["Finished", when(job.finished_at)],
     ];
     if (job.started_at && job.finished_at) {
       pairs.push(["Run time", ((new Date(job.finished_at) - new Date(job.started_at)) / 1000).toFixed(3) + " s"]);
     }
     if (job.eta_seconds !== null && job.eta_seconds !== undefined) pairs.push(["ETA", job.eta_seconds.toFixed(0) + " s"]);
+    if (job.deadline_at) pairs.push(["Deadline", when(job.deadline_at)]);
     if (job.error) pairs.push(["Error", job.error.type + ": " + job.error.detail]);
     return pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]);
   }
