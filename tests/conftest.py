@@ -158,24 +158,22 @@ def redis_url(redis_server_url: str, redis_db: int) -> Iterator[str]:
 # --- scheduling: the long modules first ------------------------------------------------------------------------------
 # pytest-xdist's loadscope hands out one module at a time, in this order (pyproject.toml sets --no-loadscope-reorder,
 # which would otherwise put the modules with the most tests first and leave the long single-test ones as the run's
-# tail). The longest modules go first (from `python3 dev.py test --durations=30`), then the rest of the modules that
-# wait on subprocesses (faults, integration), then everything else, which fills the gaps at the end.
-LONGEST_FIRST = (
-    "tests/integration/test_schemathesis.py",
-    "tests/faults/test_fault_worker_kill.py",
-    "tests/integration/test_scoring_e2e.py",
-    "tests/integration/test_web_browser.py",
-    "tests/integration/test_idempotency_pg.py",
-    "tests/faults/test_fault_redis.py",
+# tail). The longest modules go first (from `python3 dev.py test --durations=30`). The first module that needs the
+# trained default model (tests/integration/conftest.py: model_artifact, built once per run) trains it; the modules
+# given out while it trains are ones that need no model (the fault suite, the database-only integration tests), so
+# no process sits waiting for it. Then the rest of the integration tests, then everything else, which fills the gaps.
+SCHEDULE = (
+    ("tests/integration/test_schemathesis.py",),
+    ("tests/faults/test_fault_worker_kill.py",),
+    ("tests/integration/test_scoring_e2e.py",),  # trains the default model
+    ("tests/faults/", "tests/integration/test_idempotency_pg.py", "tests/integration/test_webhook_delivery.py"),
+    ("tests/integration/test_web_browser.py", "tests/integration/test_cli_up.py"),
+    ("tests/integration/",),
 )
 
 
 def _module_rank(path: str) -> int:
-    if path in LONGEST_FIRST:
-        return LONGEST_FIRST.index(path)
-    if path.startswith(("tests/faults/", "tests/integration/")):
-        return len(LONGEST_FIRST)
-    return len(LONGEST_FIRST) + 1
+    return next((rank for rank, group in enumerate(SCHEDULE) if path.startswith(group)), len(SCHEDULE))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
