@@ -58,20 +58,21 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
     if top_k is not None and top_k < 1:
         raise ValidationFailed(f"top_k must be a whole number of at least 1, got {raw!r}")
     explain = _form_bool(request.form.get("explain"), "explain")
-    deadline = _form_deadline(request.form.get("deadline_s"))
+    deadline = _seconds(request.form.get("deadline_s"), "deadline_s")
     return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain, deadline)
 
 
-def _form_deadline(raw: str | None) -> float | None:
-    """The deadline_s form field: absent or a positive number of seconds."""
+def _seconds(raw: str | None, what: str) -> float | None:
+    """A number of seconds sent as text (a form field or a header): absent or empty is None, else it must be a
+    positive finite number (422 otherwise)."""
     if raw in (None, ""):
         return None
     try:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise ValidationFailed(f"deadline_s must be a positive number of seconds, got {raw!r}")
+    if not 0 < value < float("inf"):
+        raise ValidationFailed(f"{what} must be a positive number of seconds, got {raw!r}")
     return value
 
 
@@ -138,14 +139,8 @@ def read_deadline(request: Request, body_value: float | None, settings: Settings
     """When the job must have started by: `deadline_s` from the body (or form), else the Inferq-Deadline-S
     header, counted from now; None without either. 422 past INFERQ_MAX_DEADLINE_S or for a non-positive value."""
     seconds = body_value
-    raw = request.headers.get(DEADLINE_HEADER)
-    if seconds is None and raw is not None:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = 0.0
-        if not seconds > 0 or seconds == float("inf"):
-            raise ValidationFailed(f"the {DEADLINE_HEADER} header must be a positive number of seconds, got {raw!r}")
+    if seconds is None:
+        seconds = _seconds(request.headers.get(DEADLINE_HEADER), f"the {DEADLINE_HEADER} header")
     if seconds is None:
         return None
     if seconds > settings.max_deadline_s:
