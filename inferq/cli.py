@@ -204,16 +204,26 @@ def train_default(epochs: int | None, force: bool) -> None:
 @click.option("--model", default=None, help="name, name:version or name@alias (default: the default model).")
 @click.option("--top-k", type=int, default=None, help="Ranked labels per image.")
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait for the result.")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds the job may wait to start; past them it ends expired without running (deadline_s).",
+)
 @click.option("--api-url", default=None, help="API base URL (default INFERQ_API_URL or http://host:port).")
-def classify(
-    images: tuple[Path, ...], model: str | None, top_k: int | None, timeout: float, api_url: str | None
+def classify(  # noqa: PLR0913 - one parameter per CLI option
+    images: tuple[Path, ...],
+    model: str | None,
+    top_k: int | None,
+    timeout: float,
+    deadline: float | None,
+    api_url: str | None,
 ) -> None:
     """Classify image files: submit one job, wait for it, print a table."""
     from inferq.client import classify_files
 
-    ok = classify_files(
-        api_url or command_settings().resolved_api_url, images, model=model, top_k=top_k, timeout=timeout
-    )
+    url = api_url or command_settings().resolved_api_url
+    ok = classify_files(url, images, model=model, top_k=top_k, timeout=timeout, deadline_s=deadline)
     sys.exit(0 if ok else 1)
 
 

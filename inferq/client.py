@@ -61,13 +61,16 @@ def _check(resp: requests.Response) -> dict[str, Any]:
     return data
 
 
-def submit(api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None) -> dict[str, Any]:
+def submit(
+    api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None, deadline_s: float | None = None
+) -> dict[str, Any]:
     """POST the files as one multipart classify job."""
     files = [
         ("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
         for p in paths
     ]
-    data = {k: str(v) for k, v in {"model": model, "top_k": top_k}.items() if v is not None}
+    fields = {"model": model, "top_k": top_k, "deadline_s": deadline_s}
+    data = {k: str(v) for k, v in fields.items() if v is not None}
     return _call("POST", f"{api_url}/v1/jobs", files=files, data=data)
 
 
@@ -84,16 +87,25 @@ def wait(api_url: str, job_id: str, *, timeout: float) -> dict[str, Any]:
 
 
 def classify_files(
-    api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None, timeout: float
+    api_url: str,
+    paths: tuple[Path, ...],
+    *,
+    model: str | None,
+    top_k: int | None,
+    timeout: float,
+    deadline_s: float | None = None,
 ) -> bool:
     """Submit, wait and print one row per image; False if the job did not succeed."""
     try:
         with out.status("submitting..."):
-            job = submit(api_url, paths, model=model, top_k=top_k)
+            job = submit(api_url, paths, model=model, top_k=top_k, deadline_s=deadline_s)
         with out.status(f"job {job['id']} queued, waiting..."):
             job = wait(api_url, job["id"], timeout=timeout)
     except ApiError as exc:
         out.print(f"[red]error:[/] {exc}")
+        return False
+    if job["status"] == "expired":  # none of its images ran
+        out.print(f"[yellow]job {job['id']} expired:[/] {(job.get('error') or {}).get('detail', '')}")
         return False
     table = Table(title=f"job {job['id']} · {job['status']} · model {job.get('model_version') or job['model']}")
     for col in ("image", "label", "confidence", "top-k", "warnings"):
