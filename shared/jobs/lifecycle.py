@@ -195,6 +195,14 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     return Claim(job_id, model_ref, tenant_id, int(params.get("top_k", 1)), items, bool(params.get("explain")))
 
 
+_EXPIRED = {  # the error detail of an expired job, by kind
+    JobKind.CLASSIFY.value: "the job's deadline (deadline_s) passed before it started: none of its images ran",
+    JobKind.SCORE.value: "the job's deadline (deadline_s) passed before all of its chunks started: those not started "
+    "were skipped (counts.expired); the rows written stay",
+    JobKind.TRAIN.value: "the job's deadline (deadline_s) passed before it started",
+}
+
+
 def expire_overdue(
     session: Session, job_ids: Sequence[uuid.UUID] | None = None, *, limit: int = 500
 ) -> list[uuid.UUID]:
@@ -207,18 +215,11 @@ def expire_overdue(
         Job.status == JobStatus.QUEUED.value,
         and_(Job.status == JobStatus.RUNNING.value, Job.kind == JobKind.SCORE.value),
     )
-    query = select(Job.id).where(Job.deadline_at.is_not(None), Job.deadline_at <= now, overdue)
+    query = select(Job.id, Job.kind).where(Job.deadline_at.is_not(None), Job.deadline_at <= now, overdue)
     query = query.where(Job.id.in_(job_ids)) if job_ids is not None else query.limit(limit)
     expired = []
-    for job_id in session.scalars(query).all():
-        if set_status(
-            session,
-            job_id,
-            JobStatus.EXPIRED,
-            error_type="deadline-expired",
-            error="the job's deadline (deadline_s) passed before it started; a score job's chunks not started by "
-            "then were skipped",
-        ):
+    for job_id, kind in session.execute(query).all():
+        if set_status(session, job_id, JobStatus.EXPIRED, error_type="deadline-expired", error=_EXPIRED[kind]):
             expired.append(job_id)
     return expired
 
