@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Busy mode: interactive latency while a bulk job runs, against the same stack idle, in one run.
+
+On a scratch stack (its own PostgreSQL database, a Redis database, `inferq api` and one `inferq worker` serving
+every lane, as `inferq up` runs them) it
+  * uploads a dataset of --items MNIST digits (default 60,000) and scores it alone: the bulk job's images/s idle,
+  * runs one interactive client (submit a single-image job over HTTP, long-poll it to the end, repeat) for
+    --seconds with nothing else running: the idle p50/p99,
+  * scores the dataset again while the same client runs until the score job ends: the p50/p99 during bulk and the
+    bulk job's images/s shared,
+and prints them; --json prints one JSON object as the last line (bench/online.py --busy merges it).
+
+    python bench/busy.py --json
+    python bench/busy.py --items 60000 --seconds 15 --pg-admin-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.bulk import build_dataset, scratch_stack, wait_for  # noqa: E402
+from bench.online_stack import sample_pngs  # noqa: E402
+from inferq.access import ensure_local_key  # noqa: E402
+from shared.db.engine import upgrade_database  # noqa: E402
+from shared.runtime.embedded import free_port  # noqa: E402
+
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
+def interactive(url: str, headers: dict[str, str], until: threading.Event, images: list[bytes]) -> list[float]:
+    """One client: submit a single-image job, long-poll it to the end, repeat until `until` is set; seconds each."""
+    s = requests.Session()
+    s.headers.update(headers)
+    lat, i = [], 0
+    while not until.is_set():
+        t0 = time.perf_counter()
+        files = [("images", ("d.png", images[i % len(images)], "image/png"))]
+        resp = s.post(f"{url}/v1/jobs", files=files, timeout=60)
+        if resp.status_code != 202:
+            raise SystemExit(f"an interactive job was refused: {resp.status_code} {resp.text[:500]}")
+        job = resp.json()
+        while job["status"] not in TERMINAL:
+            job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
+        if job["status"] != "succeeded":
+            raise SystemExit(f"an interactive job ended {job['status']}: {job.get('error')}")
+        lat.append(time.perf_counter() - t0)
+        i += 1
+    return lat
+
+
+def score(url: str, headers: dict[str, str], dataset: str) -> tuple[str, float]:
+    """Submit a score job of the dataset and wait for its end; (status, images/s from 202 to the end)."""
+    t0 = time.perf_counter()
+    job = requests.post(f"{url}/v1/jobs", json={"kind": "score", "dataset": dataset}, headers=headers, timeout=60)
+    job.raise_for_status()
+    body = job.json()
+    while body["status"] not in TERMINAL:
+        body = requests.get(f"{url}/v1/jobs/{body['id']}", params={"wait": 5}, headers=headers, timeout=60).json()
+    return body["status"], body["counts"]["total"] / (time.perf_counter() - t0)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.RequestException:  # not listening yet, or still starting
+        return False
+
+
+def ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> dict[str, Any]:
+    images = sample_pngs(50)
+    _, bulk_idle = score(url, headers, dataset)
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    idle = interactive(url, headers, stop, images)
+    shared: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def bulk() -> None:
+        shared["status"], shared["rate"] = score(url, headers, dataset)
+        stop.set()
+
+    runner = threading.Thread(target=bulk)
+    runner.start()
+    time.sleep(0.5)  # the score job's chunks are queued and running
+    during = interactive(url, headers, stop, images)
+    runner.join()
+    return {
+        "interactive_jobs_idle": len(idle),
+        "interactive_p50_ms_idle": ms(idle, 0.5),
+        "interactive_p99_ms_idle": ms(idle, 0.99),
+        "interactive_jobs_during_bulk": len(during),
+        "interactive_p50_ms_during_bulk": ms(during, 0.5),
+        "interactive_p99_ms_during_bulk": ms(during, 0.99),
+        "bulk_images_per_s_idle": round(bulk_idle),
+        "bulk_images_per_s_shared": round(shared["rate"]),
+        "bulk_shared_vs_idle": round(shared["rate"] / bulk_idle, 3),
+        "bulk_status_shared": shared["status"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=60_000, help="Images in the bulk job's dataset.")
+    ap.add_argument("--seconds", type=float, default=15.0, help="Seconds of the idle interactive run.")
+    ap.add_argument("--pg-admin-url", "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
+    ap.add_argument("--epochs", type=int, default=2, help="Epochs of the model trained for the run.")
+    ap.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
+    args = ap.parse_args()
+
+    with scratch_stack(args.pg_admin_url, args.redis_url, "busy") as (settings, env, tmp):
+        port = free_port()
+        env.update(INFERQ_API_PORT=str(port), INFERQ_API_HOST="127.0.0.1", INFERQ_RATE_LIMIT_ENABLED="false")
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            upgrade_database(settings)
+            key = ensure_local_key(settings)[0]
+            print(f"training the default model ({args.epochs} epochs) ...", file=sys.stderr, flush=True)
+            subprocess.run(
+                [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
+                env=env,
+                check=True,
+                cwd=ROOT,
+                capture_output=True,
+            )
+            for name, cmd in (("worker", ["worker"]), ("api", ["api", "--workers", "2"])):
+                procs.append(
+                    subprocess.Popen(  # noqa: S603
+                        [sys.executable, "-m", "inferq", *cmd],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+            wait_for(lambda: _answers(f"{url}/readyz"), 120, "the API")
+            wait_for(lambda: "default model" in (tmp / "worker.log").read_text(errors="replace"), 120, "the worker")
+            buf = io.BytesIO()
+            np.save(buf, build_dataset(args.items))
+            ds = requests.post(
+                f"{url}/v1/datasets", params={"filename": "busy.npy"}, data=buf.getvalue(), headers=headers, timeout=600
+            )
+            ds.raise_for_status()
+            result = {"items": args.items, **measure(url, headers, ds.json()["id"], args.seconds)}
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(60)
+    for key_, value in result.items():
+        print(f"{key_:34} {value}")
+    ratio = result["interactive_p50_ms_during_bulk"] / max(result["interactive_p50_ms_idle"], 0.1)
+    print(f"interactive p50 during bulk / idle: {ratio:.2f}x (#16 asks <= 2x, p99 <= 500 ms, bulk shared >= 0.8)")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
