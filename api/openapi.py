@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.config.settings import Settings
 from shared.registry.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
-from shared.schemas.public import DEADLINE_DOC, JobCreate
+from shared.schemas.public import DEADLINE_DOC, DEADLINE_HEADER, JobCreate
 from shared.webhooks.outbox import WebhookEvent
 
 # What the API's own checks enforce, stated so that a schema-driven client does not send what will be refused.
@@ -124,6 +124,15 @@ def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, 
     multipart = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     multipart["schema"]["properties"]["top_k"]["maximum"] = settings.max_top_k
     multipart["schema"]["properties"]["deadline_s"]["maximum"] = settings.max_deadline_s
+    spec["paths"]["/v1/jobs"]["post"].setdefault("parameters", []).append(
+        {
+            "name": DEADLINE_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "deadline_s as a request header; a deadline_s in the body wins (both are checked).",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": settings.max_deadline_s},
+        }
+    )
     for option in schemas["JobCreate"]["properties"]["deadline_s"]["anyOf"]:
         if option.get("type") == "number":  # a JsonFloat's bound keeps pydantic's name: JSON Schema's is below
             option.update(exclusiveMinimum=option.pop("gt", 0), maximum=settings.max_deadline_s)

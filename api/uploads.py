@@ -138,13 +138,11 @@ def _check_one(idx: int, up: Upload, settings: Settings) -> None:
 def read_deadline(request: Request, body_value: float | None, settings: Settings) -> datetime | None:
     """When the job must have started by: `deadline_s` from the body (or form), else the Inferq-Deadline-S
     header, counted from now; None without either. 422 past INFERQ_MAX_DEADLINE_S or for a non-positive value."""
-    seconds = body_value
-    if seconds is None:
-        seconds = _seconds(request.headers.get(DEADLINE_HEADER), f"the {DEADLINE_HEADER} header")
-    if seconds is None:
-        return None
-    if seconds > settings.max_deadline_s:
-        raise ValidationFailed(
-            f"deadline_s is {seconds:g} s; at most {settings.max_deadline_s:g} s (INFERQ_MAX_DEADLINE_S)"
-        )
-    return utcnow() + timedelta(seconds=seconds)
+    header = _seconds(request.headers.get(DEADLINE_HEADER), f"the {DEADLINE_HEADER} header")
+    for what, value in (("deadline_s", body_value), (DEADLINE_HEADER, header)):  # both checked, even if unused
+        if value is not None and value > settings.max_deadline_s:
+            raise ValidationFailed(
+                f"{what} is {value:g} s; at most {settings.max_deadline_s:g} s (INFERQ_MAX_DEADLINE_S)"
+            )
+    seconds = body_value if body_value is not None else header
+    return None if seconds is None else utcnow() + timedelta(seconds=seconds)

@@ -82,3 +82,14 @@ def test_the_largest_deadline_is_a_setting_and_the_openapi_document_says_so(make
     assert number == {"type": "number", "exclusiveMinimum": 0, "maximum": 10}
     form = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["properties"]["deadline_s"]["maximum"] == 10
+    (header,) = [p for p in spec["paths"]["/v1/jobs"]["post"]["parameters"] if p["name"] == "Inferq-Deadline-S"]
+    assert header["in"] == "header" and header["schema"] == {"type": "number", "exclusiveMinimum": 0, "maximum": 10}
+
+
+@pytest.mark.parametrize("header", ["abc", "0", "86401"])
+def test_a_bad_header_is_refused_even_when_the_body_has_a_deadline(app: Flask, header: str) -> None:
+    """The body's deadline_s wins, but a malformed or too large header is still a 422 (what the schema says)."""
+    body = {"images": [{"data": b64(png_bytes())}], "deadline_s": 5}
+    resp = app.test_client().post("/v1/jobs", json=body, headers={"Inferq-Deadline-S": header})
+    assert_problem(resp, 422, "validation-error")
+    assert_nothing_written(app)
