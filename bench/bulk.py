@@ -158,6 +158,13 @@ def scratch_stack(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def train_default(env: dict[str, str], epochs: int) -> None:
+    """`inferq train-default` in the scratch stack's environment (progress on stderr)."""
+    print(f"training the default model ({epochs} epochs) ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "inferq", "train-default", "--epochs", str(epochs)]
+    subprocess.run(cmd, env=env, check=True, cwd=ROOT, capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=20_000)
@@ -175,14 +182,7 @@ def main() -> None:
         worker = None
         try:
             upgrade_database(settings)
-            print(f"training the default model ({args.epochs} epochs) ...", flush=True)
-            subprocess.run(
-                [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
-                env=env,
-                check=True,
-                cwd=ROOT,
-                capture_output=True,
-            )
+            train_default(env, args.epochs)
             images = build_dataset(args.items)
             reference = RawModel(tmp / "models" / "mnist-cnn" / "1" / "model.keras", images, 256)
             raw_before = reference.throughput()

@@ -33,7 +33,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.bulk import build_dataset, scratch_stack, wait_for  # noqa: E402
+from bench.bulk import build_dataset, scratch_stack, train_default, wait_for  # noqa: E402
 from bench.online_stack import sample_pngs  # noqa: E402
 from inferq.access import ensure_local_key  # noqa: E402
 from shared.db.engine import upgrade_database  # noqa: E402
@@ -136,14 +136,7 @@ def main() -> None:
         try:
             upgrade_database(settings)
             key = ensure_local_key(settings)[0]
-            print(f"training the default model ({args.epochs} epochs) ...", file=sys.stderr, flush=True)
-            subprocess.run(
-                [sys.executable, "-m", "inferq", "train-default", "--epochs", str(args.epochs)],
-                env=env,
-                check=True,
-                cwd=ROOT,
-                capture_output=True,
-            )
+            train_default(env, args.epochs)
             for name, cmd in (("worker", ["worker"]), ("api", ["api", "--workers", "2"])):
                 procs.append(
                     subprocess.Popen(  # noqa: S603
