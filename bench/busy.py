@@ -34,7 +34,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bulk import build_dataset, scratch_stack, train_default, wait_for  # noqa: E402
-from bench.online_stack import sample_pngs  # noqa: E402
+from bench.online_stack import sample_pngs, timed_job  # noqa: E402
 from inferq.access import ensure_local_key  # noqa: E402
 from shared.db.engine import upgrade_database  # noqa: E402
 from shared.runtime.embedded import free_port  # noqa: E402
@@ -46,20 +46,9 @@ def interactive(url: str, headers: dict[str, str], until: threading.Event, image
     """One client: submit a single-image job, long-poll it to the end, repeat until `until` is set; seconds each."""
     s = requests.Session()
     s.headers.update(headers)
-    lat, i = [], 0
+    lat: list[float] = []
     while not until.is_set():
-        t0 = time.perf_counter()
-        files = [("images", ("d.png", images[i % len(images)], "image/png"))]
-        resp = s.post(f"{url}/v1/jobs", files=files, timeout=60)
-        if resp.status_code != 202:
-            raise SystemExit(f"an interactive job was refused: {resp.status_code} {resp.text[:500]}")
-        job = resp.json()
-        while job["status"] not in TERMINAL:
-            job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
-        if job["status"] != "succeeded":
-            raise SystemExit(f"an interactive job ended {job['status']}: {job.get('error')}")
-        lat.append(time.perf_counter() - t0)
-        i += 1
+        lat.append(timed_job(s, url, images[len(lat) % len(images)]))
     return lat
 
 

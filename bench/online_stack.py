@@ -224,16 +224,25 @@ def client_loop(
     form = {"model": model} if model else None
     i = 0
     while time.monotonic() < deadline:
-        t0 = time.perf_counter()
-        files = [("images", ("d.png", images[i % len(images)], "image/png"))]
-        job = s.post(f"{stack.url}/v1/jobs", files=files, data=form, timeout=60).json()
-        while job["status"] not in ("succeeded", "failed", "canceled"):  # long poll, as the CLI does
-            job = s.get(f"{stack.url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
-        if job["status"] != "succeeded":
-            raise SystemExit(f"a benchmark job ended {job['status']}: {job.get('error')}")
+        seconds = timed_job(s, stack.url, images[i % len(images)], form)
         with lock:
-            lat.append(time.perf_counter() - t0)
+            lat.append(seconds)
         i += 1
+
+
+def timed_job(s: requests.Session, url: str, image: bytes, form: dict[str, str] | None = None) -> float:
+    """Submit one single-image job and long-poll it to the end, as the CLI does; the seconds it took. A refused
+    or unsuccessful job ends the benchmark."""
+    t0 = time.perf_counter()
+    resp = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", image, "image/png"))], data=form, timeout=60)
+    if resp.status_code != 202:
+        raise SystemExit(f"a benchmark job was refused: {resp.status_code} {resp.text[:500]}")
+    job = resp.json()
+    while job["status"] not in ("succeeded", "failed", "canceled", "expired"):
+        job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
+    if job["status"] != "succeeded":
+        raise SystemExit(f"a benchmark job ended {job['status']}: {job.get('error')}")
+    return time.perf_counter() - t0
 
 
 def load(stack: Stack, *, clients: int, seconds: float, images: list[bytes], model: str | None) -> tuple[list, float]:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from shared.config.errors import InferqError, ModelNotFound, ModelNotReady, ValidationFailed
 from shared.config.status import JobStatus
 from shared.db.engine import session_scope
-from shared.db.models import Job, ModelVersion
+from shared.db.models import Job, ModelVersion, utcnow
 from shared.inputs.imaging import confidence_warnings, prepare
 from shared.jobs import lifecycle as jobstore
 from shared.jobs.lifecycle import ItemResult
@@ -88,7 +88,8 @@ def start_job(ctx: WorkerContext, job_id: uuid.UUID) -> tuple[Job, ModelVersion]
             return Outcome(str(job_id), "missing")
         if JobStatus(job.status).is_terminal():
             return Outcome(str(job_id), job.status)
-        if jobstore.expire_overdue(session, [job_id]):  # its deadline passed while it was queued: it never runs
+        overdue = job.deadline_at is not None and job.deadline_at <= utcnow()
+        if overdue and jobstore.expire_overdue(session, [job_id]):  # its deadline passed while queued: it never runs
             return Outcome(str(job_id), JobStatus.EXPIRED.value)
         if job.attempts >= ctx.settings.max_attempts:
             jobstore.fail_job(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import io
 import uuid
+from datetime import timedelta
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from shared.db.engine import session_scope
-from shared.db.models import Job, JobItem, ModelVersion
+from shared.db.models import Job, JobItem, ModelVersion, utcnow
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import register_version
 from tests.worker.conftest import ContextFactory
@@ -138,6 +139,20 @@ def test_a_canceled_job_is_skipped(ctx: WorkerContext, model: tuple[ModelVersion
         jobstore.cancel_job(session, job_id)
     assert run_classify(ctx, job_id).status == "canceled"
     assert fake.calls == []
+
+
+def test_an_overdue_job_expires_without_a_forward_pass(
+    ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]
+) -> None:
+    """A job whose deadline passed while it was queued is not claimed; the careful path expires it, nothing runs."""
+    _, fake = model
+    job_id = new_job(ctx, [png(), png(20)])
+    with session_scope(ctx.sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(deadline_at=utcnow() - timedelta(seconds=1)))
+    assert run_classify(ctx, job_id).status == "expired"
+    job, items = load(ctx, job_id)
+    assert (job.status, job.attempts, fake.calls) == ("expired", 0, [])
+    assert all(i.status == "pending" for i in items)
 
 
 def test_too_many_attempts_fail_the_job(ctx: WorkerContext, model: tuple[ModelVersion, FakeModel]) -> None:
