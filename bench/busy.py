@@ -34,7 +34,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bulk import build_dataset, scratch_stack, train_default, wait_for  # noqa: E402
-from bench.online_stack import sample_pngs, timed_job  # noqa: E402
+from bench.online_stack import STAGES, sample_pngs, timed_job  # noqa: E402
 from inferq.access import ensure_local_key  # noqa: E402
 from shared.db.engine import upgrade_database  # noqa: E402
 from shared.runtime.embedded import free_port  # noqa: E402
@@ -42,14 +42,22 @@ from shared.runtime.embedded import free_port  # noqa: E402
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 
-def interactive(url: str, headers: dict[str, str], until: threading.Event, images: list[bytes]) -> list[float]:
-    """One client: submit a single-image job, long-poll it to the end, repeat until `until` is set; seconds each."""
+def interactive(
+    url: str, headers: dict[str, str], until: threading.Event, images: list[bytes], stages: list[dict[str, float]]
+) -> list[float]:
+    """One client: submit a single-image job, long-poll it to the end, repeat until `until` is set; seconds each
+    (and each job's stages into `stages`)."""
     s = requests.Session()
     s.headers.update(headers)
     lat: list[float] = []
     while not until.is_set():
-        lat.append(timed_job(s, url, images[len(lat) % len(images)]))
+        lat.append(timed_job(s, url, images[len(lat) % len(images)], stages=stages))
     return lat
+
+
+def stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
+    """The median milliseconds of each stage (bench.online_stack.STAGES)."""
+    return {name: round(1000 * float(np.median([st[name] for st in stages])), 1) for name in STAGES} if stages else {}
 
 
 def score(url: str, headers: dict[str, str], dataset: str) -> tuple[str, float]:
@@ -81,7 +89,8 @@ def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> 
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
-    idle = interactive(url, headers, stop, images)
+    idle_stages: list[dict[str, float]] = []
+    idle = interactive(url, headers, stop, images, idle_stages)
     shared: dict[str, Any] = {}
     stop = threading.Event()
 
@@ -92,7 +101,8 @@ def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> 
     runner = threading.Thread(target=bulk)
     runner.start()
     time.sleep(0.5)  # the score job's chunks are queued and running
-    during = interactive(url, headers, stop, images)
+    during_stages: list[dict[str, float]] = []
+    during = interactive(url, headers, stop, images, during_stages)
     runner.join()
     return {
         "interactive_jobs_idle": len(idle),
@@ -105,6 +115,8 @@ def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> 
         "bulk_images_per_s_shared": round(shared["rate"]),
         "bulk_shared_vs_idle": round(shared["rate"] / bulk_idle, 3),
         "bulk_status_shared": shared["status"],
+        "interactive_stage_ms_idle": stage_medians(idle_stages),
+        "interactive_stage_ms_during_bulk": stage_medians(during_stages),
     }
 
 
@@ -115,12 +127,23 @@ def main() -> None:
     ap.add_argument("--pg-admin-url", "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     ap.add_argument("--epochs", type=int, default=2, help="Epochs of the model trained for the run.")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="INFERQ_NAME=VALUE",
+        help="A setting for the stack's processes (repeatable), e.g. --set INFERQ_BULK_NICE=0.",
+    )
     ap.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
     args = ap.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if bad := [k for k in overrides if not k.startswith("INFERQ_")]:
+        ap.error(f"--set takes INFERQ_* settings, not {', '.join(bad)}")
 
     with scratch_stack(args.pg_admin_url, args.redis_url, "busy") as (settings, env, tmp):
         port = free_port()
         env.update(INFERQ_API_PORT=str(port), INFERQ_API_HOST="127.0.0.1", INFERQ_RATE_LIMIT_ENABLED="false")
+        env.update(overrides)
         procs: list[subprocess.Popen[bytes]] = []
         try:
             upgrade_database(settings)
@@ -146,7 +169,7 @@ def main() -> None:
                 f"{url}/v1/datasets", params={"filename": "busy.npy"}, data=buf.getvalue(), headers=headers, timeout=600
             )
             ds.raise_for_status()
-            result = {"items": args.items, **measure(url, headers, ds.json()["id"], args.seconds)}
+            result = {"items": args.items, **overrides, **measure(url, headers, ds.json()["id"], args.seconds)}
         finally:
             for proc in procs:
                 if proc.poll() is None:

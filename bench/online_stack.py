@@ -13,7 +13,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -230,9 +232,17 @@ def client_loop(
         i += 1
 
 
-def timed_job(s: requests.Session, url: str, image: bytes, form: dict[str, str] | None = None) -> float:
+def timed_job(
+    s: requests.Session,
+    url: str,
+    image: bytes,
+    form: dict[str, str] | None = None,
+    stages: list[dict[str, float]] | None = None,
+) -> float:
     """Submit one single-image job and long-poll it to the end, as the CLI does; the seconds it took. A refused
-    or unsuccessful job ends the benchmark."""
+    or unsuccessful job ends the benchmark. `stages`, if given, gets the job's time split at its server-side stamps
+    (see job_stages)."""
+    submitted = time.time()
     t0 = time.perf_counter()
     resp = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", image, "image/png"))], data=form, timeout=60)
     if resp.status_code != 202:
@@ -242,7 +252,35 @@ def timed_job(s: requests.Session, url: str, image: bytes, form: dict[str, str] 
         job = s.get(f"{url}/v1/jobs/{job['id']}", params={"wait": 20}, timeout=60).json()
     if job["status"] != "succeeded":
         raise SystemExit(f"a benchmark job ended {job['status']}: {job.get('error')}")
+    if stages is not None:
+        stages.append(job_stages(job, submitted, time.time()))
     return time.perf_counter() - t0
+
+
+STAGES = {
+    "accept": "request sent -> job row stamped (HTTP, auth, image check)",
+    "dispatch": "job stamped -> worker started it (insert, commit, publish, broker, claim)",
+    "work": "worker started -> job finished (preprocess, batch, forward pass, result rows)",
+    "answer": "job finished -> client has it (notify, long-poll wake-up, response)",
+}
+
+
+def _epoch(stamp: str) -> float:
+    """An API timestamp (UTC, with or without its offset) as seconds since the epoch."""
+    at = datetime.fromisoformat(stamp)
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def job_stages(job: dict[str, Any], submitted: float, received: float) -> dict[str, float]:
+    """One finished job's seconds per stage (STAGES), from its created/started/finished stamps and the client's
+    clock (the same machine's)."""
+    created, started, finished = (_epoch(job[k]) for k in ("created_at", "started_at", "finished_at"))
+    return {
+        "accept": created - submitted,
+        "dispatch": started - created,
+        "work": finished - started,
+        "answer": received - finished,
+    }
 
 
 def load(stack: Stack, *, clients: int, seconds: float, images: list[bytes], model: str | None) -> tuple[list, float]:
