@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         "interactive,bulk,training,ops",
         description="Lanes an `inferq worker` serves unless --lanes says otherwise (comma-separated).",
     )
+    bulk_async_commit: bool = Field(
+        True,
+        description="A score chunk that does not finish its job commits without waiting for PostgreSQL's WAL flush "
+        "(synchronous_commit off for that transaction), so bulk writes do not slow interactive commits; a "
+        "PostgreSQL crash can then lose the last chunks' rows, which the reconciler scores again (docs/delivery.md).",
+    )
 
     # --- reliability ----------------------------------------------------------------------------------------
     task_soft_time_limit: int = Field(300, ge=1, description="Seconds before a task is asked to stop.")

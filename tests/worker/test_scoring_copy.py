@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
@@ -18,7 +18,7 @@ from shared.inputs.datasets import StoredItem, ingest
 from shared.registry.versions import register_version
 from tests.dataset_factories import digits, npy_bytes
 from worker.context import WorkerContext
-from worker.scoring import ROW_COLUMNS, _row, copy_payload, insert_rows, run_chunk
+from worker.scoring import ROW_COLUMNS, _row, copy_payload, insert_rows, run_chunk, write_chunk
 
 WARNED = [[], ["no-ink"], ["low-contrast", "low-confidence"], ["several-digits"]]
 AWKWARD = ["tab\there", "new\nline", "back\\slash", 'quote"d', "ünïcødé 七", "nul\x00byte", "\\N", "", "\r"]
@@ -136,3 +136,33 @@ def test_a_scored_chunk_writes_warnings_through_copy(pg_url: str, tmp_path: Path
                 assert (label, len(top), warned) == ("3", 2, ["low-confidence"])
     finally:
         ctx.close()
+
+
+def test_only_the_chunk_that_finishes_a_job_waits_for_the_wal_flush(sessions) -> None:  # type: ignore[no-untyped-def]
+    """A chunk that leaves its job running commits with synchronous_commit off (bulk rows do not hold up the fsyncs
+    of interactive commits); the one that finishes the job commits with it on, so no crash un-finishes a job."""
+    settings = Settings(data_dir=Path("/nonexistent"), database_url="sqlite://")
+    with session_scope(sessions) as session:
+        job = Job(kind=JobKind.SCORE.value, model_ref="m", params={}, total_items=2 * len(AWKWARD) + 2)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    seen = []
+    for part in range(2):
+        rows = rows_for(job_id)
+        for r in rows:
+            r["idx"] += part * len(rows)
+            r["error_type"] = "not-an-image"  # every item failed: the job ends without a summary to compute
+        with session_scope(sessions) as session:
+            status = write_chunk(session, settings, job_id, rows)
+            seen.append((status, session.execute(text("SHOW synchronous_commit")).scalar()))
+    assert seen == [(JobStatus.QUEUED.value, "off"), (JobStatus.FAILED.value, "on")]
+    with session_scope(sessions) as session:
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"  # SET LOCAL: one transaction only
+    with session_scope(sessions) as session:
+        off = Settings(data_dir=Path("/nonexistent"), database_url="sqlite://", bulk_async_commit=False)
+        other = Job(kind=JobKind.SCORE.value, model_ref="m", params={}, total_items=100)
+        session.add(other)
+        session.flush()
+        write_chunk(session, off, other.id, rows_for(other.id))
+        assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
