@@ -20,10 +20,10 @@ from shared.config.status import JobStatus
 from shared.db.models import Job, utcnow
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref
-from shared.runtime.celery_app import CLASSIFY_TASK
+from shared.runtime.celery_app import CLASSIFY_TASK, classify_queue
 from shared.schemas.public import JobPublic, JobsPublic, PredictionPublic, Problem, ResultsPublic
 from shared.tenancy import retention
-from shared.tenancy.quotas import admit_job
+from shared.tenancy.quotas import admit_job, check_priority
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint(
@@ -60,7 +60,7 @@ def _job_id(text: str) -> uuid.UUID:
 @bp.post(
     "",
     summary="Submit a classify job",
-    responses={"202": JobPublic, "400": Problem, "413": Problem, "415": Problem, "503": Problem},
+    responses={"202": JobPublic, "400": Problem, "403": Problem, "413": Problem, "415": Problem, "503": Problem},
 )
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
@@ -75,12 +75,13 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     parsed = read_classify_request(request, settings)
     webhook = read_job_webhook(request, settings)  # 422 webhook-url-refused before anything is written
     deadline_at = read_deadline(request, parsed.deadline_s, settings)
+    tenant = current_tenant()
+    priority = check_priority(settings, tenant, parsed.priority)  # 403 above the tenant's cap
     top_k = settings.default_top_k if parsed.top_k is None else parsed.top_k
     if top_k > settings.max_top_k:
         raise ValidationFailed(f"top_k must be at most {settings.max_top_k} (INFERQ_MAX_TOP_K)")
     session = db()
     ref = parse_ref(parsed.model or settings.default_model)
-    tenant = current_tenant()
     # 404 now, not a failed job later (remembered per process for INFERQ_MODEL_REF_TTL_S)
     svc.known_refs.check(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
     job = jobstore.create_classify_job(
@@ -94,6 +95,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         inline_max_bytes=settings.inline_input_max_bytes,
         explain=parsed.explain,
         deadline_at=deadline_at,
+        priority=priority,
     )
     try:
         attach_job_webhook(session, job, webhook)
@@ -103,16 +105,17 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         session.rollback()
         jobstore.delete_inputs(svc.store, job.id, len(parsed.uploads))
         raise
-    dispatch(job.id)
+    dispatch(job.id, priority)
     return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
 
 
-def dispatch(job_id: uuid.UUID) -> None:
-    """Publish the job's message after commit (its dispatched_at was stamped in the insert, saving a transaction).
-    If Redis is unreachable the stamp is cleared, so the reconciler re-dispatches the job even behind a backlog."""
+def dispatch(job_id: uuid.UUID, priority: int) -> None:
+    """Publish the job's message after commit to its priority's queue (its dispatched_at was stamped in the insert,
+    saving a transaction). If Redis is unreachable the stamp is cleared, so the reconciler re-dispatches the job
+    even behind a backlog."""
     svc = services()
     try:
-        svc.celery.send_task(CLASSIFY_TASK, args=[str(job_id)])
+        svc.celery.send_task(CLASSIFY_TASK, args=[str(job_id)], queue=classify_queue(svc.settings, priority))
     except Exception:  # the job is durable; the reconciler publishes it once the lease passes
         log.warning("publishing job %s failed; the reconciler will dispatch it", job_id, exc_info=True)
         try:

@@ -11,7 +11,7 @@ from api.deps import Services
 from shared.config.errors import PROBLEM_BASE
 from shared.config.settings import Settings
 from shared.runtime import metrics
-from shared.runtime.celery_app import INFERENCE_QUEUE, lane_queues
+from shared.runtime.celery_app import all_queues
 
 ENDPOINT = "metrics"
 # Routes that create a job, and the kind of job when the answer does not say.
@@ -75,6 +75,6 @@ def register_metrics(app: Flask, settings: Settings) -> None:
     app.after_request(_record)
     svc = services_of(app)
     app.extensions["inferq_metrics"] = metrics.StackCollector(
-        redis_url=settings.broker_url(), lanes=(*lane_queues(settings).values(), INFERENCE_QUEUE), sessions=svc.sessions
+        redis_url=settings.broker_url(), lanes=all_queues(settings), sessions=svc.sessions
     )
     app.add_url_rule("/metrics", ENDPOINT, metrics_view, methods=["GET"])

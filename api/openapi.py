@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.config.settings import Settings
 from shared.registry.model_jobs import REALWORLD_CORRUPTIONS, UPLOAD_SUFFIXES
-from shared.schemas.public import DEADLINE_DOC, DEADLINE_HEADER, JobCreate
+from shared.schemas.public import DEADLINE_DOC, DEADLINE_HEADER, PRIORITY_DOC, JobCreate
 from shared.webhooks.outbox import WebhookEvent
 
 # What the API's own checks enforce, stated so that a schema-driven client does not send what will be refused.
@@ -56,6 +56,7 @@ MULTIPART_SCHEMA = {
         },
         "webhook_events_filter": {"type": "string", "description": "Comma-separated: start, progress, completed."},
         "deadline_s": {"type": "number", "exclusiveMinimum": 0, "description": DEADLINE_DOC},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 2, "description": PRIORITY_DOC},
     },
 }
 
@@ -110,6 +111,7 @@ def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, 
     webhook URLs and events, known corruption names, non-empty images, and the dataset and model upload bodies."""
     spec = copy.deepcopy(spec)
     schemas = spec["components"]["schemas"]
+    _json_schema_bounds(schemas)
     for name in ("JobCreate", "TrainingCreate"):
         props = schemas[name]["properties"]
         props["webhook"] = {**OPTIONAL_WEBHOOK_URL, "description": props["webhook"].get("description", "")}
@@ -135,7 +137,7 @@ def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, 
     )
     for option in schemas["JobCreate"]["properties"]["deadline_s"]["anyOf"]:
         if option.get("type") == "number":  # a JsonFloat's bound keeps pydantic's name: JSON Schema's is below
-            option.update(exclusiveMinimum=option.pop("gt", 0), maximum=settings.max_deadline_s)
+            option["maximum"] = settings.max_deadline_s
     train = schemas["TrainingCreate"]["properties"]
     train["epochs"]["maximum"] = settings.train_max_epochs
     train["batch_size"]["maximum"] = settings.train_max_batch_size
@@ -151,8 +153,24 @@ def _set_maximum(schema: dict[str, Any], maximum: int) -> None:
     for option in schema.get("anyOf", [schema]):
         if option.get("type") == "integer":
             option["maximum"] = maximum
-            if "ge" in option:  # pydantic leaves a JsonInt's bound under its own name: JSON Schema says minimum
-                option["minimum"] = option.pop("ge")
+
+
+# pydantic leaves the bounds of a JsonInt / JsonFloat (a number behind a BeforeValidator) under its own names
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _json_schema_bounds(node: Any) -> None:
+    """Rename pydantic's ge/le/gt/lt to JSON Schema's keywords in every numeric schema under `node`."""
+    if isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):
+            for ours, theirs in _BOUNDS.items():
+                if ours in node:
+                    node[theirs] = node.pop(ours)
+        for value in node.values():
+            _json_schema_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _json_schema_bounds(value)
 
 
 def document_classify_body(spec: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ClassifyRequest:
     top_k: int | None
     explain: bool = False
     deadline_s: float | None = None
+    priority: int | None = None
 
 
 def read_classify_request(request: Request, settings: Settings) -> ClassifyRequest:
@@ -59,7 +60,17 @@ def _from_multipart(request: Request, settings: Settings) -> ClassifyRequest:
         raise ValidationFailed(f"top_k must be a whole number of at least 1, got {raw!r}")
     explain = _form_bool(request.form.get("explain"), "explain")
     deadline = _seconds(request.form.get("deadline_s"), "deadline_s")
-    return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain, deadline)
+    priority = _priority(request.form.get("priority"))
+    return ClassifyRequest(uploads, request.form.get("model") or None, top_k, explain, deadline, priority)
+
+
+def _priority(raw: str | None) -> int | None:
+    """The `priority` form field: absent or empty is None, else 0, 1 or 2 (422 otherwise)."""
+    if raw in (None, ""):
+        return None
+    if raw not in ("0", "1", "2"):
+        raise ValidationFailed(f"priority must be 0 (low), 1 (normal) or 2 (high), got {raw!r}")
+    return int(raw)
 
 
 def _seconds(raw: str | None, what: str) -> float | None:
@@ -107,7 +118,7 @@ def _from_json(request: Request, settings: Settings) -> ClassifyRequest:
         except (binascii.Error, ValueError) as exc:
             raise ValidationFailed(f"images[{idx}].data is not valid base64", index=idx) from exc
         uploads.append(Upload(filename=img.filename, data=data))
-    return ClassifyRequest(uploads, body.model, body.top_k, body.explain, body.deadline_s)
+    return ClassifyRequest(uploads, body.model, body.top_k, body.explain, body.deadline_s, body.priority)
 
 
 def _check_count(n: int, settings: Settings) -> None:

@@ -94,12 +94,13 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
     gpu: str | None, lanes: str | None, queues: str | None, concurrency: int | None, beat: bool, loglevel: str
 ) -> None:
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
-    from shared.runtime.celery_app import lanes_of_queues, queues_for
+    from shared.runtime.celery_app import lanes_of_queues, own_consumer_queues, queues_for
 
     settings = command_settings() if gpu is None else load_settings(gpu=gpu)
     try:
         lanes = lanes or (lanes_of_queues(queues) if queues else settings.worker_lanes)
-        queues = ",".join(queues_for(settings, lanes))
+        own = own_consumer_queues(settings, lanes)  # bulk chunks on threads of their own (worker/lanes.py)
+        queues = ",".join(q for q in queues_for(settings, lanes) if q not in own)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lanes") from exc
     from worker.gpu import pin_gpu
@@ -114,7 +115,7 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
         console.print(f"worker {label}: {device_summary()} (TensorFlow loads with the first Keras model)")
     from worker.celery_app import create_worker_app
 
-    app = create_worker_app(settings)
+    app = create_worker_app(settings, own_consumer_queues=own)
     training_only = queues == settings.queue_training
     if training_only:  # one training job at a time, and never a second one reserved behind it
         concurrency = concurrency or 1
@@ -210,6 +211,12 @@ def train_default(epochs: int | None, force: bool) -> None:
     default=None,
     help="Seconds the job may wait to start; past them it ends expired without running (deadline_s).",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 2),
+    default=None,
+    help="0 low, 1 normal (the default), 2 high: workers take higher-priority jobs first.",
+)
 @click.option("--api-url", default=None, help="API base URL (default INFERQ_API_URL or http://host:port).")
 def classify(  # noqa: PLR0913 - one parameter per CLI option
     images: tuple[Path, ...],
@@ -217,13 +224,14 @@ def classify(  # noqa: PLR0913 - one parameter per CLI option
     top_k: int | None,
     timeout: float,
     deadline: float | None,
+    priority: int | None,
     api_url: str | None,
 ) -> None:
     """Classify image files: submit one job, wait for it, print a table."""
     from inferq.client import classify_files
 
     url = api_url or command_settings().resolved_api_url
-    ok = classify_files(url, images, model=model, top_k=top_k, timeout=timeout, deadline_s=deadline)
+    ok = classify_files(url, images, model=model, top_k=top_k, timeout=timeout, deadline_s=deadline, priority=priority)
     sys.exit(0 if ok else 1)
 
 

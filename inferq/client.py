@@ -61,15 +61,21 @@ def _check(resp: requests.Response) -> dict[str, Any]:
     return data
 
 
-def submit(
-    api_url: str, paths: tuple[Path, ...], *, model: str | None, top_k: int | None, deadline_s: float | None = None
+def submit(  # noqa: PLR0913 - one parameter per job field
+    api_url: str,
+    paths: tuple[Path, ...],
+    *,
+    model: str | None,
+    top_k: int | None,
+    deadline_s: float | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """POST the files as one multipart classify job."""
     files = [
         ("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
         for p in paths
     ]
-    fields = {"model": model, "top_k": top_k, "deadline_s": deadline_s}
+    fields = {"model": model, "top_k": top_k, "deadline_s": deadline_s, "priority": priority}
     data = {k: str(v) for k, v in fields.items() if v is not None}
     return _call("POST", f"{api_url}/v1/jobs", files=files, data=data)
 
@@ -94,11 +100,12 @@ def classify_files(
     top_k: int | None,
     timeout: float,
     deadline_s: float | None = None,
+    priority: int | None = None,
 ) -> bool:
     """Submit, wait and print one row per image; False if the job did not succeed."""
     try:
         with out.status("submitting..."):
-            job = submit(api_url, paths, model=model, top_k=top_k, deadline_s=deadline_s)
+            job = submit(api_url, paths, model=model, top_k=top_k, deadline_s=deadline_s, priority=priority)
         with out.status(f"job {job['id']} queued, waiting..."):
             job = wait(api_url, job["id"], timeout=timeout)
     except ApiError as exc:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from shared.config.settings import Settings
 from shared.inputs.imaging import configure_pillow
@@ -14,10 +15,14 @@ from shared.runtime import metrics
 from shared.runtime.celery_app import make_celery
 from shared.tenancy.redaction import install_log_redaction
 from worker import context, gpu, inference
+from worker.lanes import DedicatedLane
 
 
-def create_worker_app(settings: Settings) -> Celery:
-    """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`."""
+def create_worker_app(settings: Settings, *, own_consumer_queues: Sequence[str] = ()) -> Celery:
+    """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`.
+
+    `own_consumer_queues` (the bulk queue, see shared.runtime.celery_app.own_consumer_queues) are consumed on threads
+    of their own once the worker is ready, not by Celery's consumer (worker/lanes.py)."""
     install_log_redaction()
     context.configure(settings)
     configure_pillow(max_pixels=settings.max_image_pixels)
@@ -31,10 +36,39 @@ def create_worker_app(settings: Settings) -> Celery:
 
     app.finalize()
     worker_ready.connect(_warm_up, weak=False)
+    for queue in own_consumer_queues:
+        _serve_on_own_threads(app, settings, queue)
     metrics.configure(metrics_enabled=settings.metrics_enabled)
     if settings.metrics_enabled and settings.worker_metrics_port:
         worker_ready.connect(lambda **_: _serve_metrics(settings), weak=False)
     return app
+
+
+def _serve_on_own_threads(app: Celery, settings: Settings, queue: str) -> None:
+    """Start the queue's own consumer threads with the worker; stop them taking messages at the warm shutdown's
+    start and wait for the chunks in progress after Celery's pool has drained."""
+    lanes: list[DedicatedLane] = []
+
+    def start(sender: Any = None, **_: Any) -> None:
+        hostname = getattr(sender, "hostname", None) or app.conf.get("worker_hostname") or "inferq"
+        lane = DedicatedLane(
+            app, queue, threads=settings.score_parallel_chunks, hostname=hostname, nice=settings.bulk_nice
+        )
+        lanes.append(lane)
+        lane.start()
+
+    def stop(**_: Any) -> None:
+        for lane in lanes:
+            lane.stop()
+
+    def join(**_: Any) -> None:
+        for lane in lanes:
+            lane.stop()
+            lane.join(timeout=float(settings.task_time_limit))
+
+    worker_ready.connect(start, weak=False)
+    worker_shutting_down.connect(stop, weak=False)
+    worker_shutdown.connect(join, weak=False)
 
 
 def _serve_metrics(settings: Settings) -> None:

@@ -35,7 +35,7 @@ from celery.signals import task_postrun, task_prerun
 from sqlalchemy.orm import Session
 
 from shared.config.settings import Settings
-from shared.config.status import JobKind, JobStatus
+from shared.config.status import JobKind, JobStatus, Priority
 from shared.db.engine import session_scope
 from shared.db.models import Job
 from shared.jobs import leases
@@ -46,6 +46,8 @@ from shared.runtime.celery_app import (
     INFERENCE_QUEUE,
     SCORE_CHUNK_TASK,
     TRAIN_TASK,
+    classify_queue,
+    interactive_queues,
     train_time_limit,
 )
 from worker.context import WorkerContext, get_context
@@ -56,11 +58,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dispatch:
-    """One message to publish again: a task name and its arguments (ids only), plus a time limit for training."""
+    """One message to publish again: a task name and its arguments (ids only), plus a time limit for training and
+    the queue of a classify job's priority (else the task's route)."""
 
     task: str
     args: tuple[str | int, ...]
     time_limit: int | None = None
+    queue: str | None = None
 
     @property
     def job_id(self) -> uuid.UUID:
@@ -68,7 +72,8 @@ class Dispatch:
 
     def options(self) -> dict[str, Any]:
         """Keyword options for Celery's send_task."""
-        return {} if self.time_limit is None else {"time_limit": self.time_limit}
+        options: dict[str, Any] = {} if self.time_limit is None else {"time_limit": self.time_limit}
+        return options if self.queue is None else {**options, "queue": self.queue}
 
 
 Publish = Callable[[Dispatch], None]
@@ -156,10 +161,13 @@ def _sweep(
 def _classify(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
     s, kind = ctx.settings, JobKind.CLASSIFY
 
-    def plan(_: Session, job_id: uuid.UUID) -> list[Dispatch]:
-        return [Dispatch(CLASSIFY_TASK, (str(job_id),))]
+    def plan(session: Session, job_id: uuid.UUID) -> list[Dispatch]:
+        job = session.get(Job, job_id)
+        priority = job.params.get("priority", Priority.NORMAL) if job is not None else Priority.NORMAL
+        return [Dispatch(CLASSIFY_TASK, (str(job_id),), queue=classify_queue(s, priority))]
 
-    lane_idle = idle(s.queue_interactive) and idle(INFERENCE_QUEUE)  # the pre-lanes queue may still hold some
+    # every priority's queue, and the pre-lanes queue that may still hold some
+    lane_idle = all(idle(q) for q in (*interactive_queues(s), INFERENCE_QUEUE))
     sent = _sweep(ctx, publish, _find_queued(s.queued_lease_s, kind, lane_idle), _claim_queued(s), plan)
     return sent + _sweep(ctx, publish, _find_running(s.running_lease_s, kind), _claim_running(s), plan)
 

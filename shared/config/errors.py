@@ -173,6 +173,12 @@ class InsufficientScope(InferqError):
     type_slug, title, status = "insufficient-scope", "The API key lacks a scope this request needs", 403
 
 
+class PriorityNotAllowed(InferqError):
+    """A classify job's priority above its tenant's cap (INFERQ_MAX_PRIORITY, INFERQ_TENANT_MAX_PRIORITY)."""
+
+    type_slug, title, status = "priority-not-allowed", "This tenant may not use that priority", 403
+
+
 class CsrfFailed(InferqError):
     type_slug, title, status = "csrf-failed", "The request lacks the session's CSRF token", 403
 

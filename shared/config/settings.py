@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -132,11 +133,37 @@ class Settings(BaseSettings):
         "interactive,bulk,training,ops",
         description="Lanes an `inferq worker` serves unless --lanes says otherwise (comma-separated).",
     )
+    max_priority: int = Field(
+        2,
+        ge=0,
+        le=2,
+        description="Highest `priority` (0 low, 1 normal, 2 high) a tenant may give a classify job unless "
+        "INFERQ_TENANT_MAX_PRIORITY names the tenant; above it POST /v1/jobs answers 403 priority-not-allowed.",
+    )
+    tenant_max_priority: dict[str, Annotated[int, Field(ge=0, le=2)]] = Field(
+        default_factory=dict,
+        description='Per-tenant priority caps as JSON, e.g. {"batch-team": 1, "trial": 0} (tenant id -> highest '
+        "priority); tenants not named get INFERQ_MAX_PRIORITY.",
+    )
+
+    def priority_cap(self, tenant_id: str) -> int:
+        """The highest priority `tenant_id` may give a classify job."""
+        return self.tenant_max_priority.get(tenant_id, self.max_priority)
+
+    bulk_own_consumer: bool = Field(
+        True,
+        description="A worker serving the bulk lane with other lanes takes bulk chunks on consumer threads of their "
+        "own (INFERQ_SCORE_PARALLEL_CHUNKS, one message each), outside Celery's prefetch window and pool, so "
+        "reserved chunks never hold up classify jobs (worker/lanes.py). false: Celery's consumer takes them too.",
+    )
     bulk_async_commit: bool = Field(
         True,
         description="A score chunk that does not finish its job commits without waiting for PostgreSQL's WAL flush "
         "(synchronous_commit off for that transaction), so bulk writes do not slow interactive commits; a "
         "PostgreSQL crash can then lose the last chunks' rows, which the reconciler scores again (docs/delivery.md).",
+    )
+    bulk_nice: int = Field(
+        10, ge=0, le=19, description="How much lower the bulk lane's threads run in CPU priority (Linux nice)."
     )
 
     # --- reliability ----------------------------------------------------------------------------------------

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class JobKind(StrEnum):
     CLASSIFY = "classify"
     SCORE = "score"
     TRAIN = "train"
+
+
+class Priority(IntEnum):
+    """A classify job's priority in the interactive lane (docs/lanes.md); each level has its own broker queue, and
+    workers take a higher level's messages first."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
 
 
 class JobStatus(StrEnum):

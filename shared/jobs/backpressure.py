@@ -1,8 +1,9 @@
 """Backpressure on the interactive lane: refuse new classify jobs while its backlog is past a named limit.
 
-The depth is the LLEN of the lane's Redis lists (its queue, kombu's priority sub-lists and the pre-lanes
-`inference` queue), read at most once per INFERQ_LANE_DEPTH_CACHE_S per process: one pipelined round trip now and
-then, not one per request. An unreadable broker refuses nothing (the publish path already copes with it)."""
+The depth is the LLEN of the lane's Redis lists (its queue of each job priority, kombu's priority sub-lists and
+the pre-lanes `inference` queue), read at most once per INFERQ_LANE_DEPTH_CACHE_S per process: one pipelined round
+trip now and then, not one per request.
+An unreadable broker refuses nothing (the publish path already copes with it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from shared.config.errors import LaneFull
 from shared.config.settings import Settings
-from shared.runtime.celery_app import INFERENCE_QUEUE
+from shared.runtime.celery_app import INFERENCE_QUEUE, interactive_queues
 from shared.runtime.metrics import queue_keys
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ class LaneGauge:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = [k for q in (settings.queue_interactive, INFERENCE_QUEUE) for k in queue_keys(q)]
+        self.keys = [k for q in (*interactive_queues(settings), INFERENCE_QUEUE) for k in queue_keys(q)]
         self._lock = threading.Lock()
         self._read_at = -float("inf")
         self._depth = 0

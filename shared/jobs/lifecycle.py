@@ -13,7 +13,7 @@ from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from shared.config.errors import JobNotCancelable, JobNotFound, ValidationFailed
-from shared.config.status import ItemStatus, JobKind, JobStatus
+from shared.config.status import ItemStatus, JobKind, JobStatus, Priority
 from shared.db.models import Job, JobItem, ModelVersion, utcnow
 from shared.db.webhook_models import WebhookEndpoint
 from shared.inputs.storage import BlobStore
@@ -63,6 +63,7 @@ def create_classify_job(
     inline_max_bytes: int = 0,
     explain: bool = False,
     deadline_at: datetime | None = None,
+    priority: int = Priority.NORMAL,
 ) -> Job:
     """Store the inputs durably, then add the job and its items to the session (the caller commits).
     Inputs of at most `inline_max_bytes` go into their item's row (durable with the commit) instead of a blob.
@@ -73,7 +74,7 @@ def create_classify_job(
         kind=JobKind.CLASSIFY.value,
         status=JobStatus.QUEUED.value,
         model_ref=model_ref,
-        params={"top_k": top_k, "explain": True} if explain else {"top_k": top_k},
+        params={"top_k": top_k, "priority": int(priority)} | ({"explain": True} if explain else {}),
         total_items=len(uploads),
         created_at=utcnow(),
         dispatched_at=dispatched_at,

@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared.config.settings import Settings
+from shared.config.status import Priority
 
 # Lanes: one Celery queue each, so interactive work never queues behind bulk chunks and webhook deliveries and
 # maintenance never queue behind inference. The names are settings (INFERQ_QUEUE_*); these are their defaults.
@@ -47,6 +48,18 @@ def lane_queues(settings: Settings) -> dict[str, str]:
     }
 
 
+def interactive_queues(settings: Settings) -> list[str]:
+    """The interactive lane's queues, one per priority, highest first: `<queue>-high`, `<queue>`, `<queue>-low`
+    (normal jobs travel on the lane's plain queue)."""
+    q = settings.queue_interactive
+    return [f"{q}-high", q, f"{q}-low"]
+
+
+def classify_queue(settings: Settings, priority: int) -> str:
+    """The queue a classify job of `priority` (shared.config.status.Priority) is published to."""
+    return interactive_queues(settings)[Priority.HIGH - Priority(priority)]
+
+
 def routes(settings: Settings) -> dict[str, dict[str, str]]:
     """Each task's queue: the queue of its lane."""
     queues = lane_queues(settings)
@@ -54,17 +67,38 @@ def routes(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def queues_for(settings: Settings, lanes: str) -> list[str]:
-    """The queues a worker serving `lanes` ("interactive,bulk" ...) consumes, interactive first; a worker of the
-    interactive lane also drains the pre-lanes `inference` queue. An unknown lane name raises ValueError."""
+    """The queues a worker serving `lanes` ("interactive,bulk" ...) consumes, in the order it polls them: the
+    interactive lane's high, normal and low priority queues first (a worker of the interactive lane also drains
+    the pre-lanes `inference` queue, after its normal one), then bulk, training, ops. An unknown lane name raises
+    ValueError."""
     wanted = [name.strip() for name in lanes.split(",") if name.strip()]
     unknown = sorted(set(wanted) - set(LANES))
     if unknown or not wanted:
         raise ValueError(f"unknown lane(s) {unknown or lanes!r}; lanes are {', '.join(LANES)}")
     by_lane = lane_queues(settings)
-    queues = [by_lane[lane] for lane in LANES if lane in wanted]  # the LANES order: interactive before bulk
-    if "interactive" in wanted and INFERENCE_QUEUE not in queues:
-        queues.insert(1, INFERENCE_QUEUE)
-    return queues
+    queues: list[str] = []
+    for lane in (lane for lane in LANES if lane in wanted):  # the LANES order: interactive before bulk
+        if lane == "interactive":
+            high, normal, low = interactive_queues(settings)
+            queues += [high, normal, INFERENCE_QUEUE, low]
+        else:
+            queues.append(by_lane[lane])
+    return list(dict.fromkeys(queues))
+
+
+def all_queues(settings: Settings) -> list[str]:
+    """Every queue of every lane (the interactive lane's priority queues included) and the pre-lanes one."""
+    return queues_for(settings, ",".join(LANES))
+
+
+def own_consumer_queues(settings: Settings, lanes: str) -> list[str]:
+    """The queues a worker serving `lanes` takes on consumer threads of their own (worker/lanes.py) rather than
+    through Celery's consumer: the bulk queue, when bulk shares the process with another lane and
+    INFERQ_BULK_OWN_CONSUMER is on. A bulk-only worker lets Celery take it (nothing else waits there)."""
+    queues = queues_for(settings, lanes)
+    if settings.bulk_own_consumer and settings.queue_bulk in queues and len(queues) > 1:
+        return [settings.queue_bulk]
+    return []
 
 
 DEFAULT_QUEUES = {"interactive": INTERACTIVE_QUEUE, "bulk": BULK_QUEUE, "training": TRAINING_QUEUE, "ops": OPS_QUEUE}
@@ -113,7 +147,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": transport_options(settings),
         "broker_pool_limit": 10,
         "task_default_queue": settings.queue_interactive,
-        "task_queues": [Queue(q) for q in [*lane_queues(settings).values(), INFERENCE_QUEUE]],
+        "task_queues": [Queue(q) for q in all_queues(settings)],
         "task_routes": routes(settings),
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared.config.status import JobKind, JobStatus
+from shared.config.status import JobKind, JobStatus, Priority
 from shared.db.models import PUBLIC_ALIAS, Job, JobItem, ModelVersion, utcnow
 from shared.inputs.imaging import WARNINGS, pixels_png
 
@@ -31,6 +31,12 @@ DEADLINE_DOC = (
     "Seconds from submission within which the job must start; one that has not started by then ends as `expired` "
     "without running (a score job: its chunks not started by then are skipped, and `counts.expired` says how many "
     f"items that left). The `{DEADLINE_HEADER}` request header says the same; at most INFERQ_MAX_DEADLINE_S."
+)
+
+PRIORITY_DOC = (
+    "0 (low), 1 (normal, the default) or 2 (high): workers take a waiting higher-priority classify job before lower "
+    "ones queued earlier (docs/lanes.md). A tenant may be capped below 2 (INFERQ_MAX_PRIORITY, "
+    "INFERQ_TENANT_MAX_PRIORITY): 403 priority-not-allowed above its cap."
 )
 
 
@@ -55,6 +61,7 @@ class JobCreate(BaseModel):
         "map (`explanation`): which pixels drove the predicted label. Costs extra model passes in the worker.",
     )
     deadline_s: JsonFloat | None = Field(None, gt=0, description=DEADLINE_DOC)
+    priority: JsonInt | None = Field(None, ge=0, le=2, description=PRIORITY_DOC)
     webhook: str | None = Field(None, description="URL that receives this job's events, signed (see Webhooks).")
     webhook_events_filter: list[str] | None = Field(None, description="Events to send: start, progress, completed.")
 
@@ -146,6 +153,7 @@ class JobPublic(BaseModel):
     error: dict[str, str] | None = None
     created_at: datetime
     deadline_at: datetime | None = Field(None, description="When the job must have started by (deadline_s).")
+    priority: int | None = Field(None, description="Classify jobs: 0 low, 1 normal, 2 high (see `priority`).")
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: dict[str, Any] | None = Field(
@@ -178,6 +186,7 @@ class JobPublic(BaseModel):
             error=error,
             created_at=job.created_at,
             deadline_at=job.deadline_at,
+            priority=job.params.get("priority", Priority.NORMAL) if job.kind == JobKind.CLASSIFY else None,
             started_at=job.started_at,
             finished_at=job.finished_at,
             result=job.result,

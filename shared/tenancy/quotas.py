@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from shared.config.errors import PayloadTooLarge, QueueFull
+from shared.config.errors import PayloadTooLarge, PriorityNotAllowed, QueueFull
 from shared.config.settings import Settings
-from shared.config.status import JobStatus
+from shared.config.status import JobStatus, Priority
 from shared.db.models import Job
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -99,3 +99,18 @@ def admit_job(session: Session, job: Job, settings: Settings) -> None:
     the job, and the caller's rollback then removes everything the transaction wrote."""
     session.flush()
     check_queue(session, tenant_id=job.tenant_id or "default", new_items=int(job.total_items or 0), settings=settings)
+
+
+def check_priority(settings: Settings, tenant_id: str, requested: int | None) -> int:
+    """A classify job's priority: `requested`, else normal (or the tenant's cap, if that is lower). Above the
+    tenant's cap (INFERQ_TENANT_MAX_PRIORITY, else INFERQ_MAX_PRIORITY) it is 403 priority-not-allowed."""
+    cap = settings.priority_cap(tenant_id)
+    if requested is None:
+        return min(int(Priority.NORMAL), cap)
+    if requested > cap:
+        raise PriorityNotAllowed(
+            f"priority {requested} is above this tenant's cap of {cap} (set by the operator in "
+            f"INFERQ_TENANT_MAX_PRIORITY or INFERQ_MAX_PRIORITY); send a priority of at most {cap}",
+            max_priority=cap,
+        )
+    return int(Priority(requested))

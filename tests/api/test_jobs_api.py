@@ -60,7 +60,7 @@ def assert_accepted(app: Flask, resp: TestResponse, images: list[bytes]) -> dict
     assert body["links"]["self"] == f"/v1/jobs/{job_id}"
 
     sent = services_of(app).celery.sent  # type: ignore[attr-defined]
-    assert sent == [("inferq.classify", [job_id], {})]
+    assert sent == [("inferq.classify", [job_id], {"queue": "interactive"})]  # a normal job: the lane's plain queue
     assert len(json.dumps(sent)) < 200  # a reference, never image bytes
 
     with db_session(app) as s:

@@ -15,12 +15,16 @@ import pytest
 import yaml
 
 from shared.config.settings import Settings
+from shared.config.status import Priority
 from shared.runtime.celery_app import (
     BULK_QUEUE,
+    INFERENCE_QUEUE,
     INTERACTIVE_QUEUE,
-    OPS_QUEUE,
     TRAINING_QUEUE,
+    all_queues,
     celery_config,
+    classify_queue,
+    interactive_queues,
     make_celery,
     queues_for,
 )
@@ -32,7 +36,7 @@ K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
 KEDA_CRD = ROOT / "deploy" / "keda" / "keda.sh_scaledobjects.yaml"
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests target (autoscaling/v2, policy/v1, batch/v1)
-QUEUES = {INTERACTIVE_QUEUE, BULK_QUEUE, OPS_QUEUE, TRAINING_QUEUE}
+QUEUES = set(all_queues(Settings())) - {INFERENCE_QUEUE}  # the pre-lanes queue is drained, not scaled on
 WORKERS = {"interactive,bulk,ops": "inferq-worker-inference", "training": "inferq-worker-training"}
 WORKER_OF_QUEUE = {INTERACTIVE_QUEUE: "inferq-worker-inference", TRAINING_QUEUE: "inferq-worker-training"}
 
@@ -120,7 +124,8 @@ def test_every_listname_is_a_queue_of_the_code_and_scales_the_worker_consuming_i
     objects = render(overlay)
     deployments, scaled = of_kind(objects, "Deployment"), of_kind(objects, "ScaledObject")
     routes: dict[str, dict[str, str]] = celery_config(Settings())["task_routes"]  # type: ignore[assignment]
-    assert {route["queue"] for route in routes.values()} == QUEUES  # a new lane needs a Deployment here
+    priorities = set(interactive_queues(Settings()))  # classify jobs go to their priority's queue, not only the route
+    assert {route["queue"] for route in routes.values()} | priorities == QUEUES  # a new lane needs a Deployment here
     for lanes, name in WORKERS.items():
         command = deployments[name]["spec"]["template"]["spec"]["containers"][0]["command"]
         assert command[command.index("--lanes") + 1] == lanes
@@ -155,12 +160,14 @@ def test_celery_sends_each_lane_to_the_bare_list_keda_watches(redis_url: str) ->
     app = make_celery(settings)
     client = redis.Redis.from_url(redis_url)
     try:
-        for task, queue in (
-            ("inferq.classify", INTERACTIVE_QUEUE),
-            ("inferq.score_chunk", BULK_QUEUE),
-            ("inferq.train", TRAINING_QUEUE),
+        for task, queue, options in (
+            ("inferq.classify", INTERACTIVE_QUEUE, {}),
+            ("inferq.classify", "interactive-high", {"queue": classify_queue(settings, Priority.HIGH)}),
+            ("inferq.classify", "interactive-low", {"queue": classify_queue(settings, Priority.LOW)}),
+            ("inferq.score_chunk", BULK_QUEUE, {}),
+            ("inferq.train", TRAINING_QUEUE, {}),
         ):
-            app.send_task(task, args=["00000000-0000-0000-0000-000000000000"])
+            app.send_task(task, args=["00000000-0000-0000-0000-000000000000"], **options)
             assert client.llen(queue) == 1, (task, sorted(client.keys("*")))
         assert not [k for k in client.keys("*\x06\x16*")]
     finally:

@@ -1,4 +1,4 @@
-"""`inferq classify --deadline`: the deadline goes with the job, and an expired job is reported as such."""
+"""`inferq classify --deadline` and `--priority`: both go with the job, and an expired job is reported as such."""
 
 from __future__ import annotations
 
@@ -39,3 +39,17 @@ def test_a_bad_deadline_is_refused_before_anything_is_sent(tmp_path: Path, bad: 
     image.write_bytes(png_bytes())
     result = CliRunner().invoke(main, ["classify", str(image), "--deadline", bad, "--api-url", API])
     assert result.exit_code == 2 and "--deadline" in result.output
+
+
+@responses.activate
+def test_a_priority_is_sent_as_the_form_field(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes())
+    done = {**EXPIRED, "status": "succeeded", "error": None, "predictions": []}
+    responses.post(f"{API}/v1/jobs", json={**done, "status": "queued"}, status=202)
+    responses.get(f"{API}/v1/jobs/j1", json=done)
+    result = CliRunner().invoke(main, ["classify", str(image), "--priority", "2", "--api-url", API])
+    assert result.exit_code == 0, result.output
+    assert b'name="priority"\r\n\r\n2' in responses.calls[0].request.body
+    refused = CliRunner().invoke(main, ["classify", str(image), "--priority", "3", "--api-url", API])
+    assert refused.exit_code == 2 and "--priority" in refused.output

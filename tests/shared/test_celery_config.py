@@ -17,6 +17,7 @@ from shared.runtime.celery_app import (
     TRAINING_QUEUE,
     WEBHOOK_DISPATCH_TASK,
     celery_config,
+    classify_queue,
     lanes_of_queues,
     make_celery,
     queues_for,
@@ -62,7 +63,8 @@ def test_routes(tmp_path: Path) -> None:
     assert routes[RECONCILE_TASK] == routes[WEBHOOK_DISPATCH_TASK] == {"queue": "ops"}  # type: ignore[index]
     assert (CLASSIFY_TASK, TRAIN_TASK) == ("inferq.classify", "inferq.train")
     queues = conf["task_queues"]
-    assert {q.name for q in queues} == {"interactive", "bulk", "training", "ops", "inference"}  # type: ignore[attr-defined]
+    names = {q.name for q in queues}  # type: ignore[attr-defined]
+    assert names == {"interactive-high", "interactive", "interactive-low", "bulk", "training", "ops", "inference"}
     assert all(isinstance(q, Queue) for q in queues)  # type: ignore[attr-defined]
 
 
@@ -74,11 +76,13 @@ def test_queue_names_are_settings(tmp_path: Path) -> None:
 
 
 def test_a_worker_consumes_its_lanes_interactive_first_and_drains_the_old_queue(tmp_path: Path) -> None:
-    """--lanes picks queues in lane order (polled in that order); the interactive lane also drains `inference`."""
+    """--lanes picks queues in lane order (polled in that order), the interactive lane's highest priority first; the
+    interactive lane also drains `inference`."""
     s = make_settings(tmp_path)
-    assert queues_for(s, "ops,bulk,interactive") == ["interactive", INFERENCE_QUEUE, "bulk", "ops"]
+    interactive = ["interactive-high", "interactive", INFERENCE_QUEUE, "interactive-low"]  # priority 2, 1, 0
+    assert queues_for(s, "ops,bulk,interactive") == [*interactive, "bulk", "ops"]
     assert queues_for(s, "bulk") == ["bulk"]
-    assert queues_for(s, "interactive,bulk,training,ops")[:2] == ["interactive", INFERENCE_QUEUE]
+    assert queues_for(s, "interactive,bulk,training,ops")[:4] == interactive
     with pytest.raises(ValueError, match="unknown lane"):
         queues_for(s, "bulk,gpu")
     with pytest.raises(ValueError):
@@ -136,3 +140,12 @@ def test_the_pre_lanes_queues_option_maps_to_lanes() -> None:
     assert lanes_of_queues("inference,training") == "interactive,bulk,ops,training"
     with pytest.raises(ValueError, match="--lanes"):
         lanes_of_queues("interactive")
+
+
+def test_a_classify_jobs_priority_picks_its_queue(tmp_path: Path) -> None:
+    """Each priority has its own queue in the interactive lane, named after the lane's queue setting."""
+    s = make_settings(tmp_path, queue_interactive="fast")
+    assert [classify_queue(s, p) for p in (2, 1, 0)] == ["fast-high", "fast", "fast-low"]
+    assert {"fast-high", "fast-low"} <= {q.name for q in celery_config(s)["task_queues"]}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        classify_queue(s, 3)

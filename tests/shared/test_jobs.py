@@ -61,7 +61,7 @@ def test_create_stores_blobs_job_and_items(session: Session, store: LocalBlobSto
     row = session.get(Job, job.id)
     assert row is not None
     assert (row.status, row.kind, row.model_ref) == ("queued", "classify", "mnist-cnn:1")
-    assert row.params == {"top_k": 5}
+    assert row.params == {"top_k": 5, "priority": 1}
     assert (row.total_items, row.completed_items, row.failed_items, row.attempts) == (3, 0, 0, 0)
     assert row.dispatched_at is None and row.started_at is None and row.finished_at is None
     items = _items(session, job)

@@ -31,6 +31,7 @@ from shared.runtime.celery_app import (
     TRAIN_TASK,
     TRAINING_QUEUE,
     WEBHOOK_DISPATCH_TASK,
+    interactive_queues,
     make_celery,
     train_time_limit,
 )
@@ -126,7 +127,18 @@ def test_a_stale_queued_classify_job_is_published_once(ctx: WorkerContext) -> No
     sent: list[Dispatch] = []
     assert reconcile(ctx, sent.append) == 1
     assert reconcile(ctx, sent.append) == 0
-    assert sent == [Dispatch(CLASSIFY_TASK, (str(job_id),))]
+    assert sent == [Dispatch(CLASSIFY_TASK, (str(job_id),), queue="interactive")]
+
+
+def test_a_re_dispatched_classify_job_keeps_its_priority(ctx: WorkerContext) -> None:
+    """The reconciler publishes a lost high-priority job to the high queue, not to the lane's plain one."""
+    with session_scope(ctx.sessions) as session:
+        job_id = make_job(session, LocalBlobStore(ctx.settings.blob_dir), n_images=1, created_at=ago(3600)).id
+    set_job(ctx, job_id, params={"top_k": 1, "priority": 2})
+    sent: list[Dispatch] = []
+    assert reconcile(ctx, sent.append) == 1
+    assert sent == [Dispatch(CLASSIFY_TASK, (str(job_id),), queue="interactive-high")]
+    assert sent[0].options() == {"queue": "interactive-high"}
 
 
 def test_a_score_job_whose_publish_failed_gets_every_chunk(ctx: WorkerContext) -> None:
@@ -236,15 +248,16 @@ def test_the_heartbeat_renews_the_lease_of_live_tasks_only_within_their_limit(ct
 
 
 def test_an_idle_pass_reads_the_training_queue_only_when_a_training_job_waits(ctx: WorkerContext) -> None:
-    """With nothing stale a pass publishes nothing and reads only the inference queue's length; the training
-    queue is read once a training job has waited past the lease."""
+    """With nothing stale a pass publishes nothing and reads only the interactive and bulk queues' lengths; the
+    training queue is read once a training job has waited past the lease."""
     asked: list[str] = []
     assert reconcile(ctx, lambda _m: None, backlog=lambda queue: asked.append(queue) or 0) == 0
-    assert sorted(asked) == sorted([INTERACTIVE_QUEUE, INFERENCE_QUEUE, BULK_QUEUE])
+    lanes = [*interactive_queues(ctx.settings), INFERENCE_QUEUE, BULK_QUEUE]  # every priority's queue
+    assert sorted(asked) == sorted(lanes)
     train_job(ctx, dispatched_at=ago(3600))
     asked.clear()
     assert reconcile(ctx, lambda _m: None, backlog=lambda queue: asked.append(queue) or 0) == 1
-    assert sorted(asked) == sorted([INTERACTIVE_QUEUE, INFERENCE_QUEUE, BULK_QUEUE, TRAINING_QUEUE])
+    assert sorted(asked) == sorted([*lanes, TRAINING_QUEUE])
 
 
 def test_the_backlog_counts_job_messages_not_the_beats_own(tmp_path: Path, redis_url: str) -> None:

@@ -17,6 +17,7 @@
     }
     if (job.eta_seconds !== null && job.eta_seconds !== undefined) pairs.push(["ETA", job.eta_seconds.toFixed(0) + " s"]);
     if (job.deadline_at) pairs.push(["Deadline", when(job.deadline_at)]);
+    if (job.priority !== null && job.priority !== undefined) pairs.push(["Priority", ["0 (low)", "1 (normal)", "2 (high)"][job.priority] || String(job.priority)]);
     if (job.error) pairs.push(["Error", job.error.type + ": " + job.error.detail]);
     return pairs.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]);
   }

@@ -1,0 +1,128 @@
+"""The bulk lane's own consumer threads (worker/lanes.py) on a real Redis: one reserved message per thread, Celery's
+task machinery (retries with their countdown, late acks), and a clean hand-back at shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from shared.runtime.celery_app import make_celery, own_consumer_queues
+from tests.factories import make_settings
+from worker.lanes import DedicatedLane
+
+QUEUE = "bulk-test"
+
+
+@pytest.fixture
+def app(tmp_path: Path, redis_url: str) -> Celery:
+    settings = make_settings(tmp_path, redis_url=redis_url, visibility_timeout=600)
+    return make_celery(settings)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def _lane(app: Celery, threads: int) -> DedicatedLane:
+    return DedicatedLane(app, QUEUE, threads=threads, hostname="test@lanes", nice=0)
+
+
+def _until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_each_thread_reserves_one_message_and_acks_it_after_the_task(app: Celery, client: redis.Redis) -> None:
+    """Five chunks and two threads: two run, three stay in the queue for other workers; all run once, all acked."""
+    release, ran = threading.Event(), []
+
+    @app.task(name="t.chunk")
+    def chunk(i: int) -> int:
+        release.wait(10)
+        ran.append(i)
+        return i
+
+    for i in range(5):
+        chunk.apply_async((i,), queue=QUEUE)
+    lane = _lane(app, threads=2)
+    lane.start()
+    try:
+        _until(lambda: client.llen(QUEUE) == 3)
+        time.sleep(0.3)  # time enough to reserve more, were the window wider
+        assert client.llen(QUEUE) == 3
+        assert client.hlen("unacked") == 2
+        release.set()
+        _until(lambda: len(ran) == 5)
+        _until(lambda: client.hlen("unacked") == 0)
+    finally:
+        lane.stop()
+        lane.join(10)
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    assert client.llen(QUEUE) == 0
+    assert lane.alive == 0
+
+
+def test_a_retry_runs_again_after_its_countdown(app: Celery, client: redis.Redis) -> None:
+    """A task's self.retry(countdown=...) republishes it; the lane holds the new message until the countdown ends."""
+    calls: list[float] = []
+
+    @app.task(name="t.flaky", bind=True, max_retries=3)
+    def flaky(self: Any) -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise self.retry(countdown=1)
+        return "ok"
+
+    flaky.apply_async(queue=QUEUE)
+    lane = _lane(app, threads=1)
+    lane.start()
+    try:
+        _until(lambda: len(calls) == 2)
+        _until(lambda: client.hlen("unacked") == 0 and client.llen(QUEUE) == 0)
+    finally:
+        lane.stop()
+        lane.join(10)
+    assert calls[1] - calls[0] >= 0.9
+
+
+def test_stopping_hands_a_waiting_message_back_to_the_queue(app: Celery, client: redis.Redis) -> None:
+    """A message held for its countdown when the worker stops is not run and not lost: it is back in the queue."""
+    ran = []
+
+    @app.task(name="t.later")
+    def later() -> None:
+        ran.append(1)
+
+    later.apply_async(queue=QUEUE, countdown=60)
+    lane = _lane(app, threads=1)
+    lane.start()
+    _until(lambda: client.hlen("unacked") == 1)
+    lane.stop()
+    lane.join(10)
+    assert lane.alive == 0
+    assert not ran
+    assert client.llen(QUEUE) == 1
+    assert client.hlen("unacked") == 0
+
+
+def test_the_bulk_queue_gets_its_own_consumer_only_beside_other_lanes(tmp_path: Path) -> None:
+    """A worker of every lane takes bulk chunks on its own threads; a bulk-only worker leaves them to Celery (nothing
+    else waits there), and INFERQ_BULK_OWN_CONSUMER=false turns it off."""
+    s = make_settings(tmp_path)
+    assert own_consumer_queues(s, "interactive,bulk,training,ops") == ["bulk"]
+    assert own_consumer_queues(s, "bulk,ops") == ["bulk"]
+    assert own_consumer_queues(s, "bulk") == []
+    assert own_consumer_queues(s, "interactive,ops") == []
+    assert own_consumer_queues(make_settings(tmp_path, bulk_own_consumer=False), "interactive,bulk") == []
