@@ -144,7 +144,8 @@ def profile_jobs(settings: Settings, headers: dict[str, str], images: list[bytes
 
     from api.app import create_app
     from shared.inputs.storage import make_store
-    from shared.runtime.celery_app import INFERENCE_QUEUE
+    from shared.config.status import Priority
+    from shared.runtime.celery_app import classify_queue
     from worker.context import WorkerContext
     from worker.inference import run_classify
 
@@ -154,7 +155,7 @@ def profile_jobs(settings: Settings, headers: dict[str, str], images: list[bytes
         app, ctx = create_app(settings), WorkerContext(settings)
         client = app.test_client()
         with Connection(settings.broker_url()) as conn:
-            inbox = conn.SimpleQueue(INFERENCE_QUEUE)
+            inbox = conn.SimpleQueue(classify_queue(settings, Priority.NORMAL))  # where a normal job is published
             one = _job_runner(clock, client, headers, inbox, ctx, run_classify)
             for i in range(min(20, jobs)):  # warm-up: model load, first connections, caches
                 one(images[i % len(images)])
