@@ -134,6 +134,14 @@ def main() -> None:
         metavar="INFERQ_NAME=VALUE",
         help="A setting for the stack's processes (repeatable), e.g. --set INFERQ_BULK_NICE=0.",
     )
+    ap.add_argument(
+        "--split-bulk",
+        type=int,
+        default=0,
+        metavar="NICE",
+        help="Serve the bulk lane from a second worker process (`nice -n NICE inferq worker --lanes bulk`) instead of "
+        "the one worker serving every lane.",
+    )
     ap.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
     args = ap.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -149,10 +157,17 @@ def main() -> None:
             upgrade_database(settings)
             key = ensure_local_key(settings)[0]
             train_default(env, args.epochs)
-            for name, cmd in (("worker", ["worker"]), ("api", ["api", "--workers", "2"])):
+            processes: list[tuple[str, list[str], list[str]]] = [
+                ("worker", [], ["worker"]),
+                ("api", [], ["api", "--workers", "2"]),
+            ]
+            if args.split_bulk:  # the bulk lane in a second worker process, at a lower CPU priority
+                processes[0] = ("worker", [], ["worker", "--lanes", "interactive,training,ops"])
+                processes.append(("worker-bulk", ["nice", "-n", str(args.split_bulk)], ["worker", "--lanes", "bulk"]))
+            for name, prefix, cmd in processes:
                 procs.append(
                     subprocess.Popen(  # noqa: S603
-                        [sys.executable, "-m", "inferq", *cmd],
+                        [*prefix, sys.executable, "-m", "inferq", *cmd],
                         env=env,
                         cwd=ROOT,
                         stdout=open(tmp / f"{name}.log", "wb"),  # noqa: SIM115
@@ -162,14 +177,17 @@ def main() -> None:
                 )
             url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
             wait_for(lambda: _answers(f"{url}/readyz"), 120, "the API")
-            wait_for(lambda: "default model" in (tmp / "worker.log").read_text(errors="replace"), 120, "the worker")
+            for name, _, _ in processes[:1] + processes[2:]:  # every worker has loaded the default model
+                log = tmp / f"{name}.log"
+                wait_for(lambda log=log: "default model" in log.read_text(errors="replace"), 120, f"the {name}")
             buf = io.BytesIO()
             np.save(buf, build_dataset(args.items))
             ds = requests.post(
                 f"{url}/v1/datasets", params={"filename": "busy.npy"}, data=buf.getvalue(), headers=headers, timeout=600
             )
             ds.raise_for_status()
-            result = {"items": args.items, **overrides, **measure(url, headers, ds.json()["id"], args.seconds)}
+            split = {"split_bulk_nice": args.split_bulk} if args.split_bulk else {}
+            result = {"items": args.items, **overrides, **split, **measure(url, headers, ds.json()["id"], args.seconds)}
         finally:
             for proc in procs:
                 if proc.poll() is None:

@@ -143,8 +143,8 @@ def profile_jobs(settings: Settings, headers: dict[str, str], images: list[bytes
     from kombu import Connection
 
     from api.app import create_app
-    from shared.inputs.storage import make_store
     from shared.config.status import Priority
+    from shared.inputs.storage import make_store
     from shared.runtime.celery_app import classify_queue
     from worker.context import WorkerContext
     from worker.inference import run_classify
