@@ -17,6 +17,7 @@ and prints them; --json prints one JSON object as the last line (bench/online.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import requests
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -83,14 +86,64 @@ def ms(values: list[float], q: float) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> dict[str, Any]:
+class StackCpu:
+    """CPU seconds used so far by the stack: its processes and their children, and the PostgreSQL backends serving
+    its database (found by the database's name in their process title)."""
+
+    def __init__(self, roots: list[int], database: str) -> None:
+        self.roots, self.database = roots, database
+        self.seen: dict[int, float] = {}  # pid -> its CPU seconds when last read (an exited process keeps its share)
+
+    def _processes(self) -> list[psutil.Process]:
+        found = []
+        for pid in self.roots:
+            with contextlib.suppress(psutil.Error):
+                root = psutil.Process(pid)
+                found += [root, *root.children(recursive=True)]
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            if proc.info["name"] == "postgres" and self.database in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        return found
+
+    def seconds(self) -> float:
+        for proc in self._processes():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                self.seen[proc.pid] = times.user + times.system
+        return sum(self.seen.values())
+
+
+class Phase:
+    """CPU seconds of the stack and busy cores of the whole machine over one phase of the run."""
+
+    def __init__(self, cpu: StackCpu) -> None:
+        self.cpu = cpu
+        self.t0, self.stack0, self.machine0 = time.monotonic(), cpu.seconds(), _machine_busy()
+
+    def end(self) -> tuple[float, float, float]:
+        """(seconds, stack CPU seconds, machine busy core-seconds) since the phase began."""
+        return time.monotonic() - self.t0, self.cpu.seconds() - self.stack0, _machine_busy() - self.machine0
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def measure(  # noqa: PLR0913 - the stack, the dataset and the run's knobs
+    url: str, headers: dict[str, str], dataset: str, items: int, seconds: float, cpu: StackCpu
+) -> dict[str, Any]:
     images = sample_pngs(50)
+    phase = Phase(cpu)
     _, bulk_idle = score(url, headers, dataset)
+    bulk_s, bulk_cpu, bulk_machine = phase.end()
     stop = threading.Event()
     timer = threading.Timer(seconds, stop.set)
     timer.start()
     idle_stages: list[dict[str, float]] = []
+    phase = Phase(cpu)
     idle = interactive(url, headers, stop, images, idle_stages)
+    idle_s, idle_cpu, idle_machine = phase.end()
     shared: dict[str, Any] = {}
     stop = threading.Event()
 
@@ -98,12 +151,14 @@ def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> 
         shared["status"], shared["rate"] = score(url, headers, dataset)
         stop.set()
 
+    phase = Phase(cpu)
     runner = threading.Thread(target=bulk)
     runner.start()
     time.sleep(0.5)  # the score job's chunks are queued and running
     during_stages: list[dict[str, float]] = []
     during = interactive(url, headers, stop, images, during_stages)
     runner.join()
+    shared_s, shared_cpu, shared_machine = phase.end()
     return {
         "interactive_jobs_idle": len(idle),
         "interactive_p50_ms_idle": ms(idle, 0.5),
@@ -117,6 +172,19 @@ def measure(url: str, headers: dict[str, str], dataset: str, seconds: float) -> 
         "bulk_status_shared": shared["status"],
         "interactive_stage_ms_idle": stage_medians(idle_stages),
         "interactive_stage_ms_during_bulk": stage_medians(during_stages),
+        # where the CPU went: the stack's processes (API, workers, their PostgreSQL backends) and the whole machine
+        "stack_cpu_ms_per_interactive_job_idle": round(1000 * idle_cpu / max(1, len(idle)), 1),
+        "stack_cpu_ms_per_bulk_image_idle": round(1000 * bulk_cpu / items, 3),
+        "stack_cores_busy": {
+            "bulk_idle": round(bulk_cpu / bulk_s, 2),
+            "interactive_idle": round(idle_cpu / idle_s, 2),
+            "both": round(shared_cpu / shared_s, 2),
+        },
+        "machine_cores_busy": {
+            "bulk_idle": round(bulk_machine / bulk_s, 2),
+            "interactive_idle": round(idle_machine / idle_s, 2),
+            "both": round(shared_machine / shared_s, 2),
+        },
     }
 
 
@@ -175,6 +243,7 @@ def main() -> None:
                         start_new_session=True,
                     )
                 )
+            cpu = StackCpu([p.pid for p in procs], make_url(settings.resolved_database_url).database or "")
             url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
             wait_for(lambda: _answers(f"{url}/readyz"), 120, "the API")
             for name, _, _ in processes[:1] + processes[2:]:  # every worker has loaded the default model
@@ -187,7 +256,8 @@ def main() -> None:
             )
             ds.raise_for_status()
             split = {"split_bulk_nice": args.split_bulk} if args.split_bulk else {}
-            result = {"items": args.items, **overrides, **split, **measure(url, headers, ds.json()["id"], args.seconds)}
+            measured = measure(url, headers, ds.json()["id"], args.items, args.seconds, cpu)
+            result = {"items": args.items, **overrides, **split, **measured}
         finally:
             for proc in procs:
                 if proc.poll() is None:
