@@ -7,12 +7,17 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from inferq.edge import command_settings, load_settings
 from inferq.quiet import quiet_tensorflow
+
+if TYPE_CHECKING:
+    from shared.config.settings import Settings
+    from worker.lanes import BulkProcess
 
 console = Console(stderr=True)
 
@@ -90,17 +95,31 @@ def api(host: str | None, port: int | None, workers: int) -> None:
 @click.option("--concurrency", type=int, default=None, help="Task threads (default INFERQ_WORKER_CONCURRENCY).")
 @click.option("--beat/--no-beat", default=False, help="Also run the periodic reconciler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--nice", type=click.IntRange(0, 19), default=0, help="Run this many steps lower in CPU priority.")
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="Stop when this process is gone.")
 def worker(  # noqa: PLR0913 - one parameter per CLI option
-    gpu: str | None, lanes: str | None, queues: str | None, concurrency: int | None, beat: bool, loglevel: str
+    gpu: str | None,
+    lanes: str | None,
+    queues: str | None,
+    concurrency: int | None,
+    beat: bool,
+    loglevel: str,
+    nice: int,
+    parent_pid: int | None,
 ) -> None:
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
+    if nice:
+        os.nice(nice)
     from shared.runtime.celery_app import lanes_of_queues, own_consumer_queues, queues_for
 
     settings = command_settings() if gpu is None else load_settings(gpu=gpu)
     try:
         lanes = lanes or (lanes_of_queues(queues) if queues else settings.worker_lanes)
-        own = own_consumer_queues(settings, lanes)  # bulk chunks on threads of their own (worker/lanes.py)
-        queues = ",".join(q for q in queues_for(settings, lanes) if q not in own)
+        served = queues_for(settings, lanes)
+        # bulk beside other lanes: on threads of their own, or (INFERQ_BULK_PROCESS) in a child process
+        child_bulk = settings.bulk_process and settings.queue_bulk in served and len(served) > 1
+        own = [] if child_bulk else own_consumer_queues(settings, lanes)
+        queues = ",".join(q for q in served if q not in own and not (child_bulk and q == settings.queue_bulk))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lanes") from exc
     from worker.gpu import pin_gpu
@@ -115,25 +134,51 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
         console.print(f"worker {label}: {device_summary()} (TensorFlow loads with the first Keras model)")
     from worker.celery_app import create_worker_app
 
+    child = _bulk_child(gpu, loglevel, settings) if child_bulk else None
     app = create_worker_app(settings, own_consumer_queues=own)
-    training_only = queues == settings.queue_training
+    if parent_pid is not None:
+        from worker.lanes import watch_parent
+
+        watch_parent(parent_pid)
+    training_only, bulk_only = queues == settings.queue_training, queues == settings.queue_bulk
     if training_only:  # one training job at a time, and never a second one reserved behind it
         concurrency = concurrency or 1
+    if bulk_only:  # INFERQ_SCORE_PARALLEL_CHUNKS chunks at a time, none reserved behind them (others' to take)
+        concurrency = concurrency or settings.score_parallel_chunks
+    suffix = "-training" if training_only else "-bulk" if bulk_only else ""
     argv = [
         "worker",
-        f"--hostname={label}{'-training' if training_only else ''}@%h",
+        f"--hostname={label}{suffix}@%h",
         f"--queues={queues}",
         "--pool=threads",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         f"--loglevel={loglevel}",
         "--task-events",
     ]
-    if training_only:
+    if training_only or bulk_only:
         argv.append("--prefetch-multiplier=1")
     if beat:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
-    app.worker_main(argv)
+    if child is not None:
+        child.start()
+    try:
+        app.worker_main(argv)
+    finally:
+        if child is not None:
+            child.stop(timeout=float(settings.task_time_limit))
+
+
+def _bulk_child(gpu: str | None, loglevel: str, settings: Settings) -> BulkProcess:
+    """INFERQ_BULK_PROCESS: `inferq worker --lanes bulk` at INFERQ_BULK_NICE as this worker's child (on the same GPU;
+    it serves no /metrics of its own, so its port cannot clash with this worker's)."""
+    from worker.lanes import BulkProcess
+
+    argv = [sys.executable, "-m", "inferq", "worker", "--lanes", "bulk", "--loglevel", loglevel]
+    argv += ["--nice", str(settings.bulk_nice), "--parent-pid", str(os.getpid())]
+    if gpu is not None:
+        argv += ["--gpu", gpu]
+    return BulkProcess(argv, env={**os.environ, "INFERQ_WORKER_METRICS_PORT": "0"})
 
 
 @main.command()

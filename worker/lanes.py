@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -153,3 +155,64 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as exc:
         log.warning("could not lower the bulk lane's CPU priority: %s", exc)
+
+
+class BulkProcess:
+    """The bulk lane as a child process (INFERQ_BULK_PROCESS): `argv` is an `inferq worker --lanes bulk ...` command.
+    It is started again if it exits while this worker runs (after 1 s, doubling to 30 s while it keeps failing);
+    stop() sends it SIGTERM (its warm shutdown) and waits."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.argv, self.env = argv, env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="bulk-process", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)  # noqa: S603 - our own command line
+        log.info("lane bulk: child worker process %d (%s)", self.proc.pid, " ".join(self.argv[-6:]))
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            assert self.proc is not None
+            began = time.monotonic()
+            code = self.proc.wait()
+            if self._stop.is_set():
+                return
+            backoff = 1.0 if time.monotonic() - began > 60 else min(30.0, backoff * 2)
+            log.warning("lane bulk: child worker exited with %s; starting it again in %.0f s", code, backoff)
+            if self._stop.wait(backoff):
+                return
+            self._spawn()
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM the child and wait up to `timeout` s (then SIGKILL); its exit code."""
+        self._stop.set()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    """In a child worker: stop it (SIGTERM to itself) when the worker that started it is gone, so a killed parent
+    leaves no orphan behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        log.warning("parent worker %d is gone; stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         "(synchronous_commit off for that transaction), so bulk writes do not slow interactive commits; a "
         "PostgreSQL crash can then lose the last chunks' rows, which the reconciler scores again (docs/delivery.md).",
     )
+    bulk_process: bool = Field(
+        False,
+        description="A worker serving the bulk lane with other lanes runs it as a child process (`inferq worker "
+        "--lanes bulk --nice INFERQ_BULK_NICE`, restarted if it exits) instead of threads: its own interpreter lock "
+        "and model threads, at a lower CPU priority, for a second copy of the model (docs/lanes.md).",
+    )
     bulk_nice: int = Field(
         10, ge=0, le=19, description="How much lower the bulk lane's threads run in CPU priority (Linux nice)."
     )

@@ -50,6 +50,8 @@ def env_for(settings: Settings) -> dict[str, str]:
             "INFERQ_CHUNK_SIZE": str(settings.chunk_size),
             "INFERQ_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
             "INFERQ_WEBHOOK_ALLOW_CIDRS": settings.webhook_allow_cidrs,
+            "INFERQ_BULK_PROCESS": str(settings.bulk_process).lower(),
+            "INFERQ_BULK_NICE": str(settings.bulk_nice),
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }

@@ -3,6 +3,7 @@ and a worker of the interactive lane drains messages an older version left on th
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import redis
 
 from shared.config.settings import Settings
 from shared.runtime.celery_app import INFERENCE_QUEUE
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import WorkerProcess, wait_until
 from tests.integration.test_metrics_e2e import finished, submit_score
 from tests.integration.test_pipeline import png_of, submit
 
@@ -43,3 +44,30 @@ def test_a_bulk_worker_never_takes_interactive_work_and_an_interactive_one_drain
         assert broker.llen(stack_settings.queue_interactive) == 0 == broker.llen(INFERENCE_QUEUE)
     finally:
         broker.close()
+
+
+def test_the_bulk_lane_as_a_child_process_at_a_lower_priority(stack_settings: Settings, api_client: Any) -> None:
+    """INFERQ_BULK_PROCESS: `inferq worker --lanes interactive,bulk,ops` starts `inferq worker --lanes bulk` as its
+    child at INFERQ_BULK_NICE; a score job runs there and a classify job in the parent. A SIGTERM to the parent alone
+    stops both; a parent killed -9 alone leaves no orphan (the child stops itself)."""
+    import psutil
+
+    settings = stack_settings.model_copy(update={"bulk_process": True, "bulk_nice": 7})
+    for end in ("term", "kill"):
+        parent = WorkerProcess(settings)
+        try:
+            parent.wait_ready()
+            root = psutil.Process(parent.proc.pid)
+            child = wait_until(lambda root=root: next(iter(root.children()), None), 60, "the bulk child process")
+            assert "--lanes" in child.cmdline() and child.cmdline()[child.cmdline().index("--lanes") + 1] == "bulk"
+            assert child.nice() == root.nice() + 7
+            jobs = [submit_score(api_client), submit(api_client, [png_of(4)])]
+            wait_until(lambda jobs=jobs: finished(api_client, jobs), 120, "the score and classify jobs")
+            if end == "term":
+                root.send_signal(signal.SIGTERM)  # the parent only, not its process group
+            else:
+                root.kill()
+            psutil.wait_procs([child], timeout=60)
+            assert not child.is_running(), f"the bulk child outlived its parent ({end}):\n{parent.output()[-2000:]}"
+        finally:
+            parent.stop()
