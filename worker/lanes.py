@@ -12,10 +12,13 @@ INFERQ_SCORE_PARALLEL_CHUNKS threads here each hold their own broker connection 
 - each message runs through Celery's own request machinery (`celery.worker.request.Request.execute`): the same
   task, the same task_prerun/task_postrun signals (the running-lease heartbeat), retries published by the task with
   their countdown honoured here, and the acknowledgement after the chunk (late acks: a chunk whose worker dies is
-  delivered again after the visibility timeout, and one in progress at shutdown is handed back to the queue);
+  delivered again after the visibility timeout; at a warm shutdown a chunk in progress finishes, and one waiting
+  for its retry's countdown is handed back to the queue);
 - Flower sees each chunk through task-received/-started/-succeeded/-failed events;
 - the threads run at a lower CPU priority (INFERQ_BULK_NICE, Linux), so the scheduler gives the cores to
-  interactive work first whenever both are runnable.
+  interactive work first whenever both are runnable. What no priority can rank is the interpreter lock the threads
+  share with classify jobs (docs/lanes.md measures it): INFERQ_BULK_PROCESS runs the lane as a child process
+  instead (BulkProcess below), with a lock and model threads of its own.
 
 `celery inspect active` does not list the chunks running here; Flower's task list and the job's progress do.
 """
