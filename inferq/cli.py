@@ -110,16 +110,13 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
     """Run a Celery worker (one process per GPU; named after its GPU or 'cpu')."""
     if nice:
         os.nice(nice)
-    from shared.runtime.celery_app import lanes_of_queues, own_consumer_queues, queues_for
+    from shared.runtime.celery_app import lanes_of_queues, worker_queues
 
     settings = command_settings() if gpu is None else load_settings(gpu=gpu)
     try:
         lanes = lanes or (lanes_of_queues(queues) if queues else settings.worker_lanes)
-        served = queues_for(settings, lanes)
-        # bulk beside other lanes: on threads of their own, or (INFERQ_BULK_PROCESS) in a child process
-        child_bulk = settings.bulk_process and settings.queue_bulk in served and len(served) > 1
-        own = [] if child_bulk else own_consumer_queues(settings, lanes)
-        queues = ",".join(q for q in served if q not in own and not (child_bulk and q == settings.queue_bulk))
+        placed = worker_queues(settings, lanes)  # bulk beside other lanes: its own threads, or a child process
+        queues = ",".join(placed.celery)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--lanes") from exc
     from worker.gpu import pin_gpu
@@ -134,8 +131,8 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
         console.print(f"worker {label}: {device_summary()} (TensorFlow loads with the first Keras model)")
     from worker.celery_app import create_worker_app
 
-    child = _bulk_child(gpu, loglevel, settings) if child_bulk else None
-    app = create_worker_app(settings, own_consumer_queues=own)
+    child = _bulk_child(gpu, loglevel, settings) if placed.bulk_child else None
+    app = create_worker_app(settings, own_consumer_queues=placed.own_threads)
     if parent_pid is not None:
         from worker.lanes import watch_parent
 

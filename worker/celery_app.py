@@ -21,7 +21,7 @@ from worker.lanes import DedicatedLane
 def create_worker_app(settings: Settings, *, own_consumer_queues: Sequence[str] = ()) -> Celery:
     """A Celery app with inferq's tasks registered; the per-process context is built lazily from `settings`.
 
-    `own_consumer_queues` (the bulk queue, see shared.runtime.celery_app.own_consumer_queues) are consumed on threads
+    `own_consumer_queues` (the bulk queue, see shared.runtime.celery_app.worker_queues) are consumed on threads
     of their own once the worker is ready, not by Celery's consumer (worker/lanes.py)."""
     install_log_redaction()
     context.configure(settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from celery import Celery
 from kombu import Queue
 
@@ -91,14 +93,25 @@ def all_queues(settings: Settings) -> list[str]:
     return queues_for(settings, ",".join(LANES))
 
 
-def own_consumer_queues(settings: Settings, lanes: str) -> list[str]:
-    """The queues a worker serving `lanes` takes on consumer threads of their own (worker/lanes.py) rather than
-    through Celery's consumer: the bulk queue, when bulk shares the process with another lane and
-    INFERQ_BULK_OWN_CONSUMER is on. A bulk-only worker lets Celery take it (nothing else waits there)."""
-    queues = queues_for(settings, lanes)
-    if settings.bulk_own_consumer and settings.queue_bulk in queues and len(queues) > 1:
-        return [settings.queue_bulk]
-    return []
+@dataclass(frozen=True)
+class WorkerQueues:
+    """Where a worker serving some lanes takes each of their queues."""
+
+    celery: list[str]  # through Celery's consumer, in polling order
+    own_threads: list[str]  # on consumer threads of their own (worker/lanes.py)
+    bulk_child: bool  # the bulk lane runs as a child worker process (INFERQ_BULK_PROCESS)
+
+
+def worker_queues(settings: Settings, lanes: str) -> WorkerQueues:
+    """How a worker serves `lanes`. When the bulk lane shares the worker with another lane it is taken apart from
+    Celery's consumer: by a child process with INFERQ_BULK_PROCESS, else on threads of its own unless
+    INFERQ_BULK_OWN_CONSUMER is off. A bulk-only worker lets Celery take it (nothing else waits there)."""
+    served = queues_for(settings, lanes)
+    shared = settings.queue_bulk in served and len(served) > 1
+    child = shared and settings.bulk_process
+    threads = [settings.queue_bulk] if shared and not child and settings.bulk_own_consumer else []
+    apart = {settings.queue_bulk} if child or threads else set()
+    return WorkerQueues([q for q in served if q not in apart], threads, child)
 
 
 DEFAULT_QUEUES = {"interactive": INTERACTIVE_QUEUE, "bulk": BULK_QUEUE, "training": TRAINING_QUEUE, "ops": OPS_QUEUE}

@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from shared.runtime.celery_app import make_celery, own_consumer_queues
+from shared.runtime.celery_app import make_celery, worker_queues
 from tests.factories import make_settings
 from worker.lanes import DedicatedLane
 
@@ -121,8 +121,8 @@ def test_the_bulk_queue_gets_its_own_consumer_only_beside_other_lanes(tmp_path: 
     """A worker of every lane takes bulk chunks on its own threads; a bulk-only worker leaves them to Celery (nothing
     else waits there), and INFERQ_BULK_OWN_CONSUMER=false turns it off."""
     s = make_settings(tmp_path)
-    assert own_consumer_queues(s, "interactive,bulk,training,ops") == ["bulk"]
-    assert own_consumer_queues(s, "bulk,ops") == ["bulk"]
-    assert own_consumer_queues(s, "bulk") == []
-    assert own_consumer_queues(s, "interactive,ops") == []
-    assert own_consumer_queues(make_settings(tmp_path, bulk_own_consumer=False), "interactive,bulk") == []
+    assert worker_queues(s, "interactive,bulk,training,ops").own_threads == ["bulk"]
+    assert worker_queues(s, "bulk,ops").own_threads == ["bulk"]
+    assert worker_queues(s, "bulk").own_threads == []
+    assert worker_queues(s, "interactive,ops").own_threads == []
+    assert worker_queues(make_settings(tmp_path, bulk_own_consumer=False), "interactive,bulk").own_threads == []
