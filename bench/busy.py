@@ -246,7 +246,7 @@ def main() -> None:
             cpu = StackCpu([p.pid for p in procs], make_url(settings.resolved_database_url).database or "")
             url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
             wait_for(lambda: _answers(f"{url}/readyz"), 120, "the API")
-            for name, _, _ in processes[:1] + processes[2:]:  # every worker has loaded the default model
+            for name in (n for n, _, _ in processes if n.startswith("worker")):  # each worker loaded the default model
                 log = tmp / f"{name}.log"
                 wait_for(lambda log=log: "default model" in log.read_text(errors="replace"), 120, f"the {name}")
             buf = io.BytesIO()
