@@ -139,12 +139,18 @@ def train_time_limit(settings: Settings) -> int:
 def transport_options(settings: Settings) -> dict[str, object]:
     """Redis transport options: the visibility timeout, and how often kombu sweeps for messages a dead worker held.
     kombu's default sweeps every 10 s x throttle 10 = ~100 s; sweeping every visibility_timeout/10 (1-10 s) with
-    no throttle hands a killed worker's messages on within about 1.1 x the visibility timeout."""
+    no throttle hands a killed worker's messages on within about 1.1 x the visibility timeout.
+
+    Each sweep holds a Redis lock (`unacked_mutex`) for the few milliseconds it takes. A worker killed while holding
+    it leaves the lock to expire: after kombu's default 300 s, which stalled every sweep (and a killed worker's
+    chunks) for five minutes. The lock now lapses after 2 sweep intervals, at least 5 s; two sweeps overlapping
+    cannot restore a message twice (kombu restores each one in a transaction watching the unacked hash)."""
     interval = max(1, min(10, settings.visibility_timeout // 10))
     return {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": interval,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(5, 2 * interval),
         # Poll a worker's queues in the order it lists them (interactive first, see queues_for) instead of
         # round robin: whenever a consumer has room for a message, a waiting interactive job is taken first.
         "queue_order_strategy": "priority",

@@ -130,6 +130,7 @@ def test_dead_workers_messages_are_swept_within_a_tenth_of_the_visibility_timeou
         "visibility_timeout": visibility,
         "unacked_restore_interval": sweep,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(5, 2 * sweep),
         "queue_order_strategy": "priority",
     }
 

@@ -126,3 +126,66 @@ def test_the_bulk_queue_gets_its_own_consumer_only_beside_other_lanes(tmp_path: 
     assert worker_queues(s, "bulk").own_threads == []
     assert worker_queues(s, "interactive,ops").own_threads == []
     assert worker_queues(make_settings(tmp_path, bulk_own_consumer=False), "interactive,bulk").own_threads == []
+
+
+DEAD_WORKER = """
+import os, sys
+from kombu import Connection
+from kombu.transport.redis import Mutex
+url, queue, options = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+conn = Connection(url, transport_options=options)
+channel = conn.default_channel
+message = channel.basic_get(queue, no_ack=False)
+assert message is not None
+lock = Mutex(channel.client, channel.unacked_mutex_key, channel.unacked_mutex_expire)
+lock.__enter__()  # a sweep in progress
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_worker_killed_during_a_sweep_does_not_stall_redelivery(tmp_path: Path, redis_url: str) -> None:
+    """A worker killed -9 while it holds kombu's sweep lock, with a message reserved: the lock lapses within
+    unacked_mutex_expire seconds (kombu's default kept it 300 s), and another worker's lane runs the message."""
+    import subprocess
+    import sys
+
+    from shared.runtime.celery_app import transport_options
+
+    limits = {"task_time_limit": 2, "task_soft_time_limit": 1, "train_time_limit": 2}
+    settings = make_settings(tmp_path, redis_url=redis_url, visibility_timeout=3, **limits)
+    app = make_celery(settings)
+    ran = threading.Event()
+
+    @app.task(name="t.orphan")
+    def orphan() -> None:
+        ran.set()
+
+    orphan.apply_async(queue=QUEUE)
+    options = transport_options(settings)
+    dead = subprocess.Popen(
+        [sys.executable, "-c", DEAD_WORKER, redis_url, QUEUE, repr(options)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert dead.stdout is not None and dead.stdout.readline() == b"holding\n"
+    finally:
+        dead.kill()
+        dead.wait(10)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.hlen("unacked") == 1 and client.llen(QUEUE) == 0
+        lock_ttl = client.pttl("unacked_mutex") / 1000
+        assert 0 < lock_ttl <= float(options["unacked_mutex_expire"])  # type: ignore[arg-type]
+    finally:
+        client.close()
+    began = time.monotonic()
+    lane = _lane(app, threads=1)
+    lane.start()
+    try:
+        assert ran.wait(30), "the dead worker's message was not redelivered"
+    finally:
+        lane.stop()
+        lane.join(10)
+    assert time.monotonic() - began <= float(options["unacked_mutex_expire"]) + 5  # type: ignore[arg-type]
