@@ -25,10 +25,19 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 OWN_DB_PREFIX = "inferq_bench_"  # every database this benchmark creates (and the only ones it drops) is named so
-SETUP = (
-    "from shared.db.engine import upgrade_database; from shared.config.settings import Settings; "
-    "from inferq.access import ensure_local_key; s = Settings(); upgrade_database(s); print(ensure_local_key(s)[0])"
-)
+# Run inside the stack's tree: a baseline commit may predate the package layout (shared/db.py, shared/settings.py).
+SETUP = """
+try:
+    from shared.db.engine import upgrade_database
+    from shared.config.settings import Settings
+except ImportError:
+    from shared.db import upgrade_database
+    from shared.settings import Settings
+from inferq.access import ensure_local_key
+s = Settings()
+upgrade_database(s)
+print(ensure_local_key(s)[0])
+"""
 
 
 @dataclass
@@ -183,9 +192,9 @@ class Stack:
     def prepare(self, epochs: int) -> None:
         """Migrate this tree's schema into the stack's own database, make an API key, train the default model."""
         assert_own_database(self.database_url)
-        out = subprocess.run(
-            [sys.executable, "-c", SETUP], env=self.env, cwd=self.tree, check=True, capture_output=True, text=True
-        )
+        out = subprocess.run([sys.executable, "-c", SETUP], env=self.env, cwd=self.tree, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"setting up {self.name} failed:\n{out.stderr[-3000:]}")
         self.headers = {"Authorization": f"Bearer {out.stdout.strip().splitlines()[-1]}"}
         subprocess.run(
             [sys.executable, "-m", "inferq", "train-default", "--epochs", str(epochs), "--force"],
