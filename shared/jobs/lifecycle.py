@@ -188,11 +188,12 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
         WebhookEndpoint.disabled_at.is_(None),
     )
     rows = session.execute(_pending_query(job_id).add_columns(listening.exists())).all()  # items + the tenant's
-    heard = rows[0][2] if rows else bool(tenants_listening(session, {tenant_id}))  # endpoints: one round trip
+    width = len(PendingInput._fields)  # endpoints: one round trip; the flag is the column after an item's own
+    heard = bool(rows[0][width]) if rows else bool(tenants_listening(session, {tenant_id}))
     if (params or {}).get("webhook") or heard:
         on_started(session, job_id)  # webhook outbox row, in this same transaction
     params = params or {}
-    items = [PendingInput(*row[:3]) for row in rows]
+    items = [PendingInput(*row[:width]) for row in rows]
     return Claim(job_id, model_ref, tenant_id, int(params.get("top_k", 1)), items, bool(params.get("explain")))
 
 

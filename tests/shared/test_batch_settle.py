@@ -207,3 +207,47 @@ def test_mark_undispatched_clears_the_stamp_of_queued_jobs_only(
     with sessions() as s:
         assert s.get(Job, queued).dispatched_at is None  # type: ignore[union-attr]
         assert s.get(Job, running).dispatched_at is not None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_a_first_claim_of_an_inline_image_is_two_statements_unless_someone_listens(
+    sessions: sessionmaker[Session], store: LocalBlobStore, listening: bool
+) -> None:
+    """An image small enough to live in its item's row: the claim is the UPDATE and one SELECT (items + whether the
+    tenant has webhook endpoints). Only when the tenant listens does it also queue the `start` outbox row.
+    (The flag was once read from the item's input column, so every inline job took the outbox path.)"""
+    from tests.factories import png_bytes
+
+    with sessions.begin() as s:
+        if listening:
+            hooks.create_endpoint(session=s, tenant_id="default", url="https://example.com/hook", events=["start"])
+        job = jobstore.create_classify_job(
+            session=s,
+            store=store,
+            uploads=[jobstore.Upload(filename="a.png", data=png_bytes())],
+            model_ref="mnist-cnn@production",
+            top_k=1,
+            tenant_id="default",
+            inline_max_bytes=65536,
+        )
+        job_id = job.id
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    with sessions.begin() as s:
+        bind = s.get_bind()
+        event.listen(bind, "before_cursor_execute", record)
+        try:
+            claim = jobstore.claim_first_attempt(s, job_id)
+        finally:
+            event.remove(bind, "before_cursor_execute", record)
+    assert claim is not None and claim.items[0].data is not None and claim.items[0].key is None
+    with sessions() as s:
+        starts = s.scalars(select(WebhookDelivery.event).where(WebhookDelivery.job_id == job_id)).all()
+    if listening:
+        assert starts == ["start"]
+    else:
+        assert len(statements) == 2, statements
+        assert starts == []
