@@ -142,9 +142,12 @@ def show(run: Run) -> None:
         f"  p99 {run.pct(99):7.1f} ms",
         flush=True,
     )
+    if run.cpu_split and run.jobs:
+        parts = "  ".join(f"{part} {1000 * s / run.jobs:.1f}" for part, s in run.cpu_split.items())
+        print(f"{'':<4}CPU ms per job: {parts}", flush=True)
 
 
-def standard_runs(stack: Stack, args: argparse.Namespace, images: list[bytes], full: bool) -> dict[str, float]:
+def standard_runs(stack: Stack, args: argparse.Namespace, images: list[bytes], full: bool) -> dict[str, Any]:
     """1 and 32 clients with micro-batching (and, if `full`, with INFERQ_MAX_BATCH=1 too); the JSON fields."""
     stack.start_api()
     try:
@@ -163,6 +166,9 @@ def standard_runs(stack: Stack, args: argparse.Namespace, images: list[bytes], f
         "jobs_per_s_1": runs[(1, 64)].rate,
         "p50_ms_1": runs[(1, 64)].pct(50),
         "p99_ms_1": runs[(1, 64)].pct(99),
+        "cpu_ms_per_job_32": {
+            k: round(1000 * v / max(1, runs[(32, 64)].jobs), 2) for k, v in runs[(32, 64)].cpu_split.items()
+        },
     }
     if full:
         out.update(

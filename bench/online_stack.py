@@ -3,6 +3,7 @@ each with a database the benchmark created itself, its own data dir, API and wor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -50,6 +51,7 @@ class Run:
     latencies: list[float]
     mean_batch: float
     cpu_s: float = 0.0  # CPU seconds the API's and the worker's processes used during the measured load
+    cpu_split: dict[str, float] = field(default_factory=dict)  # CPU seconds by part of the machine (CpuProbe)
 
     @property
     def cpu_ms_per_job(self) -> float:
@@ -150,6 +152,33 @@ def tree_cpu_s(*procs: subprocess.Popen[bytes] | None) -> float:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+class CpuProbe:
+    """CPU seconds so far by part: the API (gunicorn and its workers), the worker process, the PostgreSQL backends
+    of the stack's own database (found by its name in their process title), every redis-server, this benchmark
+    process (its client threads, during a load) and the whole machine (busy core-seconds)."""
+
+    def __init__(self, stack: Stack, worker: subprocess.Popen[bytes]) -> None:
+        self.stack, self.worker = stack, worker
+        self.database = make_url(stack.database_url).database or ""
+        self.seen: dict[str, dict[int, float]] = {"postgres": {}, "redis": {}}  # a process that exits keeps its share
+
+    def read(self) -> dict[str, float]:
+        out = {"api": tree_cpu_s(self.stack.api), "worker": tree_cpu_s(self.worker)}
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            name, cmdline = proc.info["name"], " ".join(proc.info["cmdline"] or [])
+            part = "postgres" if name == "postgres" and self.database in cmdline else None
+            part = "redis" if name == "redis-server" else part
+            if part is not None:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    self.seen[part][proc.pid] = times.user + times.system
+        out.update({part: sum(pids.values()) for part, pids in self.seen.items()})
+        out["bench clients"] = time.process_time()
+        times = psutil.cpu_times()
+        out["machine"] = float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+        return out
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -327,9 +356,11 @@ def e2e(
         engine = sa.create_engine(stack.database_url)
         with engine.connect() as c:
             since = c.execute(sa.text("SELECT max(id) FROM job_items")).scalar() or 0
-        cpu_before = tree_cpu_s(stack.api, worker)
+        probe = CpuProbe(stack, worker)
+        cpu_before = probe.read()
         lat, elapsed = load(stack, clients=clients, seconds=seconds, images=images, model=model)
-        cpu_s = tree_cpu_s(stack.api, worker) - cpu_before
+        split = {part: used - cpu_before[part] for part, used in probe.read().items()}
+        cpu_s = split["api"] + split["worker"]
         with engine.connect() as c:
             n, passes = c.execute(
                 sa.text(
@@ -342,4 +373,4 @@ def e2e(
         stop(worker)
     mean = (n / float(passes)) if passes else 0.0
     label = f"{stack.name}: {clients} client(s), max_batch={max_batch}" + (f", {model}" if model else "")
-    return Run(label, clients, max_batch, len(lat), elapsed, lat, mean, cpu_s)
+    return Run(label, clients, max_batch, len(lat), elapsed, lat, mean, cpu_s, split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ def create_worker_app(settings: Settings, *, own_consumer_queues: Sequence[str] 
     `own_consumer_queues` (the bulk queue, see shared.runtime.celery_app.worker_queues) are consumed on threads
     of their own once the worker is ready, not by Celery's consumer (worker/lanes.py)."""
     install_log_redaction()
+    quiet_task_lines(settings)
     context.configure(settings)
     configure_pillow(max_pixels=settings.max_image_pixels)
     app = make_celery(settings, name="inferq")
@@ -42,6 +44,14 @@ def create_worker_app(settings: Settings, *, own_consumer_queues: Sequence[str] 
     if settings.metrics_enabled and settings.worker_metrics_port:
         worker_ready.connect(lambda **_: _serve_metrics(settings), weak=False)
     return app
+
+
+def quiet_task_lines(settings: Settings) -> None:
+    """Celery's per-task INFO lines ('received', 'succeeded in', 'retry') unless INFERQ_LOG_EACH_TASK: their loggers
+    go to WARNING, so failures (ERROR) are still logged. Celery reads the level when it builds a task's tracer."""
+    level = logging.NOTSET if settings.log_each_task else logging.WARNING
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _serve_on_own_threads(app: Celery, settings: Settings, queue: str) -> None:
