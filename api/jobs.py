@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from api.auth import current_tenant
 from api.deps import db, services
 from api.scoring import create_score_job
-from api.uploads import read_classify_request, read_deadline
+from api.uploads import read_classify_request, read_deadline, read_prefer_wait
 from api.webhooks import attach_job_webhook, read_job_webhook
 from shared.config.errors import JobNotFound, ValidationFailed
 from shared.config.status import JobStatus
@@ -60,12 +60,22 @@ def _job_id(text: str) -> uuid.UUID:
 @bp.post(
     "",
     summary="Submit a classify job",
-    responses={"202": JobPublic, "400": Problem, "403": Problem, "413": Problem, "415": Problem, "503": Problem},
+    responses={
+        "201": JobPublic,
+        "202": JobPublic,
+        "400": Problem,
+        "403": Problem,
+        "413": Problem,
+        "415": Problem,
+        "503": Problem,
+    },
 )
 def create_job() -> tuple[Response, int, dict[str, str]]:
     """Accepts images as multipart files (any field name, plus optional `model` and `top_k` fields) or JSON
     `{"images": [{"data": "<base64>", "filename": "a.png"}], "model": "mnist-cnn@production", "top_k": 3}`.
-    Inputs are stored durably before the 202; poll the `Location` or the job's links."""
+    Inputs are stored durably before the 202; poll the `Location` or the job's links.
+    With `Prefer: wait=N` (at most INFERQ_MAX_WAIT_S seconds) the answer waits for the job: 201 with its
+    predictions if it finished in time, else the usual 202 (`Preference-Applied` says the wait was honoured)."""
     body = request.get_json(silent=True) if request.is_json else None
     if isinstance(body, dict) and body.get("kind") == "score":  # bulk scoring of a stored dataset
         return create_score_job(body, read_job_webhook(request, services().settings))
@@ -106,7 +116,17 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         jobstore.delete_inputs(svc.store, job.id, len(parsed.uploads))
         raise
     dispatch(job.id, priority)
-    return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    wait_s = read_prefer_wait(request, settings)
+    if wait_s is None:
+        return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, headers
+    # Prefer: wait=N: answer with the finished job (201) if it finishes within N seconds, saving the poll
+    headers["Preference-Applied"] = f"wait={wait_s}"
+    job = _read_when_terminal(job.id, tenant, wait_s)
+    if not JobStatus(job.status).is_terminal():
+        return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, headers
+    items = jobstore.items_page(session, job.id, after=-1, limit=settings.max_images_per_job)
+    return jsonify(JobPublic.of(job, items).model_dump(mode="json")), 201, headers
 
 
 def dispatch(job_id: uuid.UUID, priority: int) -> None:
@@ -173,6 +193,7 @@ def _read_when_terminal(job_id: uuid.UUID, tenant: str, wait_s: float) -> Job:
     ready = min(wait_s, SUBSCRIPTION_READY_S)  # the process's first long poll: let the subscription start first
     with svc.waiter.watch(job_id, ready_within_s=ready) as finished:  # registered before the first read
         while True:
+            session.expire_all()  # session.get answers from the identity map (a POST's own job) without a read
             job = jobstore.get_job(session, job_id, tenant_id=tenant)
             remaining = deadline - time.monotonic()
             if JobStatus(job.status).is_terminal() or remaining <= 0:

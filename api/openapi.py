@@ -135,6 +135,17 @@ def document_constraints(spec: dict[str, Any], settings: Settings) -> dict[str, 
             "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": settings.max_deadline_s},
         }
     )
+    spec["paths"]["/v1/jobs"]["post"]["parameters"].append(
+        {
+            "name": "Prefer",
+            "in": "header",
+            "required": False,
+            "description": f"`wait=N` (RFC 7240): wait up to N seconds (at most {settings.max_wait_s:g}, "
+            "INFERQ_MAX_WAIT_S; a bare `wait` means that) for the classify job to finish. Finished: 201 with the "
+            "predictions, saving the poll; not yet: the usual 202. `Preference-Applied` echoes the wait honoured.",
+            "schema": {"type": "string", "example": "wait=10"},
+        }
+    )
     for option in schemas["JobCreate"]["properties"]["deadline_s"]["anyOf"]:
         if option.get("type") == "number":  # a JsonFloat's bound keeps pydantic's name: JSON Schema's is below
             option["maximum"] = settings.max_deadline_s

@@ -157,3 +157,21 @@ def read_deadline(request: Request, body_value: float | None, settings: Settings
             )
     seconds = body_value if body_value is not None else header
     return None if seconds is None else utcnow() + timedelta(seconds=seconds)
+
+
+def read_prefer_wait(request: Request, settings: Settings) -> int | None:
+    """Seconds the client asked the POST to wait for its job to finish (`Prefer: wait=N`, RFC 7240, as Replicate's
+    API takes it; a bare `wait` means INFERQ_MAX_WAIT_S), capped at INFERQ_MAX_WAIT_S; None when it did not ask.
+    Other preferences, and a `wait` whose value is not a whole number of seconds, are ignored as RFC 7240 asks."""
+    cap = int(settings.max_wait_s)
+    for header in request.headers.getlist("Prefer"):
+        for token in header.split(","):
+            name, _, value = token.split(";")[0].strip().partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            value = value.strip().strip('"')
+            if not value:
+                return cap or None
+            if value.isdigit():
+                return min(int(value), cap) or None
+    return None

@@ -277,13 +277,19 @@ def timed_job(
     form: dict[str, str] | None = None,
     stages: list[dict[str, float]] | None = None,
 ) -> float:
-    """Submit one single-image job and long-poll it to the end, as the CLI does; the seconds it took. A refused
-    or unsuccessful job ends the benchmark. `stages`, if given, gets the job's time split at its server-side stamps
-    (see job_stages)."""
+    """Submit one single-image job (Prefer: wait) and long-poll it to the end if needed, as the CLI does; the
+    seconds it took. A refused or unsuccessful job ends the benchmark. `stages`, if given, gets the job's time split
+    at its server-side stamps (see job_stages)."""
     submitted = time.time()
     t0 = time.perf_counter()
-    resp = s.post(f"{url}/v1/jobs", files=[("images", ("d.png", image, "image/png"))], data=form, timeout=60)
-    if resp.status_code != 202:
+    resp = s.post(
+        f"{url}/v1/jobs",
+        files=[("images", ("d.png", image, "image/png"))],
+        data=form,
+        headers={"Prefer": "wait=20"},  # as the CLI asks; a tree without it answers 202 and is long-polled
+        timeout=60,
+    )
+    if resp.status_code not in (201, 202):
         raise SystemExit(f"a benchmark job was refused: {resp.status_code} {resp.text[:500]}")
     job = resp.json()
     while job["status"] not in ("succeeded", "failed", "canceled", "expired"):

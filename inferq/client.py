@@ -61,6 +61,9 @@ def _check(resp: requests.Response) -> dict[str, Any]:
     return data
 
 
+PREFER_WAIT_S = 20  # how long a submit asks the API to wait for its job (then the CLI long-polls)
+
+
 def submit(  # noqa: PLR0913 - one parameter per job field
     api_url: str,
     paths: tuple[Path, ...],
@@ -70,14 +73,17 @@ def submit(  # noqa: PLR0913 - one parameter per job field
     deadline_s: float | None = None,
     priority: int | None = None,
 ) -> dict[str, Any]:
-    """POST the files as one multipart classify job."""
+    """POST the files as one multipart classify job, asking the API to hold the answer until the job finishes
+    (`Prefer: wait`, up to INFERQ_MAX_WAIT_S): a quick job comes back finished, with no poll."""
     files = [
         ("images", (p.name, p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"))
         for p in paths
     ]
     fields = {"model": model, "top_k": top_k, "deadline_s": deadline_s, "priority": priority}
     data = {k: str(v) for k, v in fields.items() if v is not None}
-    return _call("POST", f"{api_url}/v1/jobs", files=files, data=data)
+    return _call(
+        "POST", f"{api_url}/v1/jobs", files=files, data=data, headers={"Prefer": f"wait={PREFER_WAIT_S}"}, timeout=60
+    )
 
 
 def wait(api_url: str, job_id: str, *, timeout: float) -> dict[str, Any]:
@@ -106,8 +112,9 @@ def classify_files(
     try:
         with out.status("submitting..."):
             job = submit(api_url, paths, model=model, top_k=top_k, deadline_s=deadline_s, priority=priority)
-        with out.status(f"job {job['id']} queued, waiting..."):
-            job = wait(api_url, job["id"], timeout=timeout)
+        if job["status"] not in TERMINAL:
+            with out.status(f"job {job['id']} {job['status']}, waiting..."):
+                job = wait(api_url, job["id"], timeout=timeout)
     except ApiError as exc:
         out.print(f"[red]error:[/] {exc}")
         return False

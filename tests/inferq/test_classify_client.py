@@ -53,3 +53,18 @@ def test_a_priority_is_sent_as_the_form_field(tmp_path: Path) -> None:
     assert b'name="priority"\r\n\r\n2' in responses.calls[0].request.body
     refused = CliRunner().invoke(main, ["classify", str(image), "--priority", "3", "--api-url", API])
     assert refused.exit_code == 2 and "--priority" in refused.output
+
+
+@responses.activate
+def test_a_job_finished_within_the_posts_wait_needs_no_poll(tmp_path: Path) -> None:
+    """The CLI asks `Prefer: wait`; a 201 with the finished job is printed without a GET."""
+    image = tmp_path / "a.png"
+    image.write_bytes(png_bytes())
+    prediction = {"index": 0, "filename": "a.png", "status": "succeeded", "label": "7", "confidence": 0.98}
+    done = {**EXPIRED, "status": "succeeded", "error": None, "predictions": [{**prediction, "top_k": []}]}
+    responses.post(f"{API}/v1/jobs", json=done, status=201)
+    result = CliRunner().invoke(main, ["classify", str(image), "--api-url", API])
+    assert result.exit_code == 0, result.output
+    assert [c.request.method for c in responses.calls] == ["POST"]
+    assert responses.calls[0].request.headers["Prefer"] == "wait=20"
+    assert "0.9800" in result.output

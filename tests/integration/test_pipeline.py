@@ -70,6 +70,24 @@ def test_upload_to_prediction_rows_on_postgres(stack_settings: Settings, api_cli
     assert all(r.label in "0123456789" and 0 < r.confidence <= 1 and r.model_version_id and r.batch_size for r in rows)
 
 
+def test_prefer_wait_answers_with_the_finished_job(
+    stack_settings: Settings, api_client: Any, start_worker: Any
+) -> None:
+    """`Prefer: wait=30` on the POST: a real worker's notification ends the wait, and the answer is a 201 with the
+    predictions (no poll needed); the job is the same one a GET shows."""
+    start_worker()
+    files = [(io.BytesIO(png_of(7)), "seven.png")]
+    resp = api_client.post(
+        "/v1/jobs", data={"images": files}, content_type="multipart/form-data", headers={"Prefer": "wait=30"}
+    )
+    assert resp.status_code == 201, resp.json
+    assert resp.headers["Preference-Applied"] == "wait=30"
+    body = resp.json
+    assert body["status"] == "succeeded" and body["predictions"][0]["label"] == "7"
+    assert resp.headers["Location"] == f"/v1/jobs/{body['id']}"
+    assert api_client.get(resp.headers["Location"]).json["predictions"] == body["predictions"]
+
+
 def test_redelivered_message_writes_nothing_twice(stack_settings: Settings, api_client: Any, start_worker: Any) -> None:
     """The same job delivered three times at once ends succeeded with one result per item, written once."""
     job_id = submit(api_client, [png_of(1), png_of(8)])
