@@ -121,11 +121,11 @@ class Bench:
             print(f"kept {self.tmp}")
 
 
-def raw_throughput(stack: Stack, batch: int, seconds: float) -> float:
-    """Images/s of the bare default model at a fixed batch size, on preprocessed inputs (the reference)."""
+def raw_throughput(stack: Stack, batch: int, seconds: float, name: str = "mnist-cnn") -> float:
+    """Images/s of a bare model (the default one unless `name`) at a fixed batch size, on preprocessed inputs."""
     from worker.runtime import load_model
 
-    model = load_model(stack.data_dir / "models" / "mnist-cnn" / "1" / "model.keras", "keras")
+    model = load_model(max((stack.data_dir / "models" / name).glob("*/model.keras")), "keras")
     x = np.random.default_rng(0).random((batch, 28, 28), dtype=np.float32)
     for _ in range(3):
         model.predict(x)
@@ -193,8 +193,12 @@ def heavy_runs(stack: Stack, args: argparse.Namespace, images: list[bytes]) -> d
         show(off)
     finally:
         stack.stop_api()
+    raw_b1, raw_b64 = (raw_throughput(stack, batch, 3.0, name=HEAVY_NAME) for batch in (1, 64))
     return {
         "heavy_flops_ratio": ratio,
+        "heavy_raw_img_per_s_b1": raw_b1,
+        "heavy_raw_img_per_s_b64": raw_b64,
+        "heavy_raw_batching_gain": raw_b64 / raw_b1,  # the ceiling: what batching gives the bare model on this CPU
         "heavy_jobs_per_s_32": on.rate,
         "heavy_jobs_per_s_32_max_batch_1": off.rate,
         "heavy_mean_batch_32": on.mean_batch,
@@ -288,8 +292,13 @@ def summary(result: dict[str, Any]) -> None:
     if "heavy_batching_gain" in result:
         print(
             f"heavy model ({result['heavy_flops_ratio']:.1f}x FLOPs): batching gain "
-            f"{result['heavy_batching_gain']:.2f}x (target >= 3), mean batch {result['heavy_mean_batch_32']:.1f}"
+            f"{result['heavy_batching_gain']:.2f}x (target >= 3), mean batch {result['heavy_mean_batch_32']:.1f}; "
+            f"the bare model gains {result['heavy_raw_batching_gain']:.2f}x from batch 1 to 64 on this CPU "
+            f"({result['heavy_raw_img_per_s_b1']:.0f} -> {result['heavy_raw_img_per_s_b64']:.0f} img/s)"
         )
+    if "cpu_ms_per_job_32" in result:
+        parts = "  ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_job_32"].items())
+        print(f"CPU ms per job at 32 clients: {parts}")
 
 
 def metrics_overhead(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
