@@ -167,15 +167,15 @@ def worker(  # noqa: PLR0913 - one parameter per CLI option
 
 
 def _bulk_child(gpu: str | None, loglevel: str, settings: Settings) -> BulkProcess:
-    """INFERQ_BULK_PROCESS: `inferq worker --lanes bulk` at INFERQ_BULK_NICE as this worker's child (on the same GPU;
-    it serves no /metrics of its own, so its port cannot clash with this worker's)."""
+    """INFERQ_BULK_PROCESS: `inferq worker --lanes bulk` at INFERQ_BULK_NICE as this worker's child (on the same GPU),
+    serving its /metrics on INFERQ_BULK_METRICS_PORT (0: none), never on this worker's port."""
     from worker.lanes import BulkProcess
 
     argv = [sys.executable, "-m", "inferq", "worker", "--lanes", "bulk", "--loglevel", loglevel]
     argv += ["--nice", str(settings.bulk_nice), "--parent-pid", str(os.getpid())]
     if gpu is not None:
         argv += ["--gpu", gpu]
-    return BulkProcess(argv, env={**os.environ, "INFERQ_WORKER_METRICS_PORT": "0"})
+    return BulkProcess(argv, env={**os.environ, "INFERQ_WORKER_METRICS_PORT": str(settings.bulk_metrics_port)})
 
 
 @main.command()

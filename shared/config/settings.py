@@ -177,6 +177,13 @@ class Settings(BaseSettings):
     bulk_nice: int = Field(
         10, ge=0, le=19, description="How much lower the bulk lane's threads run in CPU priority (Linux nice)."
     )
+    bulk_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the bulk child process's /metrics under INFERQ_BULK_PROCESS (0 = none; its score "
+        "batches, images and chunk times are then not scraped). Give each worker's child its own port.",
+    )
 
     # --- reliability ----------------------------------------------------------------------------------------
     task_soft_time_limit: int = Field(300, ge=1, description="Seconds before a task is asked to stop.")

@@ -80,3 +80,9 @@ def test_bulk_process_starts_a_niced_child_and_stops_it_with_the_worker(run: Any
     assert child.argv[child.argv.index("--nice") + 1] == "7" and "--parent-pid" in child.argv
     assert child.env["INFERQ_WORKER_METRICS_PORT"] == "0"  # no second /metrics on the parent's port
     assert child.events == ["start", "stop"]
+
+
+def test_the_bulk_child_serves_metrics_on_a_port_of_its_own(run: Any) -> None:
+    run("--lanes", "interactive,bulk,ops", INFERQ_BULK_PROCESS="true", INFERQ_BULK_METRICS_PORT="9911")
+    (child,) = FakeChild.made
+    assert child.env["INFERQ_WORKER_METRICS_PORT"] == "9911"

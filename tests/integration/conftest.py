@@ -52,6 +52,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             "INFERQ_WEBHOOK_ALLOW_CIDRS": settings.webhook_allow_cidrs,
             "INFERQ_BULK_PROCESS": str(settings.bulk_process).lower(),
             "INFERQ_BULK_NICE": str(settings.bulk_nice),
+            "INFERQ_BULK_METRICS_PORT": str(settings.bulk_metrics_port),
             "PYTHONUNBUFFERED": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }

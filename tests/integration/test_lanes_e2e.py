@@ -49,10 +49,15 @@ def test_a_bulk_worker_never_takes_interactive_work_and_an_interactive_one_drain
 def test_the_bulk_lane_as_a_child_process_at_a_lower_priority(stack_settings: Settings, api_client: Any) -> None:
     """INFERQ_BULK_PROCESS: `inferq worker --lanes interactive,bulk,ops` starts `inferq worker --lanes bulk` as its
     child at INFERQ_BULK_NICE; a score job runs there and a classify job in the parent. A SIGTERM to the parent alone
-    stops both; a parent killed -9 alone leaves no orphan (the child stops itself)."""
+    stops both; a parent killed -9 alone leaves no orphan (the child stops itself). The child's /metrics
+    (INFERQ_BULK_METRICS_PORT) counts the score job's images."""
     import psutil
+    import requests
 
-    settings = stack_settings.model_copy(update={"bulk_process": True, "bulk_nice": 7})
+    from shared.runtime.embedded import free_port
+
+    port = free_port()
+    settings = stack_settings.model_copy(update={"bulk_process": True, "bulk_nice": 7, "bulk_metrics_port": port})
     for end in ("term", "kill"):
         parent = WorkerProcess(settings)
         try:
@@ -63,6 +68,8 @@ def test_the_bulk_lane_as_a_child_process_at_a_lower_priority(stack_settings: Se
             assert child.nice() == root.nice() + 7
             jobs = [submit_score(api_client), submit(api_client, [png_of(4)])]
             wait_until(lambda jobs=jobs: finished(api_client, jobs), 120, "the score and classify jobs")
+            child_metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert 'inferq_batch_size_count{kind="score"}' in child_metrics, child_metrics[-2000:]
             if end == "term":
                 root.send_signal(signal.SIGTERM)  # the parent only, not its process group
             else:
