@@ -189,3 +189,46 @@ def test_a_worker_killed_during_a_sweep_does_not_stall_redelivery(tmp_path: Path
         lane.stop()
         lane.join(10)
     assert time.monotonic() - began <= float(options["unacked_mutex_expire"]) + 5  # type: ignore[arg-type]
+
+
+def test_flower_sees_the_lanes_tasks_through_celery_events(app: Celery, client: redis.Redis) -> None:
+    """What Flower lists comes from task events: a chunk run on the lane's threads sends task-received, -started
+    and -succeeded (and a failing one task-failed), with the task's id and name, to a real event receiver."""
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    @app.task(name="t.ok")
+    def ok() -> int:
+        return 1
+
+    @app.task(name="t.bad")
+    def bad() -> None:
+        raise ValueError("no")
+
+    def record(event: dict[str, Any]) -> None:
+        seen.append((event["type"], event.get("uuid", "")))
+        if event["type"] in ("task-failed",):
+            done.set()
+
+    bindings = "_kombu.binding.celeryev"  # kombu's Redis fanout: one member per queue bound to the event exchange
+    before = client.scard(bindings)
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": record})
+        listening = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=20), daemon=True)
+        listening.start()
+        _until(lambda: client.scard(bindings) > before)  # listening before anything is sent
+        first = ok.apply_async(queue=QUEUE).id
+        second = bad.apply_async(queue=QUEUE).id
+        lane = _lane(app, threads=1)
+        lane.start()
+        try:
+            assert done.wait(20), seen
+        finally:
+            lane.stop()
+            lane.join(10)
+            receiver.should_stop = True
+    of = {uid: [kind for kind, u in seen if u == uid and kind != "task-sent"] for uid in (first, second)}
+    assert of == {
+        first: ["task-received", "task-started", "task-succeeded"],
+        second: ["task-received", "task-started", "task-failed"],
+    }
