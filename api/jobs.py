@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -115,14 +116,18 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         session.rollback()
         jobstore.delete_inputs(svc.store, job.id, len(parsed.uploads))
         raise
-    dispatch(job.id, priority)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     wait_s = read_prefer_wait(request, settings)
     if wait_s is None:
+        dispatch(job.id, priority)
         return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, headers
-    # Prefer: wait=N: answer with the finished job (201) if it finishes within N seconds, saving the poll
+    # Prefer: wait=N: answer with the finished job (201) if it finishes within N seconds, saving the poll. Watching
+    # before the publish, no notification can be missed, so the first read waits for one (or the fallback).
     headers["Preference-Applied"] = f"wait={wait_s}"
-    job = _read_when_terminal(job.id, tenant, wait_s)
+    deadline = time.monotonic() + wait_s
+    with svc.waiter.watch(job.id, ready_within_s=min(wait_s, SUBSCRIPTION_READY_S)) as finished:
+        dispatch(job.id, priority)
+        job = _until_terminal(job.id, tenant, deadline, finished, read_now=False)
     if not JobStatus(job.status).is_terminal():
         return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, headers
     items = jobstore.items_page(session, job.id, after=-1, limit=settings.max_images_per_job)
@@ -188,19 +193,28 @@ SUBSCRIPTION_READY_S = 2.0
 def _read_when_terminal(job_id: uuid.UUID, tenant: str, wait_s: float) -> Job:
     """The job once it is terminal or `wait_s` has passed: re-read when a worker's notification names it (or every
     INFERQ_WAIT_POLL_INTERVAL_S, in case a notification is lost)."""
-    session, svc = db(), services()
     deadline = time.monotonic() + wait_s
     ready = min(wait_s, SUBSCRIPTION_READY_S)  # the process's first long poll: let the subscription start first
-    with svc.waiter.watch(job_id, ready_within_s=ready) as finished:  # registered before the first read
-        while True:
+    with services().waiter.watch(job_id, ready_within_s=ready) as finished:  # registered before the first read
+        return _until_terminal(job_id, tenant, deadline, finished, read_now=True)
+
+
+def _until_terminal(
+    job_id: uuid.UUID, tenant: str, deadline: float, finished: threading.Event, *, read_now: bool
+) -> Job:
+    """Read the job until it is terminal or the deadline passes, waiting for `finished` (set by a notification) or
+    INFERQ_WAIT_POLL_INTERVAL_S between reads; `read_now=False` waits before the first read."""
+    session, svc = db(), services()
+    while True:
+        if read_now:
             session.expire_all()  # session.get answers from the identity map (a POST's own job) without a read
             job = jobstore.get_job(session, job_id, tenant_id=tenant)
-            remaining = deadline - time.monotonic()
-            if JobStatus(job.status).is_terminal() or remaining <= 0:
+            if JobStatus(job.status).is_terminal() or deadline <= time.monotonic():
                 return job
-            finished.wait(min(remaining, svc.settings.wait_poll_interval_s))
-            finished.clear()
-            session.rollback()  # end the read transaction so the next read sees new commits (SQLite WAL too)
+        read_now = True
+        finished.wait(max(0.0, min(deadline - time.monotonic(), svc.settings.wait_poll_interval_s)))
+        finished.clear()
+        session.rollback()  # end the read transaction so the next read sees new commits (SQLite WAL too)
 
 
 @bp.get("/<job_id>/results", summary="Page through a job's predictions", responses={"200": ResultsPublic})
