@@ -25,6 +25,13 @@ def _submit(app: Flask) -> uuid.UUID:
     return uuid.UUID(resp.get_json()["id"])
 
 
+def _announce(redis_url: str, job_id: uuid.UUID) -> None:
+    """Publish the job-finished notification, as a worker does after its commit."""
+    publisher = FinishedPublisher(redis_url)
+    publisher.publish([job_id])
+    publisher.close()
+
+
 def _finish_later(app: Flask, job_id: uuid.UUID, delay_s: float, publish_to: str | None) -> threading.Thread:
     """Cancel the job (a terminal state) after a delay from another thread, then notify like a worker does."""
 
@@ -33,9 +40,7 @@ def _finish_later(app: Flask, job_id: uuid.UUID, delay_s: float, publish_to: str
         with services_of(app).sessions.begin() as s:
             assert jobstore.set_status(s, job_id, JobStatus.CANCELED)
         if publish_to is not None:
-            publisher = FinishedPublisher(publish_to)
-            publisher.publish([job_id])
-            publisher.close()
+            _announce(publish_to, job_id)
 
     thread = threading.Thread(target=finish)
     thread.start()
@@ -104,9 +109,7 @@ def test_a_job_finishing_right_after_the_first_watch_is_announced(redis_url: str
     job_id = uuid.uuid4()
     try:
         with waiter.watch(job_id, ready_within_s=10) as finished:
-            publisher = FinishedPublisher(redis_url)
-            publisher.publish([job_id])
-            publisher.close()
+            _announce(redis_url, job_id)
             assert finished.wait(5), "the notification published right after the watch was lost"
     finally:
         waiter.close()
@@ -139,9 +142,7 @@ def _finish_when_dispatched(app: Flask, redis_url: str) -> threading.Thread:
             )
             jobstore.write_results(s, [result], None)
             jobstore.settle_jobs(s, [job_id], None, progress_interval_s=0)
-        publisher = FinishedPublisher(redis_url)
-        publisher.publish([job_id])
-        publisher.close()
+        _announce(redis_url, job_id)
 
     thread = threading.Thread(target=finish)
     thread.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,22 @@ def _claim_all(sessions: sessionmaker[Session], ids: list[uuid.UUID]) -> dict[uu
             assert claim is not None
             claims[job_id] = claim
     return claims
+
+
+@contextmanager
+def _statements(session: Session) -> Iterator[list[str]]:
+    """The SQL statements the session's connection runs inside the block."""
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement)
+
+    bind = session.get_bind()
+    event.listen(bind, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(bind, "before_cursor_execute", record)
 
 
 def _ok(item_id: int) -> ItemResult:
@@ -100,19 +117,9 @@ def test_settle_finishes_a_whole_batch_in_a_fixed_number_of_statements(
     ids = _new_jobs(sessions, store, [1] * 40)
     claims = _claim_all(sessions, ids)
     results = [_ok(c.items[0][0]) for c in claims.values()]
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        statements.append(statement)
-
-    with sessions.begin() as s:
-        bind = s.get_bind()
-        event.listen(bind, "before_cursor_execute", record)
-        try:
-            jobstore.write_results(s, results, None)
-            finished = jobstore.settle_jobs(s, ids, None, progress_interval_s=0)
-        finally:
-            event.remove(bind, "before_cursor_execute", record)
+    with sessions.begin() as s, _statements(s) as statements:
+        jobstore.write_results(s, results, None)
+        finished = jobstore.settle_jobs(s, ids, None, progress_interval_s=0)
     assert finished == {job_id: JobStatus.SUCCEEDED for job_id in ids}
     assert len(statements) <= 6, statements
     with sessions() as s:
@@ -231,18 +238,8 @@ def test_a_first_claim_of_an_inline_image_is_two_statements_unless_someone_liste
             inline_max_bytes=65536,
         )
         job_id = job.id
-    statements: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        statements.append(statement)
-
-    with sessions.begin() as s:
-        bind = s.get_bind()
-        event.listen(bind, "before_cursor_execute", record)
-        try:
-            claim = jobstore.claim_first_attempt(s, job_id)
-        finally:
-            event.remove(bind, "before_cursor_execute", record)
+    with sessions.begin() as s, _statements(s) as statements:
+        claim = jobstore.claim_first_attempt(s, job_id)
     assert claim is not None and claim.items[0].data is not None and claim.items[0].key is None
     with sessions() as s:
         starts = s.scalars(select(WebhookDelivery.event).where(WebhookDelivery.job_id == job_id)).all()
