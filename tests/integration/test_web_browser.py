@@ -111,7 +111,10 @@ def draw_one(pg: Any) -> None:
 
 
 def test_drawing_a_digit_shows_its_label_and_heat_map(page: Any, shots: Path) -> None:
-    """A stroke drawn with the mouse is classified as soon as the pen lifts: label, top-k bars and a heat-map."""
+    """A stroke drawn with the mouse is classified as soon as the pen lifts: label, top-k bars and a heat-map. The
+    page asks `Prefer: wait`, so the job comes back finished from its POST (201) without a poll."""
+    answers: list[tuple[str, str, int]] = []
+    page.on("response", lambda r: answers.append((r.request.method, r.url, r.status)) if "/v1/jobs" in r.url else None)
     draw_one(page)
     pred = page.locator("#results .pred").first
     pred.locator(".label").wait_for(timeout=30_000)
@@ -125,6 +128,7 @@ def test_drawing_a_digit_shows_its_label_and_heat_map(page: Any, shots: Path) ->
     )
     assert painted > 0
     assert "Done" in page.locator("#status").inner_text()
+    assert [(method, status) for method, _url, status in answers] == [("POST", 201)], answers
     page.screenshot(path=str(shots / "classify.png"), full_page=True)
 
 

@@ -12,8 +12,8 @@
     }
   }
 
-  async function api(method, path, body) {
-    const opts = { method: method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  async function api(method, path, body, headers) {
+    const opts = { method: method, credentials: "same-origin", headers: { Accept: "application/json", ...headers } };
     if (method !== "GET") opts.headers["X-CSRF-Token"] = csrf;
     if (body instanceof FormData) opts.body = body;
     else if (body !== undefined) {

@@ -101,11 +101,12 @@
     form.append("top_k", document.getElementById("topk").value || "3");
     form.append("explain", document.getElementById("explain").checked ? "true" : "false");
     const mine = ++sending;
-    setStatus("Sending " + files.length + " image(s)…");
+    setStatus("Sending " + files.length + " image(s) and waiting for the model…");
     try {
-      const job = await api("POST", "/v1/jobs", form);
-      setStatus("Job " + job.id + " queued…");
-      const done = await waitFor(job.id);
+      // Prefer: wait — the answer holds until the job is done (201), or comes as the usual 202 after 20 s
+      const job = await api("POST", "/v1/jobs", form, { Prefer: "wait=20" });
+      if (!TERMINAL.has(job.status)) setStatus("Job " + job.id + " is " + job.status + "…");
+      const done = TERMINAL.has(job.status) ? job : await waitFor(job.id);
       if (mine !== sending) return; // a newer request took over
       await render(document.getElementById("results"), done);
       const link = el("a", { href: "/jobs/" + done.id }, "job " + done.id);
