@@ -163,7 +163,7 @@ def _classify(ctx: WorkerContext, publish: Publish, idle: _IdleQueues) -> int:
 
     def plan(session: Session, job_id: uuid.UUID) -> list[Dispatch]:
         job = session.get(Job, job_id)
-        priority = job.params.get("priority", Priority.NORMAL) if job is not None else Priority.NORMAL
+        priority = job.priority if job is not None else Priority.NORMAL
         return [Dispatch(CLASSIFY_TASK, (str(job_id),), queue=classify_queue(s, priority))]
 
     # every priority's queue, and the pre-lanes queue that may still hold some

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from shared.config.status import ItemStatus, JobStatus
+from shared.config.status import ItemStatus, JobStatus, Priority
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -145,6 +145,11 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     model_version: Mapped[ModelVersion | None] = relationship(lazy="joined")
+
+    @property
+    def priority(self) -> Priority:
+        """A classify job's priority, from its params (normal when it sent none, or predates priorities)."""
+        return Priority((self.params or {}).get("priority", Priority.NORMAL))
 
 
 class JobItem(Base):

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from shared.config.status import JobKind, JobStatus, Priority
+from shared.config.status import JobKind, JobStatus
 from shared.db.models import PUBLIC_ALIAS, Job, JobItem, ModelVersion, utcnow
 from shared.inputs.imaging import WARNINGS, pixels_png
 
@@ -186,7 +186,7 @@ class JobPublic(BaseModel):
             error=error,
             created_at=job.created_at,
             deadline_at=job.deadline_at,
-            priority=job.params.get("priority", Priority.NORMAL) if job.kind == JobKind.CLASSIFY else None,
+            priority=job.priority if job.kind == JobKind.CLASSIFY else None,
             started_at=job.started_at,
             finished_at=job.finished_at,
             result=job.result,
