@@ -173,9 +173,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="Epochs of the model trained for the run.")
     ap.add_argument("--parallel-chunks", type=int, default=None, help="INFERQ_SCORE_PARALLEL_CHUNKS of the worker.")
     ap.add_argument("--keep", action="store_true", help="Keep the temp dir (logs) afterwards.")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="INFERQ_NAME=VALUE",
+        help="A setting for the worker (repeatable), e.g. --set INFERQ_BULK_SHARED_PASSES=0.",
+    )
     args = ap.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    if bad := [k for k in overrides if not k.startswith("INFERQ_")]:
+        ap.error(f"--set takes INFERQ_* settings, not {', '.join(bad)}")
 
     with scratch_stack(args.pg_admin_url, args.redis_url, "bulk", keep=args.keep) as (settings, env, tmp):
+        env.update(overrides)
         if args.parallel_chunks:
             env["INFERQ_SCORE_PARALLEL_CHUNKS"] = str(args.parallel_chunks)
             settings = settings.model_copy(update={"score_parallel_chunks": args.parallel_chunks})

@@ -15,7 +15,7 @@ from shared.inputs.imaging import configure_pillow
 from shared.runtime import metrics
 from shared.runtime.celery_app import make_celery
 from shared.tenancy.redaction import install_log_redaction
-from worker import context, gpu, inference
+from worker import context, gpu, inference, scoring
 from worker.lanes import DedicatedLane
 
 
@@ -38,6 +38,8 @@ def create_worker_app(settings: Settings, *, own_consumer_queues: Sequence[str] 
 
     app.finalize()
     worker_ready.connect(_warm_up, weak=False)
+    # the bulk lane on threads of its own shares this process's model compute with classify jobs
+    scoring.share_compute_with_interactive(settings.bulk_shared_passes if own_consumer_queues else 0)
     for queue in own_consumer_queues:
         _serve_on_own_threads(app, settings, queue)
     metrics.configure(metrics_enabled=settings.metrics_enabled)

@@ -240,6 +240,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Chunks a worker process scores at once (3: reading, forward passes and writing all overlap).",
     )
+    bulk_shared_passes: int = Field(
+        1,
+        ge=0,
+        description="Forward passes of bulk chunks that may run at once in a worker process that also serves "
+        "classify jobs (0 = no limit). TensorFlow has one pool of compute threads per process, and a classify "
+        "job's forward pass waits behind every bulk pass in it (docs/lanes.md). A bulk-only worker is not limited.",
+    )
     dataset_max_upload_bytes: int = Field(1024**3, ge=1024, description="Bytes of one uploaded dataset file.")
     dataset_max_items: int = Field(1_000_000, ge=1, description="Items (images) one dataset may hold.")
     dataset_max_expanded_bytes: int = Field(4 * 1024**3, ge=1024, description="Bytes a dataset may expand to.")
