@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Sequence
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import DateTime, Integer, Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from shared.config.errors import JobNotCancelable, JobNotFound, ValidationFailed
@@ -170,24 +171,12 @@ def claim_first_attempt(session: Session, job_id: uuid.UUID) -> Claim | None:
     """queued -> running for a job never attempted before (counting the attempt), plus its pending items.
     None when the job is missing, terminal or was attempted before: the caller takes the careful path."""
     now = utcnow()
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0)
-        .where(or_(Job.deadline_at.is_(None), Job.deadline_at > now))  # an overdue job takes the careful path
-        .values(status=JobStatus.RUNNING.value, attempts=1, started_at=now, updated_at=now)
-        .returning(Job.model_ref, Job.tenant_id, Job.params, Job.kind, Job.created_at)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    row = session.execute(_claim(), {"job_id": job_id, "now": now}).one_or_none()
     if row is None:
         return None
     model_ref, tenant_id, params, kind, created = row
     metrics.observe_started(kind, created, now)
-    listening = select(WebhookEndpoint.id).where(
-        WebhookEndpoint.tenant_id == tenant_id,
-        WebhookEndpoint.deleted_at.is_(None),
-        WebhookEndpoint.disabled_at.is_(None),
-    )
-    rows = session.execute(_pending_query(job_id).add_columns(listening.exists())).all()  # items + the tenant's
+    rows = session.execute(_claim_items(), {"job_id": job_id, "tenant_id": tenant_id}).all()  # items + the tenant's
     width = len(PendingInput._fields)  # endpoints: one round trip; the flag is the column after an item's own
     heard = bool(rows[0][width]) if rows else bool(tenants_listening(session, {tenant_id}))
     if (params or {}).get("webhook") or heard:
@@ -226,12 +215,40 @@ def expire_overdue(
     return expired
 
 
-def _pending_query(job_id: uuid.UUID) -> Any:
+def _pending_query(job_id: Any) -> Any:
     return (
         select(JobItem.id, JobItem.input_key, JobItem.input_data)
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.PENDING.value)
         .order_by(JobItem.idx)
     )
+
+
+# The claim's two statements are built once, with bound parameters: building them per job cost more Python than
+# their round trips (bench/online.py --profile, "claim (DB)").
+@functools.cache
+def _claim() -> Any:
+    """queued -> running for a job never attempted (`job_id`), unless overdue at `now`; RETURNING what the worker
+    needs."""
+    now = bindparam("now", type_=DateTime(timezone=True))
+    return (
+        update(Job)
+        .where(Job.id == bindparam("job_id"), Job.status == JobStatus.QUEUED.value, Job.attempts == 0)
+        .where(or_(Job.deadline_at.is_(None), Job.deadline_at > now))  # an overdue job takes the careful path
+        .values(status=JobStatus.RUNNING.value, attempts=1, started_at=now, updated_at=now)
+        .returning(Job.model_ref, Job.tenant_id, Job.params, Job.kind, Job.created_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@functools.cache
+def _claim_items() -> Any:
+    """The pending items of `job_id`, each with whether the tenant (`tenant_id`) has a live webhook endpoint."""
+    listening = select(WebhookEndpoint.id).where(
+        WebhookEndpoint.tenant_id == bindparam("tenant_id"),
+        WebhookEndpoint.deleted_at.is_(None),
+        WebhookEndpoint.disabled_at.is_(None),
+    )
+    return _pending_query(bindparam("job_id")).add_columns(listening.exists())
 
 
 def pending_inputs(session: Session, job_id: uuid.UUID) -> list[PendingInput]:
@@ -256,26 +273,6 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
     executemany round trip for the whole batch); returns how many items were written."""
     if not results:
         return 0
-    items = JobItem.__table__
-    assert isinstance(items, Table)
-    stmt = (
-        update(items)
-        .where(items.c.id == bindparam("b_id"), items.c.status == ItemStatus.PENDING.value)
-        .values(
-            status=bindparam("b_status"),
-            label=bindparam("b_label"),
-            confidence=bindparam("b_confidence"),
-            top_k=bindparam("b_top_k"),
-            warnings=bindparam("b_warnings"),
-            error_type=bindparam("b_error_type"),
-            error=bindparam("b_error"),
-            batch_size=bindparam("b_batch_size"),
-            input_image=bindparam("b_input_image"),
-            explanation=bindparam("b_explanation"),
-            model_version_id=bindparam("b_model_version_id"),
-            completed_at=bindparam("b_completed_at"),
-        )
-    )
     now = utcnow()
     rows = [
         {
@@ -295,12 +292,37 @@ def write_results(session: Session, results: Sequence[ItemResult], model_version
         }
         for r in results
     ]
-    res = session.connection().execute(stmt, rows)
+    res = session.connection().execute(_write_results(), rows)
     if metrics.enabled:
         failed = sum(1 for r in results if r.error_type)
         metrics.IMAGES.labels("succeeded").inc(len(results) - failed)
         metrics.IMAGES.labels("failed").inc(failed)
     return int(res.rowcount)
+
+
+@functools.cache
+def _write_results() -> Any:
+    """write_results' statement, built once (its values are all bound parameters)."""
+    items = JobItem.__table__
+    assert isinstance(items, Table)
+    return (
+        update(items)
+        .where(items.c.id == bindparam("b_id"), items.c.status == ItemStatus.PENDING.value)
+        .values(
+            status=bindparam("b_status"),
+            label=bindparam("b_label"),
+            confidence=bindparam("b_confidence"),
+            top_k=bindparam("b_top_k"),
+            warnings=bindparam("b_warnings"),
+            error_type=bindparam("b_error_type"),
+            error=bindparam("b_error"),
+            batch_size=bindparam("b_batch_size"),
+            input_image=bindparam("b_input_image"),
+            explanation=bindparam("b_explanation"),
+            model_version_id=bindparam("b_model_version_id"),
+            completed_at=bindparam("b_completed_at"),
+        )
+    )
 
 
 def refresh_counts(session: Session, job_id: uuid.UUID, *, progress_interval_s: float | None) -> tuple[int, int, int]:
@@ -347,7 +369,8 @@ def settle_jobs(
     events). Returns the jobs that reached a terminal state here."""
     ids = sorted(set(job_ids))
     now = utcnow()
-    rows = session.execute(_settle_plain(ids, model_version_id, now)).all() if ids else []
+    params = {"ids": ids, "version": model_version_id, "now": now}
+    rows = session.execute(_settle_plain(), params).all() if ids else []
     finished = {row.id: JobStatus(row.status) for row in rows if row.moved}
     metrics.observe_finished((row.kind, row.status, row.created_at, row.finished_at) for row in rows if row.moved)
     hooked = sorted(set(ids) - {row.id for row in rows})  # a webhook of their own or a listening tenant
@@ -364,9 +387,16 @@ def settle_jobs(
     return finished
 
 
-def _settle_plain(ids: list[uuid.UUID], model_version_id: int | None, now: datetime) -> Any:
+@functools.cache
+def _settle_plain() -> Any:
     """UPDATE .. FROM the items' counts of the jobs without receivers: counts, model version (where unset), and
-    running -> succeeded/failed (compare-and-set) when no item is pending; RETURNING each row and whether it moved."""
+    running -> succeeded/failed (compare-and-set) when no item is pending; RETURNING each row and whether it moved.
+
+    Built once, with bound parameters `ids` (expanding), `version` and `now`: building this expression cost more
+    than its round trip to PostgreSQL (about 2 ms of Python per forward pass of classify jobs)."""
+    ids: Any = bindparam("ids", expanding=True)
+    version = bindparam("version", type_=Integer)
+    now = bindparam("now", type_=DateTime(timezone=True))
     counted = (
         select(
             JobItem.job_id,
@@ -386,11 +416,18 @@ def _settle_plain(ids: list[uuid.UUID], model_version_id: int | None, now: datet
     )
     return (
         update(Job)
-        .where(Job.id == counted.c.job_id, Job.params["webhook"].as_string().is_(None), ~listening.exists())
+        # Job.id IN ids as well as the join: the planner reaches the jobs by their primary key even without table
+        # statistics (a new database), instead of scanning every job and counting the items once per row
+        .where(
+            Job.id.in_(ids),
+            Job.id == counted.c.job_id,
+            Job.params["webhook"].as_string().is_(None),
+            ~listening.exists(),
+        )
         .values(
             completed_items=counted.c.ok,
             failed_items=counted.c.bad,
-            model_version_id=func.coalesce(Job.model_version_id, model_version_id),
+            model_version_id=func.coalesce(Job.model_version_id, version),
             status=case((all_failed, JobStatus.FAILED.value), (done, JobStatus.SUCCEEDED.value), else_=Job.status),
             error_type=case((all_failed, "all-items-failed"), else_=Job.error_type),
             error=case((all_failed, "none of the images could be classified; see each item's error"), else_=Job.error),
