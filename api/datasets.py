@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_tenant
 from api.deps import db, services
+from api.openapi import QueryModel
 from shared.config.errors import BadRequest, DatasetTooLarge
 from shared.config.settings import Settings
 from shared.db.models import Dataset
@@ -63,11 +64,11 @@ class DatasetPath(BaseModel):
     dataset_id: str = Field(description="The dataset's id (a UUID).")
 
 
-class UploadQuery(BaseModel):
+class UploadQuery(QueryModel):
     filename: str | None = Field(None, max_length=255, description="Name of a raw-body upload (sets the format).")
 
 
-class ListQuery(BaseModel):
+class ListQuery(QueryModel):
     limit: int = Field(50, ge=1, le=500)
 
 

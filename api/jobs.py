@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import current_tenant
 from api.deps import db, services
+from api.openapi import QueryModel
 from api.scoring import create_score_job
 from api.uploads import read_classify_request, read_deadline, read_prefer_wait
 from api.webhooks import attach_job_webhook, read_job_webhook
@@ -40,13 +41,13 @@ class JobPath(BaseModel):
     job_id: str = Field(description="The job's id (a UUID).")
 
 
-class JobsQuery(BaseModel):
+class JobsQuery(QueryModel):
     status: JobStatus | None = Field(None, description="Only jobs in this status.")
     cursor: str | None = Field(None, pattern=jobstore.CURSOR_PATTERN, description="next_cursor of the previous page.")
     limit: int = Field(50, ge=1, le=500)
 
 
-class ResultsQuery(BaseModel):
+class ResultsQuery(QueryModel):
     after: int = Field(-1, ge=-1, le=2**31 - 1, description="Return items whose index is greater than this.")
     limit: int = Field(100, ge=1, le=500)
 
@@ -160,7 +161,7 @@ def list_jobs(query: JobsQuery) -> Response:
     return jsonify(JobsPublic(data=[JobPublic.of(j) for j in rows], next_cursor=cursor).model_dump(mode="json"))
 
 
-class JobQuery(BaseModel):
+class JobQuery(QueryModel):
     wait: float = Field(
         0,
         ge=0,

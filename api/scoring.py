@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import current_tenant
 from api.deps import db, services
+from api.openapi import QueryModel
 from api.outputs import parquet_stream
 from api.uploads import read_deadline
 from api.webhooks import attach_job_webhook
@@ -114,7 +115,7 @@ class FilePath(BaseModel):
     job_id: str = Field(description="The score job's id (a UUID).")
 
 
-class FileQuery(BaseModel):
+class FileQuery(QueryModel):
     format: Literal["csv", "jsonl", "parquet"] = Field(
         "csv", description="csv, jsonl, or parquet (one row group per scoring chunk; top_k as a list of structs)."
     )

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import current_tenant
 from api.deps import db, services
+from api.openapi import QueryModel
 from shared.config.errors import ValidationFailed, WebhookDeliveryNotFound, WebhookEndpointNotFound
 from shared.config.settings import Settings
 from shared.db.models import Job
@@ -135,7 +136,7 @@ class DeliveryPath(BaseModel):
     delivery_id: str
 
 
-class DeliveriesQuery(BaseModel):
+class DeliveriesQuery(QueryModel):
     job_id: str | None = Field(None, description="Only deliveries of this job.", json_schema_extra={"format": "uuid"})
     endpoint_id: str | None = Field(
         None, description="Only deliveries to this endpoint.", json_schema_extra={"format": "uuid"}
