@@ -308,21 +308,15 @@ def _write_results() -> Any:
     return (
         update(items)
         .where(items.c.id == bindparam("b_id"), items.c.status == ItemStatus.PENDING.value)
-        .values(
-            status=bindparam("b_status"),
-            label=bindparam("b_label"),
-            confidence=bindparam("b_confidence"),
-            top_k=bindparam("b_top_k"),
-            warnings=bindparam("b_warnings"),
-            error_type=bindparam("b_error_type"),
-            error=bindparam("b_error"),
-            batch_size=bindparam("b_batch_size"),
-            input_image=bindparam("b_input_image"),
-            explanation=bindparam("b_explanation"),
-            model_version_id=bindparam("b_model_version_id"),
-            completed_at=bindparam("b_completed_at"),
-        )
+        .values({name: bindparam(f"b_{name}") for name in _RESULT_COLUMNS})
     )
+
+
+# the columns write_results sets, each from the bound parameter "b_<column>"
+_RESULT_COLUMNS = (
+    *("status", "label", "confidence", "top_k", "warnings", "error_type", "error", "batch_size"),
+    *("input_image", "explanation", "model_version_id", "completed_at"),
+)
 
 
 def refresh_counts(session: Session, job_id: uuid.UUID, *, progress_interval_s: float | None) -> tuple[int, int, int]:
