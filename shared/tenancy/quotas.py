@@ -11,10 +11,12 @@ once.)
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from shared.config.errors import PayloadTooLarge, PriorityNotAllowed, QueueFull
@@ -35,13 +37,17 @@ class QueueUsage:
 
 def queue_usage(session: Session, *, tenant_id: str) -> QueueUsage:
     """The tenant's queued or running jobs and their unfinished items, as this transaction sees them."""
-    remaining = Job.total_items - Job.completed_items - Job.failed_items
-    row = session.execute(
-        select(func.count(), func.coalesce(func.sum(remaining), 0)).where(
-            Job.tenant_id == tenant_id, Job.status.in_(ACTIVE)
-        )
-    ).one()
+    row = session.execute(_usage_query(), {"tenant_id": tenant_id}).one()
     return QueueUsage(jobs=int(row[0]), items=int(row[1]))
+
+
+@functools.cache
+def _usage_query() -> Any:
+    """queue_usage's statement, built once (every job submission runs it): `tenant_id` is bound at execution."""
+    remaining = Job.total_items - Job.completed_items - Job.failed_items
+    return select(func.count(), func.coalesce(func.sum(remaining), 0)).where(
+        Job.tenant_id == bindparam("tenant_id"), Job.status.in_(ACTIVE)
+    )
 
 
 def check_queue(session: Session, *, tenant_id: str, new_items: int, settings: Settings) -> None:
