@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import Any
 
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -129,10 +130,7 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     with svc.waiter.watch(job.id, ready_within_s=min(wait_s, SUBSCRIPTION_READY_S)) as finished:
         dispatch(job.id, priority)
         job = _until_terminal(job.id, tenant, deadline, finished, read_now=False)
-    if not JobStatus(job.status).is_terminal():
-        return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, headers
-    items = jobstore.items_page(session, job.id, after=-1, limit=settings.max_images_per_job)
-    return jsonify(JobPublic.of(job, items).model_dump(mode="json")), 201, headers
+    return jsonify(_public(job)), 201 if JobStatus(job.status).is_terminal() else 202, headers
 
 
 def dispatch(job_id: uuid.UUID, priority: int) -> None:
@@ -180,10 +178,15 @@ def get_job(path: JobPath, query: JobQuery) -> Response:
         job = _read_when_terminal(job_id, tenant, min(query.wait, svc.settings.max_wait_s))
     else:
         job = jobstore.get_job(session, job_id, tenant_id=tenant)
+    return jsonify(_public(job))
+
+
+def _public(job: Job) -> dict[str, Any]:
+    """The job's public view, with its predictions once it is terminal (GET, and a POST that waited for it)."""
     items = None
     if JobStatus(job.status).is_terminal():
-        items = jobstore.items_page(session, job.id, after=-1, limit=svc.settings.max_images_per_job)
-    return jsonify(JobPublic.of(job, items).model_dump(mode="json"))
+        items = jobstore.items_page(db(), job.id, after=-1, limit=services().settings.max_images_per_job)
+    return JobPublic.of(job, items).model_dump(mode="json")
 
 
 # How long a long poll waits for the process's job-finished subscription to be confirmed by Redis (only until the
