@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,13 +211,19 @@ def test_flower_sees_the_lanes_tasks_through_celery_events(app: Celery, client: 
         if event["type"] in ("task-failed",):
             done.set()
 
-    bindings = "_kombu.binding.celeryev"  # kombu's Redis fanout: one member per queue bound to the event exchange
-    before = client.scard(bindings)
-    with app.connection_for_read() as conn:
+    with app.connection_for_read() as conn, app.events.default_dispatcher() as probe:
         receiver = app.events.Receiver(conn, handlers={"*": record})
         listening = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=20), daemon=True)
         listening.start()
-        _until(lambda: client.scard(bindings) > before)  # listening before anything is sent
+        # listening before anything is sent: events are Redis pub/sub, so one sent earlier is gone. Probe until the
+        # receiver sees a probe of its own (counting bindings raced with other tests' receivers on the same Redis).
+        mark = uuid.uuid4().hex
+
+        def heard() -> bool:
+            probe.send("probe", uuid=mark)
+            return any(u == mark for _, u in seen)
+
+        _until(heard)
         first = ok.apply_async(queue=QUEUE).id
         second = bad.apply_async(queue=QUEUE).id
         lane = _lane(app, threads=1)
