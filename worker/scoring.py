@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -269,6 +270,126 @@ class InvalidInput(InferqError):
     type_slug, title, status = "input-missing", "The stored input is gone", 422
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """One forward pass's readable items and their top-k, kept as columns: a dict per row (and a dict per ranked
+    label) cost more than the forward pass of its image."""
+
+    items: Sequence[StoredItem]
+    noticed: Sequence[tuple[str, ...]]  # preprocessing's warnings, aligned with items
+    order: list[list[int]]  # the top-k output indices of each item, best first
+    confidences: list[list[float]]  # their probabilities (Python floats, as json would write them)
+    width: int  # the model's outputs (labels) per item
+
+
+class ChunkRows:
+    """A chunk's item rows: a few as dicts (undecodable and unreadable items), the predictions as the columns of
+    their forward passes. `copy_text()` writes them as COPY text straight from the columns; `dicts()` gives every
+    row as a dict (insert-or-ignore off PostgreSQL, and tests); both say the same thing."""
+
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        now: Any,
+        *,
+        version_id: int | None,
+        labels: Sequence[str] = (),
+        threshold: float = 0.0,
+        other: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        self.job_id, self.now, self.version_id = job_id, now, version_id
+        self.labels, self.threshold = list(labels), threshold
+        self.other = list(other)
+        self.passes: list[_Pass] = []
+
+    @classmethod
+    def of(cls, job_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> ChunkRows:
+        """Rows built as dicts already (each with its own model_version_id)."""
+        out = cls(job_id, None, version_id=None)
+        out.other = list(rows)
+        return out
+
+    def add_pass(
+        self, items: Sequence[StoredItem], noticed: Sequence[tuple[str, ...]], probs: np.ndarray, k: int
+    ) -> None:
+        """Record one forward pass's outputs (their top k) for its items."""
+        order = np.argsort(-probs, axis=1)[:, :k]
+        confidences = np.take_along_axis(probs, order, axis=1).tolist()
+        self.passes.append(_Pass(items, noticed, order.tolist(), confidences, int(probs.shape[1])))
+
+    def __len__(self) -> int:
+        return len(self.other) + sum(len(p.items) for p in self.passes)
+
+    @property
+    def idxs(self) -> list[int]:
+        return [int(r["idx"]) for r in self.other] + [int(it.idx) for p in self.passes for it in p.items]
+
+    @property
+    def failed(self) -> int:
+        """Rows that record an error (undecodable items)."""
+        return sum(1 for r in self.other if r["error_type"])
+
+    def _names(self, p: _Pass) -> list[str]:
+        return [_name(self.labels, i) for i in range(p.width)]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """Every row as the dict `_row` makes (the dict rows first, then each pass's in order)."""
+        rows = list(self.other)
+        for p in self.passes:
+            names = self._names(p)
+            for item, noticed, o, c in zip(p.items, p.noticed, p.order, p.confidences, strict=True):
+                ranked = [{"label": names[i], "confidence": conf} for i, conf in zip(o, c, strict=True)]
+                row = _row(
+                    self.job_id,
+                    item,
+                    self.now,
+                    label=ranked[0]["label"],
+                    confidence=ranked[0]["confidence"],
+                    top_k=ranked,
+                    warnings=confidence_warnings(noticed, c[0], self.threshold),
+                    batch_size=len(p.items),
+                )
+                row["model_version_id"] = self.version_id
+                rows.append(row)
+        return rows
+
+    def copy_text(self) -> str:
+        """Every row as COPY text, as copy_payload(self.dicts()) writes it, without building the dicts."""
+        out = [copy_payload(self.other)] if self.other else []
+        if not self.passes:
+            return "".join(out)
+        job_text = str(self.job_id)
+        version = _NULL if self.version_id is None else str(int(self.version_id))
+        at = _NULL if self.now is None else self.now.isoformat()
+        warned: dict[tuple[tuple[str, ...], bool], str] = {}  # (noticed, low confidence) -> the warnings' JSON
+        json_cache: dict[tuple[str, ...], str] = {}
+        succeeded = _copy_text(ItemStatus.SUCCEEDED.value)
+        for p in self.passes:
+            names = self._names(p)
+            labels = [_copy_text(n) for n in names]
+            entries = [f'{{"label": {_copy_text(json.dumps(n))}, "confidence": ' for n in names]
+            tail = f"\t\\N\t\\N\t{version}\t{len(p.items)}\t{at}\n"
+            k = len(p.order[0]) if p.order else 0
+            reprs = list(map(repr, chain.from_iterable(p.confidences)))  # each confidence as json writes it
+            tops = [
+                "[" + ", ".join([f"{entries[i]}{r}}}" for i, r in zip(o, reprs[n * k : n * k + k], strict=True)]) + "]"
+                for n, o in enumerate(p.order)
+            ]
+            lines = []
+            for n, (item, noticed, o) in enumerate(zip(p.items, p.noticed, p.order, strict=True)):
+                first = p.confidences[n][0]
+                key = (noticed, first < self.threshold)
+                warn = warned.get(key)
+                if warn is None:
+                    warn = warned[key] = _warnings_text(confidence_warnings(noticed, first, self.threshold), json_cache)
+                lines.append(
+                    f"{job_text}\t{int(item.idx)}\t{_copy_text(item.custom_id[:255])}\t{succeeded}\t{labels[o[0]]}\t"
+                    f"{reprs[n * k]}\t{tops[n]}\t{warn}{tail}"
+                )
+            out.append("".join(lines))
+        return "".join(out)
+
+
 def score_items(
     model: LoadedModel,
     items: Sequence[StoredItem],
@@ -280,46 +401,30 @@ def score_items(
     version_id: int | None,
     job_id: uuid.UUID,
     timings: dict[str, float] | None = None,
-) -> list[dict[str, Any]]:
-    """One JobItem row (as a dict) per item: a prediction with its warnings (a null label, and no forward pass, when
-    there is nothing to read), or the reason it could not be decoded.
+) -> ChunkRows:
+    """One JobItem row per item: a prediction with its warnings (a null label, and no forward pass, when there is
+    nothing to read), or the reason it could not be decoded.
 
     `timings`, if given, receives the seconds spent in forward passes ("predict")."""
     spent = timings if timings is not None else {}
     now = utcnow()
-    threshold = settings.low_confidence_threshold
     chunk = to_inputs(items, settings)
     x, ok_items = chunk.x, chunk.items
     rows = [_row(job_id, item, now, error_type=exc.type_slug, error=exc.detail[:1000]) for item, exc in chunk.bad]
     rows.extend(_row(job_id, item, now, warnings=list(noticed)) for item, noticed in chunk.unreadable)
+    for r in rows:
+        r["model_version_id"] = version_id
+    out = ChunkRows(
+        job_id, now, version_id=version_id, labels=labels, threshold=settings.low_confidence_threshold, other=rows
+    )
     for start in range(0, len(ok_items), batch):
         began = time.perf_counter()
         probs = _forward(model, x[start : start + batch])
         spent["predict"] = spent.get("predict", 0.0) + time.perf_counter() - began
         if metrics.enabled:
             metrics.BATCH_SIZE.labels("score").observe(len(probs))
-        names = [_name(labels, i) for i in range(probs.shape[1])]
-        order = np.argsort(-probs, axis=1)[:, :top_k]
-        confidences = np.take_along_axis(probs, order, axis=1).tolist()  # Python floats, as json would write them
-        size = len(probs)
-        part = zip(ok_items[start : start + batch], chunk.warnings[start : start + batch], strict=True)
-        for (item, noticed), o, c in zip(part, order.tolist(), confidences, strict=True):
-            ranked = [{"label": names[i], "confidence": conf} for i, conf in zip(o, c, strict=True)]
-            rows.append(
-                _row(
-                    job_id,
-                    item,
-                    now,
-                    label=ranked[0]["label"],
-                    confidence=ranked[0]["confidence"],
-                    top_k=ranked,
-                    warnings=confidence_warnings(noticed, c[0], threshold),
-                    batch_size=size,
-                )
-            )
-    for r in rows:
-        r["model_version_id"] = version_id
-    return rows
+        out.add_pass(ok_items[start : start + batch], chunk.warnings[start : start + batch], probs, top_k)
+    return out
 
 
 def _name(labels: list[str], i: int) -> str:
@@ -422,7 +527,7 @@ def copy_payload(rows: Sequence[dict[str, Any]]) -> str:
     return "".join(lines)
 
 
-def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+def insert_rows(session: Session, rows: ChunkRows | Sequence[dict[str, Any]]) -> None:
     """Insert a chunk's item rows: one COPY on PostgreSQL (the fast path), insert-or-ignore elsewhere."""
     if not rows:
         return
@@ -430,11 +535,12 @@ def insert_rows(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         stmt = sqlite_insert(JobItem).on_conflict_do_nothing(index_elements=["job_id", "idx"])
-        session.execute(stmt, list(rows))
+        session.execute(stmt, rows.dicts() if isinstance(rows, ChunkRows) else list(rows))
         return
+    payload = rows.copy_text() if isinstance(rows, ChunkRows) else copy_payload(rows)
     raw: Any = session.connection().connection.driver_connection
     with raw.cursor() as cur, cur.copy(f"COPY job_items ({', '.join(ROW_COLUMNS)}) FROM STDIN") as copy:
-        copy.write(copy_payload(rows).encode())
+        copy.write(payload.encode())
 
 
 def _wait_for_wal(session: Session, wait: bool) -> None:
@@ -449,7 +555,9 @@ def _wait_for_wal(session: Session, wait: bool) -> None:
         session.execute(text(f"SET LOCAL synchronous_commit TO {'on' if wait else 'off'}"))
 
 
-def write_chunk(session: Session, settings: Settings, job_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> str:
+def write_chunk(
+    session: Session, settings: Settings, job_id: uuid.UUID, rows: ChunkRows | Sequence[dict[str, Any]]
+) -> str:
     """In one transaction: lock the job row; unless the chunk's rows exist already, insert them and add them to
     the counts; finish the job with its summary when every item has a row.
 
@@ -460,15 +568,16 @@ def write_chunk(session: Session, settings: Settings, job_id: uuid.UUID, rows: S
     if rows and settings.bulk_async_commit:
         _wait_for_wal(session, False)  # a chunk's rows: its commit does not wait for the disk (see _wait_for_wal)
     if rows:
-        idxs = [r["idx"] for r in rows]
+        chunk = rows if isinstance(rows, ChunkRows) else ChunkRows.of(job_id, rows)
+        idxs = chunk.idxs
         present = session.scalar(
             select(JobItem.id)
             .where(JobItem.job_id == job_id, JobItem.idx >= min(idxs), JobItem.idx <= max(idxs))
             .limit(1)
         )
         if present is None:
-            insert_rows(session, rows)
-            failed = sum(1 for r in rows if r["error_type"])
+            insert_rows(session, chunk)
+            failed = chunk.failed
             if metrics.enabled:
                 metrics.IMAGES.labels("succeeded").inc(len(rows) - failed)
                 metrics.IMAGES.labels("failed").inc(failed)

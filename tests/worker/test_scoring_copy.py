@@ -18,7 +18,7 @@ from shared.inputs.datasets import StoredItem, ingest
 from shared.registry.versions import register_version
 from tests.dataset_factories import digits, npy_bytes
 from worker.context import WorkerContext
-from worker.scoring import ROW_COLUMNS, _row, copy_payload, insert_rows, run_chunk, write_chunk
+from worker.scoring import ROW_COLUMNS, ChunkRows, _row, copy_payload, insert_rows, run_chunk, write_chunk
 
 WARNED = [[], ["no-ink"], ["low-contrast", "low-confidence"], ["several-digits"]]
 AWKWARD = ["tab\there", "new\nline", "back\\slash", 'quote"d', "ünïcødé 七", "nul\x00byte", "\\N", "", "\r"]
@@ -166,3 +166,68 @@ def test_only_the_chunk_that_finishes_a_job_waits_for_the_wal_flush(sessions) ->
         session.flush()
         write_chunk(session, off, other.id, rows_for(other.id))
         assert session.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+def awkward_chunk(job_id: uuid.UUID, version_id: int = 7) -> ChunkRows:
+    """Two forward passes whose labels and file names need every COPY escape, items with and without
+    preprocessing warnings, confidences on both sides of the threshold, labels fewer than outputs, and dict rows
+    (an undecodable and an unreadable item) beside them."""
+    now = utcnow()
+    other = [
+        _row(job_id, StoredItem(0, "bad\tfile", None), now, error_type="not-an-image", error="x\ny"),
+        _row(job_id, StoredItem(1, "blank", None), now, warnings=["no-ink"]),
+    ]
+    for r in other:
+        r["model_version_id"] = version_id
+    chunk = ChunkRows(job_id, now, version_id=version_id, labels=AWKWARD[:-2], threshold=0.5, other=other)
+    rng = np.random.default_rng(3)
+    idx = 2
+    for size in (5, 4):
+        items = [StoredItem(idx + i, AWKWARD[(idx + i) % len(AWKWARD)], None) for i in range(size)]
+        noticed = [tuple(WARNED[(idx + i) % len(WARNED)]) for i in range(size)]
+        probs = rng.random((size, len(AWKWARD))).astype(np.float32)
+        probs[0] = 0.0
+        probs[0, -1] = 0.9  # a label past the version's list: named by its index
+        chunk.add_pass(items, noticed, probs / probs.sum(axis=1, keepdims=True), 3)
+        idx += size
+    return chunk
+
+
+def test_chunk_rows_as_copy_text_equal_their_dicts_through_copy_payload() -> None:
+    """The columnar COPY text of a chunk is byte for byte what copy_payload writes for the same rows as dicts."""
+    chunk = awkward_chunk(uuid.uuid4())
+    rows = chunk.dicts()
+    assert len(rows) == len(chunk) == 11
+    assert chunk.idxs == [r["idx"] for r in rows] == list(range(11))
+    assert chunk.failed == 1
+    assert chunk.copy_text() == copy_payload(rows)
+    first = rows[2]  # the first prediction: the label past the version's list, named "8"
+    assert (first["label"], first["batch_size"], first["model_version_id"]) == ("8", 5, 7)
+    assert [t["label"] for t in first["top_k"]][0] == "8" and len(first["top_k"]) == 3
+    for r in rows[2:]:
+        top = r["top_k"]
+        assert r["confidence"] == top[0]["confidence"] >= top[1]["confidence"] >= top[2]["confidence"]
+        noticed = WARNED[r["idx"] % len(WARNED)]
+        assert r["warnings"][: len(noticed)] == noticed
+        assert ("low-confidence" in r["warnings"]) == (r["confidence"] < 0.5 or "low-confidence" in noticed)
+
+
+def test_chunk_rows_read_back_from_postgresql_as_their_dicts(sessions) -> None:  # type: ignore[no-untyped-def]
+    """What a chunk's columnar COPY stores, read back, is every column of its rows as dicts."""
+    with session_scope(sessions) as session:
+        mv = register_version(session, name=f"m-{uuid.uuid4().hex[:8]}", format="keras", artifact_uri="-", size_bytes=1)
+        job = Job(kind=JobKind.SCORE.value, model_ref=mv.name, params={}, total_items=11)
+        session.add(job)
+        session.flush()
+        job_id, version_id = job.id, mv.id
+    chunk = awkward_chunk(job_id, version_id)
+    with session_scope(sessions) as session:
+        insert_rows(session, chunk)
+    with session_scope(sessions) as session:
+        stored = session.scalars(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.idx)).all()
+        want = chunk.dicts()
+        assert len(stored) == len(want)
+        for row, got in zip(want, stored, strict=True):
+            clean = {k: (v.replace("\x00", "\ufffd") if isinstance(v, str) else v) for k, v in row.items()}
+            for column in ROW_COLUMNS:
+                assert getattr(got, column) == clean[column], column

@@ -61,7 +61,7 @@ def score_in_threads(model: Overlaps, threads: int = 3) -> list[BaseException]:
             rows = scoring.score_items(
                 model, items, labels=[], top_k=1, batch=4, settings=settings, version_id=1, job_id=uuid.uuid4()
             )
-            assert [r["status"] for r in rows] == ["succeeded"] * len(items)
+            assert [r["status"] for r in rows.dicts()] == ["succeeded"] * len(items)
         except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
             errors.append(exc)
 
