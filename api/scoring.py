@@ -26,7 +26,7 @@ from shared.config.errors import JobHasNoFiles, JobNotFound, ValidationFailed
 from shared.config.settings import Settings
 from shared.config.status import ItemStatus, JobKind, JobStatus
 from shared.db.models import Dataset, Job, JobItem, utcnow
-from shared.inputs.datasets import get_dataset, iter_index
+from shared.inputs.datasets import chunk_size_for, get_dataset, iter_index
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref
 from shared.runtime.celery_app import SCORE_CHUNK_TASK
@@ -78,13 +78,14 @@ def create_score_job(
     ds = get_dataset(session, req.dataset, tenant_id=tenant, lock="share")  # DELETE waits for the commit
     ref = parse_ref(req.model or settings.default_model)
     svc.known_refs.check(session, ref, default_alias=settings.default_alias, tenant_id=tenant)
+    chunk_size = chunk_size_for(settings, ds)
     job = Job(
         id=uuid.uuid4(),
         tenant_id=tenant,
         kind=JobKind.SCORE.value,
         status=JobStatus.QUEUED.value,
         model_ref=str(ref),
-        params={"dataset_id": str(ds.id), "chunk_size": settings.chunk_size, "top_k": top_k},
+        params={"dataset_id": str(ds.id), "chunk_size": chunk_size, "top_k": top_k},
         total_items=ds.item_count,
         created_at=utcnow(),
         deadline_at=read_deadline(request, req.deadline_s, settings),
@@ -93,7 +94,7 @@ def create_score_job(
     attach_job_webhook(session, job, webhook)
     admit_job(session, job, settings)  # 429 queue-full past the tenant's caps
     session.commit()
-    dispatch_chunks(job.id, ds.item_count, settings.chunk_size)
+    dispatch_chunks(job.id, ds.item_count, chunk_size)
     session.refresh(job)
     return jsonify(JobPublic.of(job).model_dump(mode="json")), 202, {"Location": f"/v1/jobs/{job.id}"}
 

@@ -178,13 +178,14 @@ def main() -> None:
         action="append",
         default=[],
         metavar="INFERQ_NAME=VALUE",
-        help="A setting for the worker (repeatable), e.g. --set INFERQ_BULK_SHARED_PASSES=0.",
+        help="A setting for the worker and the in-process API (repeatable), e.g. --set INFERQ_CHUNK_SIZE=2048.",
     )
     args = ap.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     if bad := [k for k in overrides if not k.startswith("INFERQ_")]:
         ap.error(f"--set takes INFERQ_* settings, not {', '.join(bad)}")
 
+    os.environ.update(overrides)  # this process's own settings (the in-process API: chunk size, ...) see them too
     with scratch_stack(args.pg_admin_url, args.redis_url, "bulk", keep=args.keep) as (settings, env, tmp):
         env.update(overrides)
         if args.parallel_chunks:
@@ -271,7 +272,7 @@ def main() -> None:
     e2e = args.items / e2e_s
     print(
         f"\ninferq bulk-scoring benchmark ({os.cpu_count()} cores, PostgreSQL + Redis, 1 worker, "
-        f"chunk {settings.chunk_size}, batch {settings.score_batch}, "
+        f"chunk {settings.array_chunk_size}, batch {settings.score_batch}, "
         f"{settings.score_parallel_chunks} chunk(s) at once)\n"
     )
     print(f"{'measure':<52}{'value':>16}")

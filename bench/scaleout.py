@@ -146,7 +146,7 @@ def main() -> None:
 
     print(
         f"\ninferq scale-out benchmark ({os.cpu_count()} cores, PostgreSQL + Redis on the same cores, "
-        f"chunk {settings.chunk_size}, batch {settings.score_batch}, 1 TF thread per worker)\n"
+        f"chunk {settings.array_chunk_size}, batch {settings.score_batch}, 1 TF thread per worker)\n"
     )
     print(f"{'measure':<52}{'value':>16}")
     for label, secs, cpu in (("1 worker, core 0", one_s, one_cpu), ("2 workers, cores 0+1", two_s, two_cpu)):

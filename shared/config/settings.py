@@ -233,7 +233,16 @@ class Settings(BaseSettings):
     )
 
     # --- datasets and scoring ------------------------------------------------------------------------------
-    chunk_size: int = Field(512, ge=1, description="Dataset items per scoring task (one Celery message).")
+    chunk_size: int = Field(
+        512, ge=1, description="Dataset items per scoring task (one Celery message) of pictures (zip, tar, JSONL)."
+    )
+    array_chunk_size: int = Field(
+        4096,
+        ge=1,
+        description="Dataset items per scoring task of an array dataset of 28x28 digits (.npy/.npz), which is scaled "
+        "and scored as one block: larger chunks spread a chunk's fixed cost (its transaction, message and events) "
+        "over more items. Arrays of other sizes are preprocessed image by image and use INFERQ_CHUNK_SIZE.",
+    )
     score_batch: int = Field(256, ge=1, description="Images per forward pass when scoring a dataset.")
     score_parallel_chunks: int = Field(
         3,

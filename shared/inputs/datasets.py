@@ -180,6 +180,22 @@ def read_items(settings: Settings, ds_id: uuid.UUID, layout: str, lo: int, hi: i
     return items
 
 
+DIGIT_SHAPE = (28, 28)  # an array dataset of these is scored as one block per chunk (no per-item preprocessing)
+
+
+def chunk_size_for(settings: Settings, ds: Dataset) -> int:
+    """Items per scoring task of a dataset: INFERQ_ARRAY_CHUNK_SIZE for an array of 28x28 digits, whose chunks are
+    scaled and scored as one block (a chunk's fixed cost, its transaction, message and events, is then a large
+    share of its work), else INFERQ_CHUNK_SIZE (pictures, decoded and preprocessed one by one)."""
+    if ds.layout != "array":
+        return settings.chunk_size
+    try:
+        shape = _npy_header(make_store(settings), f"{dataset_prefix(ds.id)}/images.npy").shape
+    except FileNotFoundError:
+        return settings.chunk_size
+    return settings.array_chunk_size if tuple(shape[1:]) == DIGIT_SHAPE else settings.chunk_size
+
+
 def iter_index(settings: Settings, ds_id: uuid.UUID, layout: str) -> Iterator[tuple[int, str, str | None]]:
     """(idx, custom_id, true label) of every item in order, streamed from the blob store."""
     store, prefix = make_store(settings), dataset_prefix(ds_id)
@@ -256,10 +272,19 @@ def _npy_rows(store: BlobStore, key: str, lo: int, hi: int) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype=h.dtype).reshape(-1, *h.shape[1:])
 
 
-def _array_items(store: BlobStore, prefix: str, lo: int, hi: int) -> list[StoredItem]:
+class ArrayItems(list[StoredItem]):
+    """The items of an array chunk, with the block of their pixels they are views of (`block[i]` is item i's): a
+    chunk of 28x28 digits is scaled straight from it, without stacking the items again."""
+
+    def __init__(self, items: list[StoredItem], block: np.ndarray) -> None:
+        super().__init__(items)
+        self.block = block
+
+
+def _array_items(store: BlobStore, prefix: str, lo: int, hi: int) -> ArrayItems:
     block = _npy_rows(store, f"{prefix}/images.npy", lo, hi)
     labels = _array_labels(store, prefix, lo, lo + len(block))
-    return [StoredItem(lo + i, str(lo + i), labels[i], pixels=block[i]) for i in range(len(block))]
+    return ArrayItems([StoredItem(lo + i, str(lo + i), labels[i], pixels=block[i]) for i in range(len(block))], block)
 
 
 def _array_labels(store: BlobStore, prefix: str, lo: int, hi: int) -> list[str | None]:

@@ -8,6 +8,7 @@ import json
 import uuid
 from typing import Any
 
+import numpy as np
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -82,7 +83,7 @@ def test_unknown_dataset_and_format(client: FlaskClient) -> None:
 
 def test_score_job_sends_one_message_per_chunk(make_app: AppFactory) -> None:
     """A score job is accepted with 202, counts the dataset's items, and publishes ids-only chunk messages."""
-    app = make_app(chunk_size=8)
+    app = make_app(chunk_size=8, array_chunk_size=8)
     client = app.test_client()
     ds = upload(client, "d.npy", npy_bytes(digits(20)[0])).get_json()
     resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "model": "mnist-cnn", "top_k": 2})
@@ -93,6 +94,34 @@ def test_score_job_sends_one_message_per_chunk(make_app: AppFactory) -> None:
     sent = services_of(app).celery
     assert isinstance(sent, SentTasks)
     assert [(n, a) for n, a, _ in sent.sent] == [(SCORE_CHUNK_TASK, [job["id"], i]) for i in range(3)]
+
+
+def test_chunks_of_digit_arrays_are_larger_than_chunks_of_pictures(make_app: AppFactory) -> None:
+    """An array of 28x28 digits (scored as one block, no per-item decoding) is split by INFERQ_ARRAY_CHUNK_SIZE;
+    an array of other sizes and a zip of pictures (preprocessed one by one) by INFERQ_CHUNK_SIZE. The job records
+    its chunk size, which the workers and the output files follow."""
+    app = make_app(chunk_size=8, array_chunk_size=16)
+    client = app.test_client()
+    sent = services_of(app).celery
+    assert isinstance(sent, SentTasks)
+    wide = np.zeros((20, 32, 32), np.uint8)
+    wide[:, 8:24, 14:18] = 255
+    for name, data, size in [
+        ("digits.npy", npy_bytes(digits(20)[0]), 16),
+        ("digits4d.npy", npy_bytes(digits(20)[0][..., None]), 16),
+        ("wide.npy", npy_bytes(wide), 8),
+        ("pictures.zip", zip_bytes(class_folder_entries(per_class=10)), 8),
+    ]:
+        ds = upload(client, name, data).get_json()
+        sent.sent.clear()
+        resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "model": "mnist-cnn"})
+        assert resp.status_code == 202, resp.get_data(as_text=True)
+        job_id = resp.get_json()["id"]
+        with app.app_context():
+            session = services_of(app).sessions()
+            assert session.get(Job, uuid.UUID(job_id)).params["chunk_size"] == size, name
+            session.close()
+        assert [a for _, a, _ in sent.sent] == [[job_id, i] for i in range(-(-20 // size))], name
 
 
 def test_score_job_refusals(client: FlaskClient) -> None:
@@ -210,7 +239,7 @@ def test_parquet_writes_one_row_group_per_chunk(make_app: AppFactory) -> None:
     """Rows are written (and streamed) one row group per scoring chunk, never as one whole table."""
     import pyarrow.parquet as pq
 
-    app = make_app(chunk_size=2)
+    app = make_app(chunk_size=2, array_chunk_size=2)
     job_id = _score_job_with_rows(app)
     resp = app.test_client().get(f"/v1/jobs/{job_id}/output?format=parquet", buffered=False)
     parts = [bytes(p) for p in resp.response if p]
@@ -306,7 +335,7 @@ def test_create_app_registers_dataset_routes(tmp_path: Any) -> None:
 
 def test_score_job_takes_a_webhook(make_app: AppFactory) -> None:
     """A score job accepts `webhook` and `webhook_events_filter` like a classify job and stores them."""
-    app = make_app(chunk_size=8, webhook_allow_cidrs="127.0.0.0/8")
+    app = make_app(chunk_size=8, array_chunk_size=8, webhook_allow_cidrs="127.0.0.0/8")
     client = app.test_client()
     ds = upload(client, "d.npy", npy_bytes(digits(4)[0])).get_json()
     body = {
@@ -324,7 +353,7 @@ def test_score_job_takes_a_webhook(make_app: AppFactory) -> None:
 
 def test_score_job_refuses_an_internal_webhook(make_app: AppFactory) -> None:
     """A score job whose webhook points at a loopback address is refused before anything is written."""
-    client = make_app(chunk_size=8).test_client()
+    client = make_app(chunk_size=8, array_chunk_size=8).test_client()
     ds = upload(client, "d.npy", npy_bytes(digits(4)[0])).get_json()
     resp = client.post("/v1/jobs", json={"kind": "score", "dataset": ds["id"], "webhook": "http://127.0.0.1/x"})
     assert_problem(resp, 422, "webhook-url-refused")

@@ -51,6 +51,7 @@ FAST: dict[str, Any] = {
     "max_batch": 64,
     "max_batch_wait_ms": 5.0,
     "chunk_size": 100,
+    "array_chunk_size": 100,
     "benchmark_repeats": 1,
     "fault_injection": True,  # test-only hook: the poison model kills its worker
     "auth_enabled": False,  # the API test client submits as the default tenant
@@ -58,7 +59,7 @@ FAST: dict[str, Any] = {
 ENV_FIELDS = (
     "data_dir", "visibility_timeout", "task_time_limit", "task_soft_time_limit", "queued_lease_s",
     "reconcile_interval_s", "running_lease_s", "max_attempts", "worker_concurrency", "max_batch",
-    "max_batch_wait_ms", "chunk_size", "benchmark_repeats", "train_time_limit", "fault_injection",
+    "max_batch_wait_ms", "chunk_size", "array_chunk_size", "benchmark_repeats", "train_time_limit", "fault_injection",
 )  # fmt: skip
 MODEL_DIR = "models/mnist-cnn/1"
 

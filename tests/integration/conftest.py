@@ -48,6 +48,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             "INFERQ_MAX_BATCH": str(settings.max_batch),
             "INFERQ_WORKER_CONCURRENCY": str(settings.worker_concurrency),
             "INFERQ_CHUNK_SIZE": str(settings.chunk_size),
+            "INFERQ_ARRAY_CHUNK_SIZE": str(settings.array_chunk_size),
             "INFERQ_WORKER_METRICS_PORT": str(settings.worker_metrics_port),
             "INFERQ_WEBHOOK_ALLOW_CIDRS": settings.webhook_allow_cidrs,
             "INFERQ_BULK_PROCESS": str(settings.bulk_process).lower(),

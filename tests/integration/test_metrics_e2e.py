@@ -50,7 +50,9 @@ def finished(client: Any, job_ids: list[str]) -> bool:
 def test_metrics_move_as_jobs_flow(stack_settings: Settings, api_client: Any) -> None:
     """Queued jobs raise their lane's depth (a score job the bulk lane's by its chunks) and the submission counters; a
     worker then drains the lane to 0 and its endpoint counts batches and finished jobs of both kinds."""
-    settings = stack_settings.model_copy(update={"chunk_size": CHUNK, "worker_metrics_port": free_port()})
+    settings = stack_settings.model_copy(
+        update={"chunk_size": CHUNK, "array_chunk_size": CHUNK, "worker_metrics_port": free_port()}
+    )
     api_client.application.extensions["inferq"].settings = settings  # the API splits the dataset by CHUNK
     before = api_scrape(api_client)
     assert total(before, "inferq_queue_depth", lane="bulk") == 0

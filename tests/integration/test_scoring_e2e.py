@@ -83,7 +83,7 @@ def client(stack_settings: Settings) -> Iterator[Any]:
     """The API on the test stack with INFERQ_CHUNK_SIZE=256."""
     from api.app import create_app
 
-    app = create_app(stack_settings.model_copy(update={"chunk_size": 256}))
+    app = create_app(stack_settings.model_copy(update={"chunk_size": 256, "array_chunk_size": 256}))
     use_key(app)
     yield app.test_client()
     app.extensions["inferq"].engine.dispose()
@@ -142,7 +142,9 @@ def test_dataset_scored_in_chunks_on_s3_storage(stack_settings: Settings, worker
     from api.app import create_app
 
     bucket = moto.new_bucket()
-    settings = moto.settings(stack_settings, bucket, "prod/inferq").model_copy(update={"chunk_size": 256})
+    settings = moto.settings(stack_settings, bucket, "prod/inferq").model_copy(
+        update={"chunk_size": 256, "array_chunk_size": 256}
+    )
     start(settings, workers, **moto.env(bucket, "prod/inferq"))
     app = create_app(settings)
     use_key(app)
