@@ -23,7 +23,7 @@ from shared.config.settings import Settings
 from shared.config.status import ItemStatus, JobStatus
 from shared.db.engine import session_scope
 from shared.db.models import Dataset, Job, JobItem, ModelVersion, utcnow
-from shared.inputs.datasets import StoredItem, iter_index, read_items
+from shared.inputs.datasets import ArrayItems, StoredItem, iter_index, read_items
 from shared.inputs.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref, resolve
@@ -239,8 +239,14 @@ def to_inputs(items: Sequence[StoredItem], settings: Settings) -> ChunkInputs:
 
     A chunk of an array dataset of 28x28 digits is scaled in one operation (all-zero items are `no-ink`); anything
     else goes item by item."""
-    if items and all(it.pixels is not None and it.pixels.shape == (_SIDE, _SIDE) for it in items):
+    whole = items.block if isinstance(items, ArrayItems) else None  # the chunk's pixels as read, items are views
+    if whole is not None and whole.shape[1:] == (_SIDE, _SIDE):
+        block = whole
+    elif items and all(it.pixels is not None and it.pixels.shape == (_SIDE, _SIDE) for it in items):
         block = np.stack([it.pixels for it in items])  # type: ignore[misc]  # checked just above
+    else:
+        block = None
+    if block is not None:
         lit = np.asarray(block.reshape(len(block), -1).any(axis=1), dtype=bool)
         blank: list[tuple[StoredItem, tuple[str, ...]]] = []
         if not lit.all():  # rare: sort out the blank items, still without a per-item loop over pixels

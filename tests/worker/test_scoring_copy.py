@@ -14,11 +14,11 @@ from shared.config.settings import Settings
 from shared.config.status import JobKind, JobStatus
 from shared.db.engine import make_engine, make_sessionmaker, session_scope, upgrade_database
 from shared.db.models import Job, JobItem, utcnow
-from shared.inputs.datasets import StoredItem, ingest
+from shared.inputs.datasets import ArrayItems, StoredItem, ingest
 from shared.registry.versions import register_version
 from tests.dataset_factories import digits, npy_bytes
 from worker.context import WorkerContext
-from worker.scoring import ROW_COLUMNS, ChunkRows, _row, copy_payload, insert_rows, run_chunk, write_chunk
+from worker.scoring import ROW_COLUMNS, ChunkRows, _row, copy_payload, insert_rows, run_chunk, to_inputs, write_chunk
 
 WARNED = [[], ["no-ink"], ["low-contrast", "low-confidence"], ["several-digits"]]
 AWKWARD = ["tab\there", "new\nline", "back\\slash", 'quote"d', "ünïcødé 七", "nul\x00byte", "\\N", "", "\r"]
@@ -231,3 +231,16 @@ def test_chunk_rows_read_back_from_postgresql_as_their_dicts(sessions) -> None: 
             clean = {k: (v.replace("\x00", "\ufffd") if isinstance(v, str) else v) for k, v in row.items()}
             for column in ROW_COLUMNS:
                 assert getattr(got, column) == clean[column], column
+
+
+def test_an_array_chunk_is_scaled_from_its_block_as_its_items_would_be() -> None:
+    """A chunk read from an array dataset carries its pixel block; the inputs made from it (blank items sorted out
+    as `no-ink`) equal those made by stacking the same items one by one."""
+    block = digits(12)[0]
+    block[[2, 7]] = 0
+    items = [StoredItem(i, str(i), None, pixels=block[i]) for i in range(len(block))]
+    settings = Settings(data_dir=Path("/nonexistent"))
+    fast, slow = to_inputs(ArrayItems(items, block), settings), to_inputs(list(items), settings)
+    assert np.array_equal(fast.x, slow.x) and fast.x.dtype == np.float32
+    assert [it.idx for it in fast.items] == [it.idx for it in slow.items] == [0, 1, 3, 4, 5, 6, 8, 9, 10, 11]
+    assert [(it.idx, w) for it, w in fast.unreadable] == [(2, ("no-ink",)), (7, ("no-ink",))]
