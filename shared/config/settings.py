@@ -234,7 +234,10 @@ class Settings(BaseSettings):
 
     # --- datasets and scoring ------------------------------------------------------------------------------
     chunk_size: int = Field(
-        512, ge=1, description="Dataset items per scoring task (one Celery message) of pictures (zip, tar, JSONL)."
+        512,
+        ge=1,
+        description="Dataset items per scoring task (one Celery message) of pictures (zip, tar, JSONL) and of arrays "
+        "of images other than 28x28, which are preprocessed one by one.",
     )
     array_chunk_size: int = Field(
         4096,
