@@ -23,7 +23,7 @@ from shared.config.settings import Settings
 from shared.config.status import ItemStatus, JobStatus
 from shared.db.engine import session_scope
 from shared.db.models import Dataset, Job, JobItem, ModelVersion, utcnow
-from shared.inputs.datasets import ArrayItems, StoredItem, iter_index, read_items
+from shared.inputs.datasets import DIGIT_SHAPE, ArrayItems, StoredItem, iter_index, read_items
 from shared.inputs.imaging import NO_INK, Prepared, confidence_warnings, prepare, prepare_image
 from shared.jobs import lifecycle as jobstore
 from shared.registry.versions import parse_ref, resolve
@@ -32,7 +32,6 @@ from worker.context import WorkerContext
 from worker.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
-_SIDE = 28
 _SLOTS: threading.BoundedSemaphore | None = None
 _SLOTS_LOCK = threading.Lock()
 _PASSES: threading.BoundedSemaphore | None = None  # bulk forward passes at once, when classify jobs share the model
@@ -215,7 +214,7 @@ def to_input(item: StoredItem, settings: Settings) -> Prepared:
     decoded. A 28x28 array item is taken as MNIST-shaped already: nothing lit is `no-ink`."""
     if item.pixels is not None:
         px = item.pixels
-        if px.shape == (_SIDE, _SIDE):
+        if px.shape == DIGIT_SHAPE:
             return Prepared(px.astype(np.float32) / 255.0, () if px.any() else (NO_INK,))
         return prepare_image(Image.fromarray(px, mode="L"))
     if item.data is None:
@@ -240,9 +239,9 @@ def to_inputs(items: Sequence[StoredItem], settings: Settings) -> ChunkInputs:
     A chunk of an array dataset of 28x28 digits is scaled in one operation (all-zero items are `no-ink`); anything
     else goes item by item."""
     whole = items.block if isinstance(items, ArrayItems) else None  # the chunk's pixels as read, items are views
-    if whole is not None and whole.shape[1:] == (_SIDE, _SIDE):
+    if whole is not None and whole.shape[1:] == DIGIT_SHAPE:
         block = whole
-    elif items and all(it.pixels is not None and it.pixels.shape == (_SIDE, _SIDE) for it in items):
+    elif items and all(it.pixels is not None and it.pixels.shape == DIGIT_SHAPE for it in items):
         block = np.stack([it.pixels for it in items])  # type: ignore[misc]  # checked just above
     else:
         block = None
@@ -268,7 +267,7 @@ def to_inputs(items: Sequence[StoredItem], settings: Settings) -> ChunkInputs:
         arrays.append(prepared.image)
         ok.append(item)
         noticed.append(prepared.warnings)
-    x = np.stack(arrays) if arrays else np.zeros((0, _SIDE, _SIDE), np.float32)
+    x = np.stack(arrays) if arrays else np.zeros((0, *DIGIT_SHAPE), np.float32)
     return ChunkInputs(x, ok, noticed, unreadable, bad)
 
 
